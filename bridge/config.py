@@ -1,0 +1,162 @@
+"""Configuration: one TOML file, validated completely at start-up.
+
+Every error a user can make names the file, the dotted key and what is wrong, and the CLI exits 2.
+Unknown keys are errors: a misspelt `pulse_secs` silently ignored is a door that opens for the
+wrong length of time.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(Exception):
+    """A problem in the configuration a user can fix. `str()` is the whole message."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+Seconds = Annotated[float, Field(gt=0)]
+Pin = Annotated[int, Field(ge=0, le=53)]
+# TOML has no path type: a path is a string, so paths are the one place strings are coerced.
+FilePath = Annotated[Path, Field(strict=False)]
+
+
+class BridgeSection(_Strict):
+    id: str = Field("BRIDGE-1", min_length=1, description="this bridge's name in logs and heartbeats")
+    state_dir: FilePath = Path("/var/lib/door-bridge")
+    mode: Literal["local-first", "online-first", "local-only"] = "local-first"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = "console"
+
+
+class CacheSection(_Strict):
+    # The central's Ed25519 public key that signs grant bundles (PEM, or 32 raw bytes base64).
+    public_key: str | None = None
+    public_key_file: FilePath | None = None
+    staleness: Literal["deny", "warn"] = "deny"
+    jwt_algorithms: list[Literal["EdDSA", "ES256", "HS256"]] = ["EdDSA", "ES256"]
+    jwt_leeway_s: Annotated[float, Field(ge=0, le=300)] = 30.0
+
+    @model_validator(mode="after")
+    def _one_key(self) -> "CacheSection":
+        if self.public_key and self.public_key_file:
+            raise ValueError("set public_key or public_key_file, not both")
+        return self
+
+
+class PolicySection(_Strict):
+    replay_window_s: Annotated[float, Field(ge=0, le=60)] = 2.0
+    rate_limit_denies: Annotated[int, Field(ge=1)] = 5
+    rate_limit_window_s: Seconds = 60.0
+    rate_limit_cooldown_s: Seconds = 30.0
+
+
+class AuditSection(_Strict):
+    max_events: Annotated[int, Field(ge=100)] = 500_000
+
+
+class GpioSection(_Strict):
+    # "mock" on a laptop or in tests; "auto" lets gpiozero pick (lgpio on a Pi 5 / bookworm).
+    pin_factory: Literal["auto", "mock", "lgpio", "rpigpio", "pigpio", "native"] = "auto"
+
+
+class DoorSection(_Strict):
+    relay_pin: Pin
+    relay_active_high: bool = True
+    pulse_s: Annotated[float, Field(gt=0, le=60)] = 3.0
+
+
+class ConsoleReader(_Strict):
+    type: Literal["console"]
+    id: str = Field(min_length=1)
+    door: str = "main"
+
+
+class SerialReader(_Strict):
+    type: Literal["serial"]
+    id: str = Field(min_length=1)
+    door: str = "main"
+    port: str = Field(min_length=1)
+    baudrate: Annotated[int, Field(gt=0)] = 9600
+    reconnect_s: Seconds = 1.0
+
+
+ReaderConfig = Annotated[Union[ConsoleReader, SerialReader], Field(discriminator="type")]
+
+
+class Config(_Strict):
+    bridge: BridgeSection = BridgeSection()
+    cache: CacheSection = CacheSection()
+    policy: PolicySection = PolicySection()
+    audit: AuditSection = AuditSection()
+    gpio: GpioSection = GpioSection()
+    doors: dict[str, DoorSection] = Field(default_factory=dict)
+    readers: list[ReaderConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> "Config":
+        seen: set[str] = set()
+        for i, reader in enumerate(self.readers):
+            if reader.id in seen:
+                raise _KeyError(f"readers.{i}.id", f"duplicate reader id {reader.id!r}")
+            seen.add(reader.id)
+            if reader.door not in self.doors:
+                known = ", ".join(sorted(self.doors)) or "none"
+                raise _KeyError(f"readers.{i}.door", f"no door {reader.door!r} (doors: {known})")
+        return self
+
+
+class _KeyError(ValueError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def _describe(error: dict[str, Any]) -> tuple[str, str]:
+    key = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-after"))
+    ctx = error.get("ctx") or {}
+    inner = ctx.get("error")
+    if isinstance(inner, _KeyError):
+        return inner.key, inner.message
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return key, "unknown key (misspelt? see config.example.toml)"
+    if kind == "missing":
+        return key, "required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if "input" in error and kind not in ("model_type", "dict_type") and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    return key, message
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate `path`; raise ConfigError naming file, key and problem."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return from_dict(data, source=str(path))
+
+
+def from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors(include_url=False):
+            key, message = _describe(err)
+            lines.append(f"{source}: {key or '(top level)'}: {message}")
+        raise ConfigError("\n".join(lines)) from None

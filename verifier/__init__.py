@@ -1,0 +1,1 @@
+"""The embedded verification core: pure decisions, no hardware, no network, clock injected."""

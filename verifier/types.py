@@ -1,0 +1,168 @@
+"""Domain values shared by the verifier and the daemon.
+
+Enum members are spelled exactly as the Frontelio `/access` document spells them, so a value can
+go on the wire, into the audit log and into a journal line without translation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Union
+
+
+class Decision(StrEnum):
+    GRANT = "GRANT"
+    DENY = "DENY"
+
+
+class Reason(StrEnum):
+    # The Frontelio set, as returned by POST /access/verify.
+    NO_GRANT = "NO_GRANT"
+    GRANT_REVOKED = "GRANT_REVOKED"
+    OUT_OF_SHIFT_WINDOW = "OUT_OF_SHIFT_WINDOW"
+    OUT_OF_DATE_WINDOW = "OUT_OF_DATE_WINDOW"
+    CREDENTIAL_EXPIRED = "CREDENTIAL_EXPIRED"
+    SIGNATURE_INVALID = "SIGNATURE_INVALID"
+    UNKNOWN_READER = "UNKNOWN_READER"
+    RATE_LIMITED = "RATE_LIMITED"
+    # What the edge needs on top.
+    MALFORMED_CREDENTIAL = "MALFORMED_CREDENTIAL"
+    HOLDER_INACTIVE = "HOLDER_INACTIVE"
+    CACHE_STALE = "CACHE_STALE"
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+
+
+class Source(StrEnum):
+    """Where a credential came from; the first four are Frontelio's `source` values."""
+
+    PHONE_NFC = "PHONE_NFC"
+    PHONE_QR = "PHONE_QR"
+    VISITOR = "VISITOR"
+    CARD = "CARD"
+    # Ours: a code typed on a keypad (PIN or offline passcode). Sent upstream as CARD is wrong,
+    # so adapters that only know the Frontelio four map it explicitly.
+    KEYPAD = "KEYPAD"
+
+
+# --- credentials -------------------------------------------------------------------------------
+# One frozen value per kind of credential. The raw secret is kept (the verifier needs it) but is
+# never rendered: `repr` is suppressed and logs use `fingerprint()`.
+
+
+@dataclass(frozen=True, slots=True)
+class CardNumber:
+    """A card number, NFC UID or Wiegand number, normalised (upper-case, no separators)."""
+
+    number: str = field(repr=False)
+    kind: str = "card"
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialJwt:
+    """A Frontelio credential JWT (24 h user credential or visitor credential)."""
+
+    token: str = field(repr=False)
+    kind: str = "jwt"
+
+
+@dataclass(frozen=True, slots=True)
+class DigitalIdToken:
+    """The `token` parameter of a Digital ID `verify.php?token=` QR URL: checkable only online."""
+
+    token: str = field(repr=False)
+    kind: str = "digital_id"
+
+
+@dataclass(frozen=True, slots=True)
+class InviteCode:
+    """A Frontelio visitor invite code (`vis_…`)."""
+
+    code: str = field(repr=False)
+    kind: str = "invite"
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """Digits typed on a keypad: a stored PIN/passcode, or an offline passcode."""
+
+    digits: str = field(repr=False)
+    kind: str = "pin"
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """Anything that is not a credential. `why` is safe to log: it never quotes the input."""
+
+    why: str
+    kind: str = "malformed"
+
+
+Credential = Union[CardNumber, CredentialJwt, DigitalIdToken, InviteCode, Pin, Malformed]
+
+
+def secret_of(credential: Credential) -> str:
+    """The credential's secret value (for hashing and upstream calls, never for logs)."""
+    match credential:
+        case CardNumber(number=v) | CredentialJwt(token=v) | DigitalIdToken(token=v):
+            return v
+        case InviteCode(code=v) | Pin(digits=v):
+            return v
+        case Malformed(why=v):
+            return "malformed:" + v
+    raise TypeError(f"not a credential: {type(credential).__name__}")
+
+
+def fingerprint(credential: Credential) -> str:
+    """A short, stable, non-reversible tag that lets a technician correlate scans in logs.
+
+    Eight hex digits of SHA-256: enough to tell two people apart in a day's journal, far too few
+    to recover a card number or PIN.
+    """
+    digest = hashlib.sha256(f"{credential.kind}:{secret_of(credential)}".encode()).hexdigest()
+    return f"{credential.kind}:{digest[:8]}"
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccessDecision:
+    """What the door does, and why. Field names map 1:1 onto Frontelio's verify/audit JSON."""
+
+    decision: Decision
+    reason: Reason | None
+    reader_id: str
+    source: Source
+    user_id: str | None = None
+    user_name: str | None = None
+    zone_id: str | None = None
+    zone_name: str | None = None
+    replay: bool = False
+    cache_version: int = 0
+    online: bool = False
+    credential_kind: str = "unknown"
+    fingerprint: str = ""
+
+    @property
+    def granted(self) -> bool:
+        return self.decision is Decision.GRANT
+
+    def as_wire(self) -> dict[str, Any]:
+        """Frontelio's spelling (`userId`, `zoneName`, …) plus our edge fields."""
+        return {
+            "decision": self.decision.value,
+            "reason": self.reason.value if self.reason else None,
+            "userId": self.user_id,
+            "userName": self.user_name,
+            "zoneId": self.zone_id,
+            "zoneName": self.zone_name,
+            "readerId": self.reader_id,
+            "source": self.source.value,
+            "replay": self.replay,
+            "cacheVersion": self.cache_version,
+            "online": self.online,
+            "credentialKind": self.credential_kind,
+            "credentialFingerprint": self.fingerprint,
+        }
