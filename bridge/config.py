@@ -11,21 +11,16 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from bridge.config_base import FilePath, GpioPin, ReaderId, Seconds, StrictModel
 
 
 class ConfigError(Exception):
     """A problem in the configuration a user can fix. `str()` is the whole message."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-Seconds = Annotated[float, Field(gt=0)]
-Pin = Annotated[int, Field(ge=0, le=53)]
-# TOML has no path type: a path is a string, so paths are the one place strings are coerced.
-FilePath = Annotated[Path, Field(strict=False)]
+_Strict = StrictModel
 
 
 class BridgeSection(_Strict):
@@ -68,20 +63,20 @@ class GpioSection(_Strict):
 
 
 class DoorSection(_Strict):
-    relay_pin: Pin
+    relay_pin: GpioPin
     relay_active_high: bool = True
     pulse_s: Annotated[float, Field(gt=0, le=60)] = 3.0
 
 
 class ConsoleReader(_Strict):
     type: Literal["console"]
-    id: str = Field(min_length=1)
+    id: ReaderId
     door: str = "main"
 
 
 class SerialReader(_Strict):
     type: Literal["serial"]
-    id: str = Field(min_length=1)
+    id: ReaderId
     door: str = "main"
     port: str = Field(min_length=1)
     baudrate: Annotated[int, Field(gt=0)] = 9600
