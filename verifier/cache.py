@@ -1,0 +1,186 @@
+"""Read side of the grant cache: point look-ups with prepared statements, memory flat in N.
+
+Only the handful of zones and keys are held in memory; everything per-holder stays on disk behind
+an index. `PRAGMA data_version` tells us cheaply when another connection (the bundle applier,
+possibly another process) has committed, so derived in-memory state is refreshed exactly then.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from verifier import schema
+from verifier.hashing import PinHashing
+from verifier.timeutil import MAX_MS
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    id: str
+    name: str | None
+    schedule_aware: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    starts_ms: int
+    ends_ms: int
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CardRow:
+    name: str | None
+    user_id: str | None
+    devices: tuple[str, ...] | None
+    window: Window
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRow:
+    zone_id: str
+    window: Window
+
+
+@dataclass(frozen=True, slots=True)
+class VisitorRow:
+    name: str | None
+    zone_ids: tuple[str, ...]
+    window: Window
+
+
+@dataclass(frozen=True, slots=True)
+class PasscodeRow:
+    name: str | None
+    user_id: str | None
+    devices: tuple[str, ...]
+    window: Window
+
+
+@dataclass(frozen=True, slots=True)
+class CacheMeta:
+    version: int
+    issued_at_ms: int
+    not_after_ms: int
+    pin_hashing: PinHashing | None
+
+
+class GrantCache:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.conn: sqlite3.Connection = schema.connect(self.path)
+        schema.migrate(self.conn)
+        self._data_version = -1
+        self.meta = CacheMeta(0, 0, MAX_MS, None)
+        self._zones: dict[str, Zone] = {}
+        self._reader_zones: dict[str, tuple[Zone, ...]] = {}
+        self._known: dict[str, bool] = {}
+        self._jwks: dict[str, dict[str, Any]] | None = None
+        self.refresh()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def invalidate(self) -> None:
+        """After a commit on THIS connection (data_version only moves for other connections)."""
+        self._data_version = -1
+
+    def refresh(self) -> bool:
+        """Reload derived state if anyone committed since we last looked. Returns True if it did."""
+        dv = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if dv == self._data_version:
+            return False
+        self._data_version = dv
+        meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+        pin = PinHashing.from_claim(json.loads(meta["pin_hash"])) if "pin_hash" in meta else None
+        self.meta = CacheMeta(int(meta.get("version", 0)), int(meta.get("issued_at_ms", 0)),
+                              int(meta.get("not_after_ms", MAX_MS)), pin)
+        self._zones = {r[0]: Zone(r[0], r[1], bool(r[2])) for r in self.conn.execute("SELECT id, name, schedule_aware FROM zones")}
+        self._reader_zones = {}
+        self._known = {}
+        self._jwks = None
+        return True
+
+    # --- readers and zones (small; memoised per cache version) --------------------------------
+
+    def zones_for_reader(self, reader_id: str) -> tuple[Zone, ...]:
+        zones = self._reader_zones.get(reader_id)
+        if zones is None:
+            rows = self.conn.execute("SELECT zone_id FROM zone_readers WHERE reader_id = ?", (reader_id,)).fetchall()
+            zones = tuple(self._zones[r[0]] for r in rows if r[0] in self._zones)
+            if len(self._reader_zones) < 4096:
+                self._reader_zones[reader_id] = zones
+        return zones
+
+    def reader_known(self, reader_id: str) -> bool:
+        known = self._known.get(reader_id)
+        if known is None:
+            known = self.conn.execute("SELECT 1 FROM known_readers WHERE reader_id = ?", (reader_id,)).fetchone() is not None
+            if len(self._known) < 4096:
+                self._known[reader_id] = known
+        return known
+
+    def zone(self, zone_id: str) -> Zone | None:
+        return self._zones.get(zone_id)
+
+    # --- point look-ups ---------------------------------------------------------------------
+
+    def user(self, user_id: str) -> tuple[str | None, bool] | None:
+        row = self.conn.execute("SELECT name, active FROM users WHERE id = ?", (user_id,)).fetchone()
+        return None if row is None else (row[0], bool(row[1]))
+
+    def card(self, number: str) -> CardRow | None:
+        row = self.conn.execute(
+            "SELECT name, user_id, devices, starts_ms, ends_ms, revoked FROM cards WHERE number = ?", (number,)
+        ).fetchone()
+        if row is None:
+            return None
+        return CardRow(row[0], row[1], _tuple(row[2]), Window(row[3], row[4], bool(row[5])))
+
+    def grants(self, user_id: str, zone_id: str) -> list[GrantRow]:
+        rows = self.conn.execute(
+            "SELECT starts_ms, ends_ms, revoked FROM grants WHERE user_id = ? AND zone_id = ?", (user_id, zone_id)
+        ).fetchall()
+        return [GrantRow(zone_id, Window(r[0], r[1], bool(r[2]))) for r in rows]
+
+    def on_shift(self, user_id: str, zone_id: str, now_ms: int) -> bool:
+        """A shift with no zone covers every schedule-aware zone of that user."""
+        row = self.conn.execute(
+            "SELECT 1 FROM shifts WHERE user_id = ? AND ends_ms > ? AND starts_ms <= ? "
+            "AND (zone_id IS NULL OR zone_id = ?) LIMIT 1",
+            (user_id, now_ms, now_ms, zone_id),
+        ).fetchone()
+        return row is not None
+
+    def visitor(self, code_sha256: str) -> VisitorRow | None:
+        row = self.conn.execute(
+            "SELECT name, zone_ids, starts_ms, ends_ms, revoked FROM visitors WHERE code_sha256 = ?", (code_sha256,)
+        ).fetchone()
+        if row is None:
+            return None
+        return VisitorRow(row[0], _tuple(row[1]) or (), Window(row[2], row[3], bool(row[4])))
+
+    def passcodes(self, pin_hash: str) -> list[PasscodeRow]:
+        rows = self.conn.execute(
+            "SELECT name, user_id, devices, starts_ms, ends_ms, revoked FROM passcodes WHERE pin_hash = ?", (pin_hash,)
+        ).fetchall()
+        return [PasscodeRow(r[0], r[1], _tuple(r[2]) or (), Window(r[3], r[4], bool(r[5]))) for r in rows]
+
+    def jwks(self) -> dict[str, dict[str, Any]]:
+        if self._jwks is None:
+            self._jwks = {kid: json.loads(jwk) for kid, jwk in self.conn.execute("SELECT kid, jwk FROM jwks")}
+        return self._jwks
+
+    # --- for operators ----------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        tables = ("zones", "users", "grants", "shifts", "cards", "visitors", "passcodes", "jwks")
+        return {t: self.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+
+
+def _tuple(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(json.loads(text))

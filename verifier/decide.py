@@ -1,0 +1,232 @@
+"""`Verifier.decide`: a credential, a reader and an instant in; a decision out.
+
+No clock reads, no network, no hardware: `now` is a parameter and the only I/O is SQLite point
+look-ups on the grant cache. The replay memory and rate limiter are explicit state owned by the
+Verifier (one per daemon), advanced only by `decide` with the instant it was given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Callable
+
+from verifier import jwtcheck
+from verifier.cache import GrantCache, Window, Zone
+from verifier.guard import RateLimiter, ReplayMemory
+from verifier.hashing import hash_invite, hash_pin
+from verifier.timeutil import to_ms, within
+from verifier.types import (
+    AccessDecision,
+    CardNumber,
+    Credential,
+    CredentialJwt,
+    Decision,
+    DigitalIdToken,
+    InviteCode,
+    Malformed,
+    Pin,
+    Reason,
+    Source,
+    fingerprint,
+)
+
+# Reasons that describe the system, not the person at the door: they do not count as guesses.
+_NOT_GUESSES = frozenset({Reason.RATE_LIMITED, Reason.CACHE_STALE, Reason.UNKNOWN_READER, Reason.UPSTREAM_UNAVAILABLE})
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    staleness: str = "deny"  # "deny" → CACHE_STALE after not_after; "warn" → keep deciding
+    jwt_algorithms: frozenset[str] = frozenset({"EdDSA", "ES256"})
+    jwt_leeway_s: float = 30.0
+    replay_window_s: float = 2.0
+    rate_limit_denies: int = 5
+    rate_limit_window_s: float = 60.0
+    rate_limit_cooldown_s: float = 30.0
+
+
+# A hook for codes the cache does not list (offline passcodes): (digits, reader_id, now) →
+# (reason or None for GRANT, label) or None when the code is not of that scheme.
+OfflineCodeCheck = Callable[[str, str, datetime], "tuple[Reason | None, str] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    reason: Reason | None
+    user_id: str | None = None
+    user_name: str | None = None
+    zone: Zone | None = None
+
+
+class Verifier:
+    def __init__(self, cache: GrantCache, policy: Policy = Policy(), offline_codes: OfflineCodeCheck | None = None) -> None:
+        self.cache = cache
+        self.policy = policy
+        self.replays = ReplayMemory(int(policy.replay_window_s * 1000))
+        self.limiter = RateLimiter(policy.rate_limit_denies, int(policy.rate_limit_window_s * 1000),
+                                   int(policy.rate_limit_cooldown_s * 1000))
+        self.offline_codes = offline_codes
+
+    def is_stale(self, now: datetime) -> bool:
+        self.cache.refresh()
+        return self.cache.meta.version == 0 or to_ms(now) >= self.cache.meta.not_after_ms
+
+    def decide(self, credential: Credential, reader_id: str, source: Source, now: datetime) -> AccessDecision:
+        now_ms = to_ms(now)
+        fp = fingerprint(credential)
+        previous = self.replays.recall(reader_id, fp, now_ms)
+        if previous is not None:
+            return replace(previous, replay=True)
+        keypad = isinstance(credential, Pin)
+        self.cache.refresh()
+        if self.limiter.limited(reader_id, keypad, now_ms):
+            outcome = _Outcome(Reason.RATE_LIMITED)
+        else:
+            outcome = self._evaluate(credential, reader_id, now, now_ms)
+        decision = AccessDecision(
+            decision=Decision.GRANT if outcome.reason is None else Decision.DENY,
+            reason=outcome.reason,
+            reader_id=reader_id,
+            source=source,
+            user_id=outcome.user_id,
+            user_name=outcome.user_name,
+            zone_id=outcome.zone.id if outcome.zone else None,
+            zone_name=outcome.zone.name if outcome.zone else None,
+            cache_version=self.cache.meta.version,
+            credential_kind=credential.kind,
+            fingerprint=fp,
+        )
+        if outcome.reason is not None and outcome.reason not in _NOT_GUESSES:
+            self.limiter.record_deny(reader_id, keypad, now_ms)
+        if outcome.reason is not Reason.RATE_LIMITED:
+            self.replays.remember(reader_id, fp, now_ms, decision)
+        return decision
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    def _evaluate(self, credential: Credential, reader_id: str, now: datetime, now_ms: int) -> _Outcome:
+        if isinstance(credential, Malformed):
+            return _Outcome(Reason.MALFORMED_CREDENTIAL)
+        if isinstance(credential, DigitalIdToken):
+            # Digital ID tokens live 5 minutes and are only known to Digital ID: no offline answer.
+            return _Outcome(Reason.UPSTREAM_UNAVAILABLE)
+        meta = self.cache.meta
+        if meta.version == 0 or (now_ms >= meta.not_after_ms and self.policy.staleness == "deny"):
+            return _Outcome(Reason.CACHE_STALE)
+        zones = self.cache.zones_for_reader(reader_id)
+        if not zones and not self.cache.reader_known(reader_id):
+            if not (isinstance(credential, Pin) and self._offline_code(credential, reader_id, now) is not None):
+                return _Outcome(Reason.UNKNOWN_READER)
+        match credential:
+            case CardNumber(number=number):
+                return self._card(number, reader_id, zones, now_ms)
+            case Pin(digits=digits):
+                return self._pin(digits, reader_id, zones, now, now_ms)
+            case InviteCode(code=code):
+                return self._visitor(code, zones, now_ms)
+            case CredentialJwt(token=token):
+                return self._jwt(token, zones, now_ms)
+        return _Outcome(Reason.MALFORMED_CREDENTIAL)
+
+    def _card(self, number: str, reader_id: str, zones: tuple[Zone, ...], now_ms: int) -> _Outcome:
+        card = self.cache.card(number)
+        if card is None:
+            return _Outcome(Reason.NO_GRANT)
+        user = self.cache.user(card.user_id) if card.user_id else None
+        name = user[0] if user else card.name
+        if (why := _window_reason(card.window, now_ms)) is not None:
+            return _Outcome(why, card.user_id, name)
+        if user is not None and not user[1]:
+            return _Outcome(Reason.HOLDER_INACTIVE, card.user_id, name)
+        if card.devices is not None and reader_id in card.devices:
+            return _Outcome(None, card.user_id, name, zones[0] if zones else None)
+        if card.user_id is not None:
+            return self._user_grants(card.user_id, name, zones, now_ms)
+        return _Outcome(Reason.NO_GRANT, None, name)
+
+    def _pin(self, digits: str, reader_id: str, zones: tuple[Zone, ...], now: datetime, now_ms: int) -> _Outcome:
+        params = self.cache.meta.pin_hashing
+        rows = [r for r in self.cache.passcodes(hash_pin(digits, params)) if reader_id in r.devices] if params else []
+        if rows:
+            best = min(rows, key=lambda r: _rank(_window_reason(r.window, now_ms)))
+            why = _window_reason(best.window, now_ms)
+            user = self.cache.user(best.user_id) if best.user_id else None
+            name = user[0] if user else best.name
+            if why is None and user is not None and not user[1]:
+                why = Reason.HOLDER_INACTIVE
+            return _Outcome(why, best.user_id, name, zones[0] if zones else None)
+        offline = self._offline_code(Pin(digits), reader_id, now)
+        if offline is not None:
+            why, label = offline
+            return _Outcome(why, None, label, zones[0] if zones else None)
+        return _Outcome(Reason.NO_GRANT)
+
+    def _offline_code(self, pin: Pin, reader_id: str, now: datetime) -> tuple[Reason | None, str] | None:
+        return self.offline_codes(pin.digits, reader_id, now) if self.offline_codes else None
+
+    def _visitor(self, code: str, zones: tuple[Zone, ...], now_ms: int) -> _Outcome:
+        visitor = self.cache.visitor(hash_invite(code))
+        if visitor is None:
+            return _Outcome(Reason.NO_GRANT)
+        if (why := _window_reason(visitor.window, now_ms)) is not None:
+            return _Outcome(why, None, visitor.name)
+        zone = next((z for z in zones if z.id in visitor.zone_ids), None)
+        return _Outcome(None if zone else Reason.NO_GRANT, None, visitor.name, zone)
+
+    def _jwt(self, token: str, zones: tuple[Zone, ...], now_ms: int) -> _Outcome:
+        p = self.policy
+        result = jwtcheck.verify(token, self.cache.jwks(), p.jwt_algorithms, now_ms / 1000, p.jwt_leeway_s)
+        claims = result.claims or {}
+        user_id = claims.get("sub") or claims.get("userId")
+        user_id = user_id if isinstance(user_id, str) else None
+        name = claims.get("name") if isinstance(claims.get("name"), str) else None
+        if result.reason is not None:
+            return _Outcome(result.reason, user_id, name)
+        zone_ids = claims.get("zoneIds")
+        if zone_ids is not None:
+            # A visitor credential (minted by Frontelio's redeem endpoint): its zones are in the
+            # signed token; exp/nbf carry validUntil/validFrom.
+            if not isinstance(zone_ids, list):
+                return _Outcome(Reason.MALFORMED_CREDENTIAL)
+            zone = next((z for z in zones if z.id in zone_ids), None)
+            return _Outcome(None if zone else Reason.NO_GRANT, user_id, name, zone)
+        if user_id is None:
+            return _Outcome(Reason.MALFORMED_CREDENTIAL)
+        return self._user_grants(user_id, name, zones, now_ms)
+
+    def _user_grants(self, user_id: str, name: str | None, zones: tuple[Zone, ...], now_ms: int) -> _Outcome:
+        user = self.cache.user(user_id)
+        if user is not None:
+            name = user[0] or name
+            if not user[1]:
+                return _Outcome(Reason.HOLDER_INACTIVE, user_id, name)
+        best: tuple[int, Reason | None, Zone | None] = (_rank(Reason.NO_GRANT), Reason.NO_GRANT, None)
+        for zone in zones:
+            for grant in self.cache.grants(user_id, zone.id):
+                why = _window_reason(grant.window, now_ms)
+                if why is None and zone.schedule_aware and not self.cache.on_shift(user_id, zone.id, now_ms):
+                    why = Reason.OUT_OF_SHIFT_WINDOW
+                if why is None:
+                    return _Outcome(None, user_id, name, zone)
+                if _rank(why) < best[0]:
+                    best = (_rank(why), why, zone)
+        return _Outcome(best[1], user_id, name, best[2])
+
+
+def _window_reason(w: Window, now_ms: int) -> Reason | None:
+    if w.revoked:
+        return Reason.GRANT_REVOKED
+    if not within(w.starts_ms, w.ends_ms, now_ms):
+        return Reason.OUT_OF_DATE_WINDOW
+    return None
+
+
+# When several grants all deny, report the most specific: a grant that exists and is only
+# outside its shift says more to the technician than a revoked one.
+_RANKS = {None: 0, Reason.OUT_OF_SHIFT_WINDOW: 1, Reason.OUT_OF_DATE_WINDOW: 2, Reason.GRANT_REVOKED: 3,
+          Reason.HOLDER_INACTIVE: 4, Reason.NO_GRANT: 5}
+
+
+def _rank(reason: Reason | None) -> int:
+    return _RANKS.get(reason, 9)

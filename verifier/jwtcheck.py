@@ -1,0 +1,78 @@
+"""Credential JWTs checked offline with keys from the signed cache.
+
+The algorithm is pinned by the KEY, not by the token: an OKP key verifies only EdDSA, an EC key
+only ES256, an `oct` secret only HS256, and each must also be in the configured allow-list. A
+token that says `alg: HS256` to a public EC key (key confusion) or `alg: none` never reaches a
+verify call. Expiry is checked against the injected clock, not the system's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from verifier.types import Reason
+
+_ALG_FOR_KTY = {"OKP": "EdDSA", "EC": "ES256", "oct": "HS256"}
+MAX_TOKEN_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class JwtOutcome:
+    claims: dict[str, Any] | None
+    reason: Reason | None  # None when the token is good
+
+
+_KEY_CACHE: dict[tuple[str, str], jwt.PyJWK] = {}
+
+
+def _key(kid: str, jwk: dict[str, Any], alg: str) -> jwt.PyJWK:
+    cache_key = (kid, repr(sorted(jwk.items())))
+    key = _KEY_CACHE.get(cache_key)
+    if key is None:
+        key = jwt.PyJWK(jwk, algorithm=alg)
+        if len(_KEY_CACHE) > 256:
+            _KEY_CACHE.clear()
+        _KEY_CACHE[cache_key] = key
+    return key
+
+
+def verify(token: str, jwks: dict[str, dict[str, Any]], allowed: frozenset[str], now_s: float, leeway_s: float) -> JwtOutcome:
+    if len(token) > MAX_TOKEN_BYTES:
+        return JwtOutcome(None, Reason.MALFORMED_CREDENTIAL)
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        return JwtOutcome(None, Reason.MALFORMED_CREDENTIAL)
+    alg, kid = header.get("alg"), header.get("kid")
+    if not isinstance(alg, str) or alg not in allowed:
+        return JwtOutcome(None, Reason.SIGNATURE_INVALID)
+    if isinstance(kid, str):
+        candidates = [(kid, jwks[kid])] if kid in jwks else []
+    else:
+        candidates = list(jwks.items())
+    candidates = [(k, j) for k, j in candidates if _ALG_FOR_KTY.get(j.get("kty")) == alg]
+    if len(candidates) != 1:
+        return JwtOutcome(None, Reason.SIGNATURE_INVALID)
+    try:
+        key = _key(candidates[0][0], candidates[0][1], alg)
+        claims = jwt.decode(
+            token, key.key, algorithms=[alg],
+            options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False},
+        )
+    except (jwt.InvalidTokenError, jwt.PyJWKError, ValueError, TypeError):
+        return JwtOutcome(None, Reason.SIGNATURE_INVALID)
+    exp, nbf = claims.get("exp"), claims.get("nbf")
+    if not _number(exp):
+        return JwtOutcome(None, Reason.MALFORMED_CREDENTIAL)  # a credential must expire
+    if now_s >= exp + leeway_s:
+        return JwtOutcome(claims, Reason.CREDENTIAL_EXPIRED)
+    if nbf is not None and (not _number(nbf) or now_s + leeway_s < nbf):
+        return JwtOutcome(claims, Reason.OUT_OF_DATE_WINDOW)
+    return JwtOutcome(claims, None)
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

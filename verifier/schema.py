@@ -1,0 +1,99 @@
+"""The grant cache's on-disk schema, with a version and forward-only migrations.
+
+sqlite-utils creates tables and indexes (readable, and a technician can `sqlite-utils tables
+grants.db` on the Pi); the hot path reads them with plain prepared statements (see cache.py).
+`PRAGMA user_version` is the schema version, so an upgraded daemon migrates the cache it has
+instead of throwing it away.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["zones"].create({"id": str, "name": str, "schedule_aware": int}, pk="id")
+    db["zone_readers"].create({"reader_id": str, "zone_id": str}, pk=("reader_id", "zone_id"))
+    # Every reader id the bundle mentions (zones' `readers`, cards' and passcodes' `devices`):
+    # a reader in none of them is UNKNOWN_READER, a configuration fault worth its own reason.
+    db["known_readers"].create({"reader_id": str}, pk="reader_id")
+    db["users"].create({"id": str, "name": str, "active": int}, pk="id")
+    db["grants"].create(
+        {"id": str, "user_id": str, "zone_id": str, "starts_ms": int, "ends_ms": int, "revoked": int}, pk="id"
+    )
+    db["grants"].create_index(["user_id", "zone_id"])
+    db["shifts"].create({"id": str, "user_id": str, "zone_id": str, "starts_ms": int, "ends_ms": int}, pk="id")
+    db["shifts"].create_index(["user_id", "ends_ms"])
+    # Cards: SNA (`number`, `devices`, `start_at`/`end_at`), Sifely IC cards (`cardNumber`,
+    # `startDate`/`endDate`), or Frontelio user cards (`userId`, zone grants apply).
+    db["cards"].create(
+        {
+            "number": str, "name": str, "user_id": str, "devices": str,
+            "starts_ms": int, "ends_ms": int, "revoked": int, "origin": str,
+        },
+        pk="number",
+    )
+    # Visitor passes by SHA-256 of the invite code (192-bit codes: a fast hash is enough).
+    db["visitors"].create(
+        {
+            "code_sha256": str, "id": str, "name": str, "zone_ids": str,
+            "starts_ms": int, "ends_ms": int, "revoked": int,
+        },
+        pk="code_sha256",
+    )
+    db["visitors"].create_index(["id"], unique=True)
+    # Timed passcodes (Sifely `keyboardPwd`) by salted scrypt hash: a PIN is guessable, so its
+    # hash must be slow to brute-force from a stolen SD card.
+    db["passcodes"].create(
+        {
+            "id": str, "pin_hash": str, "name": str, "user_id": str, "devices": str,
+            "starts_ms": int, "ends_ms": int, "revoked": int,
+        },
+        pk="id",
+    )
+    db["passcodes"].create_index(["pin_hash"])
+    # Public keys (and, where a site opts into HS256, secrets) that sign credential JWTs.
+    db["jwks"].create({"kid": str, "jwk": str}, pk="kid")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1}
+
+
+def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    """WAL so readers (decisions) never wait for the writer (bundle apply)."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # the cache can always be re-synced; the outbox is FULL
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION; refuse a database written by a newer daemon."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"grant cache schema {current} is newer than this daemon understands ({SCHEMA_VERSION}); "
+            "upgrade door-bridge or remove the cache file to re-sync"
+        )
+    db = sqlite_utils.Database(conn)
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[version](db)
+            conn.execute(f"PRAGMA user_version={version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION

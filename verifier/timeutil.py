@@ -1,0 +1,64 @@
+"""Time rules shared by every seed: ISO 8601, a datetime without an offset is UTC (the SNA rule),
+windows are half-open `[start, end)`.
+
+Inside the cache every instant is an integer of milliseconds since the epoch: comparisons on the
+hot path are integer compares, and SQLite indexes them natively.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+# Sentinels for an open-ended window ("optional — auto-expires" in Frontelio's grant body).
+MIN_MS = -(2**62)
+MAX_MS = 2**62
+
+
+class TimeFormatError(ValueError):
+    pass
+
+
+def parse_instant(value: Any, field: str) -> datetime:
+    """ISO 8601 string (naive → UTC) or epoch milliseconds (Sifely's `startDate`/`endDate`)."""
+    if isinstance(value, bool):
+        raise TimeFormatError(f"{field}: expected an ISO 8601 datetime, got a boolean")
+    if isinstance(value, int):
+        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+    if not isinstance(value, str):
+        raise TimeFormatError(f"{field}: expected an ISO 8601 datetime, got {type(value).__name__}")
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("z", "Z"))
+    except ValueError:
+        raise TimeFormatError(f"{field}: not an ISO 8601 datetime: {value[:40]!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def to_ms(instant: datetime) -> int:
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=timezone.utc)
+    return int(instant.timestamp() * 1000)
+
+
+def opt_ms(value: Any, field: str, default: int) -> int:
+    """An optional window bound: missing or null means open-ended."""
+    if value is None:
+        return default
+    return to_ms(parse_instant(value, field))
+
+
+def from_ms(ms: int) -> datetime | None:
+    if ms <= MIN_MS or ms >= MAX_MS:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def iso(instant: datetime | None) -> str | None:
+    if instant is None:
+        return None
+    return instant.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def within(start_ms: int, end_ms: int, now_ms: int) -> bool:
+    """Half-open: the first millisecond of `start` counts, the first of `end` does not."""
+    return start_ms <= now_ms < end_ms
