@@ -1,0 +1,129 @@
+"""Config models for `[upstream]`: shared HTTP settings plus one optional table per upstream.
+
+API keys are never config text: a table names a key file (`api_key_file`, mode 0600) or a systemd
+credential (`api_key_credential`, from `LoadCredential=`), so the config file can be world-readable
+and pasted into a support ticket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+
+from bridge.config_base import FilePath, Seconds, StrictModel
+
+CredentialName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.@-]+$")]
+_LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+class HttpSettings(StrictModel):
+    connect_timeout_s: Seconds = 3.0
+    read_timeout_s: Seconds = 5.0
+    write_timeout_s: Seconds = 5.0
+    pool_timeout_s: Seconds = 1.0
+    # The whole online decision on the scan path (one attempt, no retry); then the cache decides.
+    verify_budget_s: Annotated[float, Field(gt=0, le=10)] = 0.4
+    # PEM bundle of CAs to trust instead of the system store (a site CA, a TLS-inspecting proxy).
+    ca_bundle: FilePath | None = None
+    # Explicit proxy URL; environment proxies are ignored so a stray HTTPS_PROXY cannot reroute doors.
+    proxy: str | None = None
+    # Largest response body read; anything bigger is a protocol error, not a memory spike.
+    max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
+    breaker_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    breaker_cooldown_s: Seconds = 30.0
+    heartbeat_interval_s: Annotated[float, Field(ge=10)] = 300.0
+    # Background work (heartbeat, sync, replication): jittered exponential back-off up to this cap.
+    retry_max_wait_s: Seconds = 60.0
+    retry_deadline_s: Seconds = 240.0
+
+
+class _UpstreamBase(StrictModel):
+    base_url: str
+    # Plain http:// is refused except to loopback unless this is set (a LAN-only test upstream).
+    allow_http: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host, e.g. https://api.example.com/api/v1")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _https_unless_loopback(self) -> "_UpstreamBase":
+        parts = urlsplit(self.base_url)
+        if parts.scheme == "http" and not self.allow_http and not _is_loopback(parts.hostname or ""):
+            raise ValueError("base_url: plain http:// is only allowed to loopback; use https:// or set allow_http")
+        return self
+
+
+class _KeyedUpstream(_UpstreamBase):
+    api_key_file: FilePath | None = None
+    api_key_credential: CredentialName | None = None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> "_KeyedUpstream":
+        if self.api_key_file and self.api_key_credential:
+            raise ValueError("set api_key_file or api_key_credential, not both")
+        return self
+
+
+class FrontelioSection(_KeyedUpstream):
+    base_url: str = "https://api.frontelio.com/api/v1"
+
+    @model_validator(mode="after")
+    def _key_required(self) -> "FrontelioSection":
+        if not (self.api_key_file or self.api_key_credential):
+            raise ValueError("needs api_key_file or api_key_credential (the tenant's mk_ key)")
+        return self
+
+
+class SnaSection(_UpstreamBase):
+    base_url: str = "https://identify.access.networks.stayforge.io"
+    # The seed names no identify path; see docs/upstreams.md for the assumption behind this default.
+    identify_path: str = Field("/card/identify", pattern=r"^/[^?#]*$")
+    environment: str = Field("standard", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    # How this terminal identifies itself: at least one of SN, device id, MAC.
+    device_sn: str | None = Field(None, min_length=1, max_length=128)
+    device_id: str | None = Field(None, min_length=1, max_length=128)
+    mac: str | None = Field(None, pattern=r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
+
+    @model_validator(mode="after")
+    def _identity_required(self) -> "SnaSection":
+        if not (self.device_sn or self.device_id or self.mac):
+            raise ValueError("needs device_sn, device_id or mac (how SNA knows this terminal)")
+        return self
+
+
+class DigitalIdSection(_KeyedUpstream):
+    """The API key is optional here: the seed makes it an opt-in on the Digital ID side."""
+
+    base_url: str = "https://lightslategrey-weasel-963972.hostingersite.com"
+    path: str = Field("/api/verify-token.php", pattern=r"^/[^?#]*$")
+    # POST keeps the token out of URLs (and so out of proxy and web-server access logs).
+    method: Literal["GET", "POST"] = "POST"
+    location: str | None = Field(None, min_length=1, max_length=128)
+    # Defaults to the reader id of the scan.
+    device_id: str | None = Field(None, min_length=1, max_length=128)
+
+
+class UpstreamSection(StrictModel):
+    http: HttpSettings = HttpSettings()
+    frontelio: FrontelioSection | None = None
+    sna: SnaSection | None = None
+    digital_id: DigitalIdSection | None = None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

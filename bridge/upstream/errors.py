@@ -1,0 +1,45 @@
+"""The few upstream failures the daemon acts on, whichever upstream raised them.
+
+The daemon does not care whether Frontelio, SNA or Digital ID failed, only what to do next:
+fall back and retry later (`UpstreamUnavailable`), fall back and tell a human
+(`UpstreamRejected`, `UpstreamProtocolError`), or not ask this upstream at all
+(`UpstreamNotApplicable`). Messages never quote an API key, a token or a card number.
+"""
+
+from __future__ import annotations
+
+
+class UpstreamError(Exception):
+    """Base class: `upstream` names the adapter (`frontelio`, `sna`, `digital_id`)."""
+
+    def __init__(self, upstream: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(f"{upstream}: {message}")
+        self.upstream = upstream
+        self.status = status
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Transient: timeout, connect error, dropped connection, 5xx, 429 or an open circuit.
+
+    Decide from the cache now; background work retries with back-off.
+    """
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream answered but refuses us (401/403/402, wrong path): a human must fix config.
+
+    `hint` says what to check; retrying without that fix only repeats the refusal.
+    """
+
+    def __init__(self, upstream: str, message: str, *, hint: str, status: int | None = None) -> None:
+        super().__init__(upstream, f"{message}; {hint}", status=status)
+        self.hint = hint
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The answer does not match the documented wire format (bad JSON, wrong types, unknown
+    enum value, body over the size cap): the answer cannot be trusted, so it is not used."""
+
+
+class UpstreamNotApplicable(UpstreamError):
+    """This upstream cannot judge this credential or source (call `accepts` first)."""

@@ -1,0 +1,155 @@
+"""Frontelio `/access`: `POST /access/verify` (the hot path) and `POST /access/reader-heartbeat`.
+
+Both authenticate with the tenant's `mk_` API key as a Bearer token. Sources: Frontelio knows
+PHONE_NFC, PHONE_QR, VISITOR and CARD; our KEYPAD has no Frontelio equivalent, and a PIN is a
+local secret that must not leave the door, so keypad entries are never sent (decided locally).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from bridge import __version__
+from bridge.upstream.adapter import online_decision
+from bridge.upstream.apikey import ApiKey
+from bridge.upstream.errors import UpstreamNotApplicable, UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable
+from bridge.upstream.http import Answer, UpstreamHttp
+from bridge.upstream.netinfo import source_address_towards
+from bridge.upstream.wire import parse_body
+from verifier.types import AccessDecision, CardNumber, Credential, CredentialJwt, Decision, Reason, Source
+
+NAME = "frontelio"
+VERIFY_PATH = "/access/verify"
+HEARTBEAT_PATH = "/access/reader-heartbeat"
+
+# Our source → Frontelio's `source`. None: never sent to Frontelio (see module docstring).
+FRONTELIO_SOURCE: dict[Source, str | None] = {
+    Source.PHONE_NFC: "PHONE_NFC",
+    Source.PHONE_QR: "PHONE_QR",
+    Source.VISITOR: "VISITOR",
+    Source.CARD: "CARD",
+    Source.KEYPAD: None,
+}
+
+FrontelioReason = Literal[
+    "NO_GRANT",
+    "GRANT_REVOKED",
+    "OUT_OF_SHIFT_WINDOW",
+    "OUT_OF_DATE_WINDOW",
+    "CREDENTIAL_EXPIRED",
+    "SIGNATURE_INVALID",
+    "UNKNOWN_READER",
+    "RATE_LIMITED",
+]
+
+
+class VerifyAnswer(BaseModel):
+    """The documented 200 body of /access/verify; unknown extra fields are tolerated."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    decision: Literal["GRANT", "DENY"]
+    userId: str | None = None
+    userName: str | None = None
+    zoneName: str | None = None
+    reason: FrontelioReason | None = None
+    replay: bool = False
+
+    @model_validator(mode="after")
+    def _reason_matches_decision(self) -> "VerifyAnswer":
+        if self.decision == "GRANT" and self.reason is not None:
+            raise ValueError("a GRANT must carry reason null")
+        if self.decision == "DENY" and self.reason is None:
+            raise ValueError("a DENY must carry a reason")
+        return self
+
+
+class FrontelioAdapter:
+    name = NAME
+
+    def __init__(self, http: UpstreamHttp, api_key: ApiKey, verify_budget_s: float) -> None:
+        self._http = http
+        self._api_key = api_key
+        self._budget_s = verify_budget_s
+
+    def accepts(self, credential: Credential, source: Source) -> bool:
+        if FRONTELIO_SOURCE.get(source) is None:
+            return False
+        return isinstance(credential, (CredentialJwt, CardNumber))
+
+    async def verify(self, credential: Credential, reader_id: str, source: Source) -> AccessDecision:
+        wire_source = FRONTELIO_SOURCE.get(source)
+        if wire_source is None or not isinstance(credential, (CredentialJwt, CardNumber)):
+            raise UpstreamNotApplicable(NAME, f"cannot verify a {credential.kind} credential from {source.value}")
+        credential_id = credential.token if isinstance(credential, CredentialJwt) else credential.number
+        answer = await self._post(
+            VERIFY_PATH,
+            {"credentialId": credential_id, "readerId": reader_id, "source": wire_source},
+            budget_s=self._budget_s,
+        )
+        parsed = parse_body(NAME, f"POST {VERIFY_PATH}", VerifyAnswer, answer.body)
+        return online_decision(
+            credential,
+            reader_id,
+            source,
+            Decision(parsed.decision),
+            Reason(parsed.reason) if parsed.reason else None,
+            user_id=parsed.userId,
+            user_name=parsed.userName,
+            zone_name=parsed.zoneName,
+            replay=parsed.replay,
+        )
+
+    async def heartbeat(self, reader_id: str) -> None:
+        url = self._http.base_url
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            ip_address = await asyncio.to_thread(source_address_towards, url.host, port)
+        except OSError as e:
+            raise UpstreamUnavailable(NAME, f"no route to {url.host}: {e.strerror or type(e).__name__}") from None
+        await self._post(
+            HEARTBEAT_PATH,
+            {"readerId": reader_id, "firmwareVersion": __version__, "ipAddress": ip_address},
+            budget_s=None,
+        )
+
+    async def _post(self, path: str, body: dict[str, str], *, budget_s: float | None) -> Answer:
+        auth = {"Authorization": f"Bearer {self._api_key.reveal()}"}
+        answer = await self._http.request("POST", path, json_body=body, headers=auth, budget_s=budget_s)
+        if 200 <= answer.status < 300:
+            return answer
+        raise _status_error(f"POST {path}", answer.status)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _status_error(what: str, status: int) -> Exception:
+    if status == 401:
+        return UpstreamRejected(
+            NAME, f"{what}: API key refused (401)",
+            hint="check that api_key_file / api_key_credential holds a current, unrevoked mk_ key of this tenant",
+            status=status,
+        )
+    if status == 402:
+        return UpstreamRejected(
+            NAME, f"{what}: plan-gated (402 Payment Required)",
+            hint="the tenant's plan lacks the accessControl feature (GROWTH and above); upgrade it in the Frontelio admin",
+            status=status,
+        )
+    if status == 403:
+        return UpstreamRejected(
+            NAME, f"{what}: forbidden (403)",
+            hint="check the API key's outlet scope covers this reader, and that the key is a reader (mk_) key",
+            status=status,
+        )
+    if status == 404:
+        return UpstreamRejected(
+            NAME, f"{what}: not found (404)",
+            hint="check upstream.frontelio.base_url (the documented prefix is /api/v1)",
+            status=status,
+        )
+    return UpstreamProtocolError(NAME, f"{what}: unexpected HTTP {status}", status=status)

@@ -1,0 +1,132 @@
+"""Stayforge Networks Access (SNA): the terminal flow.
+
+The terminal sends its identity (SN / Device ID / MAC) and the scanned card number; SNA answers
+with a command to unlock or to deny, and the terminal obeys without local verification. The
+terminal endpoint takes no authentication, only the `X-Environment` header.
+
+The seed does not spell out the identify path nor its bodies. Assumed (docs/upstreams.md, and the
+fake in tests/fakes/sna.py speaks the same):
+    POST /card/identify   X-Environment: standard
+    {"number": "6B06…", "device_sn": "…", "device_id": "…", "mac": "AA:BB:…"}   (identity: those set)
+    200 {"command": "unlock" | "deny",
+         "card": {"number", "name", "start_at", "end_at"} | null}
+Datetimes follow the SNA rule: ISO 8601, and one without an offset is UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Callable, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from bridge.upstream.adapter import online_decision
+from bridge.upstream.config import SnaSection
+from bridge.upstream.errors import UpstreamNotApplicable, UpstreamProtocolError, UpstreamRejected
+from bridge.upstream.http import UpstreamHttp
+from bridge.upstream.wire import parse_body
+from verifier.timeutil import TimeFormatError, parse_instant
+from verifier.types import AccessDecision, CardNumber, Credential, Decision, Reason, Source
+
+NAME = "sna"
+
+
+class SnaCard(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    number: str
+    name: str | None = None
+    start_at: str | None = None
+    end_at: str | None = None
+
+
+class IdentifyAnswer(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    command: Literal["unlock", "deny"]
+    card: SnaCard | None = None
+
+
+class SnaAdapter:
+    name = NAME
+
+    def __init__(
+        self,
+        http: UpstreamHttp,
+        section: SnaSection,
+        verify_budget_s: float,
+        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self._http = http
+        self._path = section.identify_path
+        self._headers = {"X-Environment": section.environment}
+        self._identity = {
+            key: value
+            for key, value in (("device_sn", section.device_sn), ("device_id", section.device_id), ("mac", section.mac))
+            if value
+        }
+        self._budget_s = verify_budget_s
+        self._now = now
+
+    def accepts(self, credential: Credential, source: Source) -> bool:
+        """Card numbers and barcode/QR content that parsed as a card number; never a keypad PIN."""
+        return isinstance(credential, CardNumber)
+
+    async def verify(self, credential: Credential, reader_id: str, source: Source) -> AccessDecision:
+        if not isinstance(credential, CardNumber):
+            raise UpstreamNotApplicable(NAME, f"SNA identifies card numbers only, not a {credential.kind} credential")
+        what = f"POST {self._path}"
+        answer = await self._http.request(
+            "POST",
+            self._path,
+            json_body={"number": credential.number, **self._identity},
+            headers=self._headers,
+            budget_s=self._budget_s,
+        )
+        if answer.status != 200:
+            raise _status_error(what, answer.status)
+        parsed = parse_body(NAME, what, IdentifyAnswer, answer.body)
+        card = parsed.card
+        user_name = card.name if card else None
+        if parsed.command == "unlock":
+            return online_decision(credential, reader_id, source, Decision.GRANT, None, user_name=user_name)
+        return online_decision(credential, reader_id, source, Decision.DENY, self._deny_reason(what, card), user_name=user_name)
+
+    def _deny_reason(self, what: str, card: SnaCard | None) -> Reason:
+        """SNA gives a command, not a reason: unknown card → NO_GRANT; a known card outside its
+        `[start_at, end_at)` → OUT_OF_DATE_WINDOW; otherwise (not bound to this device) NO_GRANT."""
+        if card is None:
+            return Reason.NO_GRANT
+        try:
+            start = parse_instant(card.start_at, "card.start_at") if card.start_at is not None else None
+            end = parse_instant(card.end_at, "card.end_at") if card.end_at is not None else None
+        except TimeFormatError as e:
+            raise UpstreamProtocolError(NAME, f"{what}: {e}") from None
+        now = self._now()
+        if (start is not None and now < start) or (end is not None and now >= end):
+            return Reason.OUT_OF_DATE_WINDOW
+        return Reason.NO_GRANT
+
+    async def heartbeat(self, reader_id: str) -> None:
+        """The seed documents no heartbeat for terminals: nothing to send."""
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _status_error(what: str, status: int) -> Exception:
+    if status == 400:
+        return UpstreamRejected(
+            NAME, f"{what}: bad request (400)", hint="check upstream.sna.environment (sent as X-Environment)", status=status
+        )
+    if status in (401, 403):
+        return UpstreamRejected(
+            NAME, f"{what}: refused ({status})",
+            hint="the terminal endpoint is documented as unauthenticated; check upstream.sna.base_url and identify_path",
+            status=status,
+        )
+    if status == 404:
+        return UpstreamRejected(
+            NAME, f"{what}: not found (404)", hint="check upstream.sna.base_url and upstream.sna.identify_path", status=status
+        )
+    return UpstreamProtocolError(NAME, f"{what}: unexpected HTTP {status}", status=status)
