@@ -35,6 +35,8 @@ class CacheSection(_Strict):
     # The central's Ed25519 public key that signs grant bundles (PEM, or 32 raw bytes base64).
     public_key: str | None = None
     public_key_file: FilePath | None = None
+    # Standalone sites (no central): the private key `door-bridge grants add/revoke` signs with.
+    signing_key_file: FilePath | None = None
     staleness: Literal["deny", "warn"] = "deny"
     jwt_algorithms: list[Literal["EdDSA", "ES256", "HS256"]] = ["EdDSA", "ES256"]
     jwt_leeway_s: Annotated[float, Field(ge=0, le=300)] = 30.0
@@ -44,6 +46,15 @@ class CacheSection(_Strict):
         if self.public_key and self.public_key_file:
             raise ValueError("set public_key or public_key_file, not both")
         return self
+
+
+    def public_key_text(self, source: str) -> str | None:
+        if self.public_key_file is not None:
+            try:
+                return self.public_key_file.read_text()
+            except OSError as e:
+                raise ConfigError(f"{source}: cache.public_key_file: cannot read {self.public_key_file}: {e.strerror}") from None
+        return self.public_key
 
 
 class PolicySection(_Strict):

@@ -1,0 +1,53 @@
+"""The door relay. Never energised at start, restart or on an error path.
+
+`initial_value=False` means the GPIO line is driven to the relay's inactive level the moment the
+device is created (for active-low modules that is HIGH), so a daemon restart can never leave the
+door released. Any failure while pulsing ends in `off()`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import structlog
+from gpiozero import DigitalOutputDevice
+
+from bridge.config import DoorSection
+
+log = structlog.get_logger()
+
+
+class Door:
+    def __init__(self, name: str, cfg: DoorSection, pin_factory: Any) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.relay = DigitalOutputDevice(
+            cfg.relay_pin, active_high=cfg.relay_active_high, initial_value=False, pin_factory=pin_factory
+        )
+        self._lock = threading.Lock()
+        self.pulses = 0
+
+    def pulse(self) -> None:
+        """Energise for `pulse_s`, then release; a new pulse while open restarts the timer."""
+        with self._lock:
+            try:
+                self.relay.blink(on_time=self.cfg.pulse_s, off_time=0, n=1, background=True)
+                self.pulses += 1
+            except Exception:
+                self.release()
+                raise
+
+    def release(self) -> None:
+        try:
+            self.relay.off()
+        except Exception as e:  # a dead GPIO chip must not stop the shutdown path
+            log.error("relay_release_failed", door=self.name, error=str(e), check="GPIO wiring and permissions")
+
+    @property
+    def energised(self) -> bool:
+        return bool(self.relay.value)
+
+    def close(self) -> None:
+        self.release()
+        self.relay.close()
