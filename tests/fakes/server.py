@@ -8,6 +8,7 @@ assert on `requests` (what the bridge really sent) and flip faults: `slow`, `fai
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ class Reply:
     body: Any = None  # JSON-encoded unless `raw` is given
     raw: bytes | None = None
     content_type: str = "application/json"
+    # No Content-Length: the body ends when the connection closes (HTTP/1.0), as a streaming
+    # or misbehaving server would send it.
+    omit_length: bool = False
 
 
 Handler = Callable[[RecordedRequest], Reply]
@@ -53,6 +57,7 @@ class FakeServer:
     prefix: str = ""
     routes: dict[tuple[str, str], Handler] = field(default_factory=dict)
     faults: Faults = field(default_factory=Faults)
+    tls: ssl.SSLContext | None = None  # serve https with this server-side context
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -67,6 +72,9 @@ class FakeServer:
         self._stopping.clear()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _make_handler(self))
         self._httpd.daemon_threads = True
+        self._httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
+        if self.tls is not None:
+            self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -90,7 +98,8 @@ class FakeServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.prefix}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{self.prefix}"
 
     # --- faults --------------------------------------------------------------------------------
     def slow(self, delay_s: float) -> None:
@@ -102,8 +111,10 @@ class FakeServer:
     def drop_connections(self) -> None:
         self.faults.drop = True
 
-    def respond_raw(self, body: bytes, status: int = 200, content_type: str = "application/json") -> None:
-        self.faults.raw = Reply(status, raw=body, content_type=content_type)
+    def respond_raw(
+        self, body: bytes, status: int = 200, content_type: str = "application/json", omit_length: bool = False
+    ) -> None:
+        self.faults.raw = Reply(status, raw=body, content_type=content_type, omit_length=omit_length)
 
     def heal(self) -> None:
         self.faults = Faults()
@@ -167,7 +178,8 @@ def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             try:
                 self.send_response(reply.status)
                 self.send_header("Content-Type", reply.content_type)
-                self.send_header("Content-Length", str(len(payload)))
+                if not reply.omit_length:
+                    self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
             except (BrokenPipeError, ConnectionResetError):
