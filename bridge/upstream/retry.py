@@ -52,4 +52,8 @@ async def call_with_retry(
     sleep: Callable[[float], Awaitable[Any]] | None = None,
 ) -> T:
     """Run `operation` until it succeeds, raises a non-transient error, or the deadline passes."""
-    return await background_retrying(settings, sleep=sleep)(operation)
+
+    async def attempt() -> T:  # tenacity awaits only what it recognises as a coroutine function
+        return await operation()
+
+    return await background_retrying(settings, sleep=sleep)(attempt)
