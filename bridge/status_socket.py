@@ -63,7 +63,12 @@ def _json_default(value: Any) -> Any:
 
 
 class StatusServer:
-    """Serves `snapshot()` as JSON to every connection; start() and stop() from the daemon's loop."""
+    """Serves `snapshot()` as JSON to every connection; start() and stop() from the daemon's loop.
+
+    `snapshot` runs on the event loop for every connection, so it must return values the daemon
+    already holds (counters, last-seen times), not query SQLite: a technician polling status must
+    never delay a door.
+    """
 
     def __init__(self, path: str | os.PathLike[str], snapshot: Snapshot, send_timeout_s: float = 2.0) -> None:
         self.path = Path(path)
@@ -73,6 +78,8 @@ class StatusServer:
         self._inode: int | None = None
 
     async def start(self) -> None:
+        if not self.path.parent.is_dir():
+            raise OSError(f"{self.path.parent} does not exist (systemd creates it from RuntimeDirectory=; outside systemd choose another path)")
         if self.path.exists() and not self.path.is_socket():
             raise OSError(f"{self.path} exists and is not a socket; remove it or choose another path")
         # asyncio replaces a stale socket left by a killed daemon.

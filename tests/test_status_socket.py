@@ -112,6 +112,11 @@ def test_refuses_to_replace_a_regular_file(sock_dir: Path) -> None:
     assert path.read_text() == "not a socket"
 
 
+def test_a_missing_runtime_directory_is_a_clear_error(sock_dir: Path) -> None:
+    with pytest.raises(OSError, match="does not exist"):
+        asyncio.run(StatusServer(sock_dir / "absent" / "status.sock", dict).start())
+
+
 def test_fetch_without_daemon_says_it_is_not_running(sock_dir: Path) -> None:
     with pytest.raises(StatusUnavailable, match="not running"):
         fetch_status(sock_dir / "missing.sock", timeout=1)

@@ -14,6 +14,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,6 +186,30 @@ def test_unit_keeps_the_network_it_needs(service: dict[str, list[str]]) -> None:
     assert service.get("PrivateNetwork", ["no"])[-1] in ("no", "false")
     assert one(service, "ProtectSystem") == "strict"
     assert one(service, "SystemCallFilter") and "@system-service" in service["SystemCallFilter"]
+
+
+_MDWE_PROBE = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit(77)
+callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda x: x + 1)  # a libffi closure
+assert callback(41) == 42
+import serial, evdev, gpiozero, nfc, usb1, httpx, jwt, sqlite_utils, structlog, tenacity, pydantic
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+key = Ed25519PrivateKey.generate()
+key.public_key().verify(key.sign(b"bundle"), b"bundle")
+import bridge.sdnotify, bridge.status_socket
+print("ok")
+"""
+
+
+def test_dependencies_run_without_writable_executable_memory() -> None:
+    """MemoryDenyWriteExecute=yes must not break the daemon's libraries: same rule via prctl(PR_SET_MDWE)."""
+    done = subprocess.run([sys.executable, "-c", _MDWE_PROBE], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    if done.returncode == 77:
+        pytest.skip("kernel has no PR_SET_MDWE (needs Linux >= 6.3)")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 # --- install / uninstall scripts -----------------------------------------------------------------------
