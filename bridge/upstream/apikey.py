@@ -38,7 +38,7 @@ class ApiKey:
     def __hash__(self) -> int:
         return hash(self._value)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("ApiKey cannot be pickled")
 
 

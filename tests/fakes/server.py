@@ -72,7 +72,8 @@ class FakeServer:
         self._stopping.clear()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _make_handler(self))
         self._httpd.daemon_threads = True
-        self._httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
+        # A client that hangs up or refuses our test certificate is expected, not a traceback.
+        self._httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         if self.tls is not None:
             self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True)
         self.port = self._httpd.server_address[1]
