@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bridge.inputs.base import Scan
+from bridge.inputs.base import Input, Scan
 from bridge.inputs.evdev_scanner import (
     UNKNOWN_KEY_CHAR,
     DeviceNotFound,
@@ -349,7 +349,7 @@ class Plugging:
         return step
 
 
-def run_until(scanner: EvdevScannerInput, done: Callable[[list[Scan]], bool]) -> list[Scan]:
+def run_until(scanner: Input, done: Callable[[list[Scan]], bool]) -> list[Scan]:
     scans: list[Scan] = []
 
     async def main() -> None:
