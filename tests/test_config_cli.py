@@ -1,0 +1,68 @@
+"""Configuration errors name the file, the key and the problem, and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.cli import main
+from bridge.config import ConfigError, load
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config.example.toml"
+
+
+def test_example_config_is_valid_via_the_real_command():
+    proc = subprocess.run([sys.executable, "-m", "bridge.cli", "check-config", str(EXAMPLE)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "body, key, words",
+    [
+        ('[doors.main]\nrelay_pin = "17"\n', "doors.main.relay_pin", "valid integer"),
+        ("[doors.main]\nrelay_pin = 17\npulse_secs = 3\n", "doors.main.pulse_secs", "unknown key"),
+        ("[bridge]\nmode = \"sometimes\"\n", "bridge.mode", "local-first"),
+        ("[doors.main]\nrelay_pin = 99\n", "doors.main.relay_pin", "less than or equal"),
+        ('[[readers]]\ntype = "console"\nid = "R1"\ndoor = "back"\n', "readers.0.door", "no door 'back'"),
+        ("[policy]\nreplay_window_s = -1\n", "policy.replay_window_s", "greater than or equal"),
+        ("[doors.main]\n", "doors.main.relay_pin", "required"),
+        ('[cache]\npublic_key = "not a key"\n', "cache.public_key", "Ed25519"),
+    ],
+)
+def test_bad_config_exits_2_naming_file_and_key(tmp_path, capsys, body, key, words):
+    path = tmp_path / "door.toml"
+    path.write_text(body)
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and key in err and words in err, err
+
+
+def test_not_toml_and_missing_file(tmp_path, capsys):
+    path = tmp_path / "door.toml"
+    path.write_text("[bridge\nid=")
+    assert main(["check-config", str(path)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    assert main(["check-config", str(tmp_path / "nope.toml")]) == 2
+    assert "file not found" in capsys.readouterr().err
+
+
+def test_duplicate_reader_ids_are_refused(tmp_path):
+    path = tmp_path / "door.toml"
+    path.write_text('[doors.main]\nrelay_pin = 17\n[[readers]]\ntype = "console"\nid = "R1"\n'
+                    '[[readers]]\ntype = "console"\nid = "R1"\n')
+    with pytest.raises(ConfigError, match=r"readers\.1\.id: duplicate reader id 'R1'"):
+        load(path)
+
+
+def test_run_with_bad_config_exits_2(tmp_path):
+    path = tmp_path / "door.toml"
+    path.write_text("[bridge]\nid = 5\n")
+    proc = subprocess.run([sys.executable, "-m", "bridge.cli", "run", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "bridge.id" in proc.stderr
