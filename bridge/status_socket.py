@@ -238,6 +238,11 @@ def _generic(key: str, value: Any, indent: int = 0) -> list[str]:
     return [f"{pad}{key}: {_plain(value)}"]
 
 
+def _others(section: Mapping[str, Any], known: set[str]) -> list[str]:
+    """Keys this version does not know yet, shown plainly rather than hidden."""
+    return [f"{k} {_plain(v)}" for k, v in section.items() if k not in known]
+
+
 def _header(d: Mapping[str, Any], r: _Renderer) -> str | None:
     parts = []
     if "bridge_id" in d or "version" in d:
@@ -260,8 +265,7 @@ def _upstream(u: Mapping[str, Any], r: _Renderer) -> str:
         parts.append(f"last heartbeat {r.when(u['last_heartbeat'])}")
     if u.get("last_error"):
         parts.append(f"last error: {u['last_error']}")
-    rest = {k: v for k, v in u.items() if k not in {"online", "since", "last_heartbeat", "last_error"}}
-    parts += [f"{k} {_plain(v)}" for k, v in rest.items()]
+    parts += _others(u, {"online", "since", "last_heartbeat", "last_error"})
     return "; ".join(parts) or "-"
 
 
@@ -279,8 +283,7 @@ def _cache(c: Mapping[str, Any], r: _Renderer) -> str:
         parts.append(f"stale after {r.when(c['not_after'])}")
     if c.get("stale"):
         parts.append("STALE")
-    rest = {k: v for k, v in c.items() if k not in {"version", "issued_at", "age_s", "grants", "not_after", "stale"}}
-    parts += [f"{k} {_plain(v)}" for k, v in rest.items()]
+    parts += _others(c, {"version", "issued_at", "age_s", "grants", "not_after", "stale"})
     return ", ".join(parts) or "-"
 
 
@@ -292,8 +295,7 @@ def _outbox(o: Mapping[str, Any], _: _Renderer) -> str:
         parts.append(f"oldest {_duration(o['oldest_age_s'])}")
     if o.get("dropped"):
         parts.append(f"{_plain(o['dropped'])} DROPPED (overflow)")
-    rest = {k: v for k, v in o.items() if k not in {"depth", "oldest_age_s", "dropped"}}
-    parts += [f"{k} {_plain(v)}" for k, v in rest.items()]
+    parts += _others(o, {"depth", "oldest_age_s", "dropped"})
     return ", ".join(parts) or "-"
 
 
@@ -310,8 +312,7 @@ def _reader(state: Mapping[str, Any], r: _Renderer) -> str:
         parts.append(f"{decision} {state['last_reason']}" if state.get("last_reason") else decision)
     if state.get("last_error"):
         parts.append(f"error: {state['last_error']}")
-    known = {"type", "connected", "last_scan_at", "last_decision", "last_reason", "last_error"}
-    parts += [f"{k} {_plain(v)}" for k, v in state.items() if k not in known]
+    parts += _others(state, {"type", "connected", "last_scan_at", "last_decision", "last_reason", "last_error"})
     return ", ".join(parts) or "-"
 
 

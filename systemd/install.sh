@@ -21,8 +21,11 @@ readonly UDEV_DEST=/etc/udev/rules.d/99-door-bridge.rules
 readonly MODPROBE_DEST=/etc/modprobe.d/door-bridge-nfc.conf
 readonly APT_PACKAGES=(python3-venv python3-lgpio libusb-1.0-0)
 
-SRC=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
-readonly SRC
+HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+SRC=$(dirname -- "$HERE")
+readonly HERE SRC SCRIPT_NAME=install.sh
+# shellcheck source=script-helpers.sh source-path=SCRIPTDIR
+. "$HERE/script-helpers.sh"
 
 DRY_RUN=0
 START=1
@@ -36,38 +39,20 @@ for arg in "$@"; do
         --dry-run) DRY_RUN=1 ;;
         --no-start) START=0 ;;
         -h | --help) usage; exit 0 ;;
-        *) echo "install.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
+        *) echo "$SCRIPT_NAME: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
-
-say() { printf '==> %s\n' "$*"; }
-die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
-
-# Every change goes through run: printed always, executed unless --dry-run.
-run() {
-    printf '+'
-    printf ' %q' "$@"
-    printf '\n'
-    if [[ $DRY_RUN -eq 0 ]]; then
-        "$@"
-    fi
-}
 
 # --- preconditions ------------------------------------------------------------------------------
 [[ -f $SRC/pyproject.toml ]] || die "$SRC does not look like a door-bridge checkout (no pyproject.toml)"
 for file in systemd/door-bridge.service hardware/udev/99-door-bridge.rules systemd/door-bridge-nfc-blacklist.conf config.example.toml; do
     [[ -f $SRC/$file ]] || die "missing $SRC/$file; is the checkout complete?"
 done
-if [[ $DRY_RUN -eq 0 && $EUID -ne 0 ]]; then
-    die "run as root (sudo $0), or with --dry-run to see what it would do"
-fi
+require_root_unless_dry_run
 command -v systemctl >/dev/null || die "systemctl not found: door-bridge runs as a systemd service"
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
     || die "python3 >= 3.11 is required (Raspberry Pi OS bookworm has 3.11)"
 
-if [[ $DRY_RUN -eq 1 ]]; then
-    say "dry run: nothing will be changed"
-fi
 say "installing door-bridge from $SRC"
 
 # --- OS packages: venv support, lgpio (gpiozero's bookworm pin factory), libusb for nfcpy ---------

@@ -19,6 +19,10 @@ readonly UNIT_DEST=/etc/systemd/system/$SERVICE.service
 readonly DROPIN_DIR=/etc/systemd/system/$SERVICE.service.d
 readonly UDEV_DEST=/etc/udev/rules.d/99-door-bridge.rules
 readonly MODPROBE_DEST=/etc/modprobe.d/door-bridge-nfc.conf
+HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+readonly HERE SCRIPT_NAME=uninstall.sh
+# shellcheck source=script-helpers.sh source-path=SCRIPTDIR
+. "$HERE/script-helpers.sh"
 
 DRY_RUN=0
 PURGE=0
@@ -32,21 +36,9 @@ for arg in "$@"; do
         --dry-run) DRY_RUN=1 ;;
         --purge) PURGE=1 ;;
         -h | --help) usage; exit 0 ;;
-        *) echo "uninstall.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
+        *) echo "$SCRIPT_NAME: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
-
-say() { printf '==> %s\n' "$*"; }
-die() { printf 'uninstall.sh: %s\n' "$*" >&2; exit 1; }
-
-run() {
-    printf '+'
-    printf ' %q' "$@"
-    printf '\n'
-    if [[ $DRY_RUN -eq 0 ]]; then
-        "$@"
-    fi
-}
 
 remove() {
     local path
@@ -57,12 +49,7 @@ remove() {
     done
 }
 
-if [[ $DRY_RUN -eq 0 && $EUID -ne 0 ]]; then
-    die "run as root (sudo $0), or with --dry-run to see what it would do"
-fi
-if [[ $DRY_RUN -eq 1 ]]; then
-    say "dry run: nothing will be changed"
-fi
+require_root_unless_dry_run
 
 if command -v systemctl >/dev/null && [[ -e $UNIT_DEST ]]; then
     # The daemon leaves the relay de-energised on SIGTERM (TimeoutStopSec=10).

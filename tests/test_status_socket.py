@@ -255,6 +255,11 @@ def test_format_shows_unknown_keys_rather_than_hiding_them() -> None:
     assert text.splitlines() == ["firmware:", "  lgpio: 0.2", "  pins: 17, 27", "note: -"]
 
 
+def test_format_shows_new_keys_inside_known_sections() -> None:
+    text = format_status({"upstream": {"online": True, "rtt_ms": 80}, "readers": {"R": {"type": "nfc", "firmware": "1.2"}}})
+    assert text.splitlines() == ["upstream   online; rtt_ms 80", "readers", "  R  nfc, firmware 1.2"]
+
+
 def test_format_accepts_readers_as_a_list_with_ids() -> None:
     text = format_status({"readers": [{"id": "KEYPAD", "type": "keypad", "connected": True}]})
     assert text.splitlines() == ["readers", "  KEYPAD  keypad, connected"]

@@ -225,7 +225,8 @@ def test_scripts_parse_and_are_executable(script: Path) -> None:
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt-get install shellcheck)")
 @pytest.mark.parametrize("script", [INSTALL, UNINSTALL], ids=["install", "uninstall"])
 def test_scripts_pass_shellcheck(script: Path) -> None:
-    done = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, timeout=60)
+    # -x follows `. script-helpers.sh`, so the helpers are checked with each script's variables.
+    done = subprocess.run(["shellcheck", "-x", script.name], capture_output=True, text=True, timeout=60, cwd=script.parent)
     assert done.returncode == 0, done.stdout
 
 
@@ -233,7 +234,7 @@ def test_scripts_pass_shellcheck(script: Path) -> None:
 def checkout(tmp_path: Path) -> Iterator[Path]:
     """A copy of the files install.sh reads, so the dry run does not depend on the rest of the tree."""
     co = tmp_path / "checkout"
-    for rel in ("systemd/door-bridge.service", "systemd/install.sh", "systemd/uninstall.sh", "systemd/door-bridge-nfc-blacklist.conf", "hardware/udev/99-door-bridge.rules", "pyproject.toml"):
+    for rel in ("systemd/door-bridge.service", "systemd/install.sh", "systemd/uninstall.sh", "systemd/script-helpers.sh", "systemd/door-bridge-nfc-blacklist.conf", "hardware/udev/99-door-bridge.rules", "pyproject.toml"):
         (co / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, co / rel)
     (co / "config.example.toml").write_text("# example\n")
