@@ -6,8 +6,8 @@ import pickle
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
 import structlog
+from structlog.testing import capture_logs
 
 from bridge.upstream.apikey import FRONTELIO_PREFIX, ApiKey, ApiKeyError, load_api_key
 

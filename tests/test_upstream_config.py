@@ -13,8 +13,9 @@ from bridge.upstream import ApiKeyError, UpstreamSection, build_adapters
 from bridge.upstream.digital_id import DigitalIdAdapter
 from bridge.upstream.frontelio import FrontelioAdapter
 from bridge.upstream.sna import SnaAdapter
-from tests.fakes.fixtures import frontelio_key_file  # noqa: F401 (fixture)
 from tests.fakes.frontelio import API_KEY
+
+pytest_plugins = ["tests.fakes.fixtures"]  # fake upstream servers, key file
 
 
 def section(data: dict[str, Any]) -> UpstreamSection:

@@ -19,8 +19,9 @@ from bridge.upstream import (
 )
 from bridge.upstream.digital_id import DigitalIdAdapter
 from tests.fakes.digital_id import FakeDigitalId, employee
-from tests.fakes.fixtures import fake_digital_id  # noqa: F401 (fixture)
 from verifier.types import CardNumber, Decision, DigitalIdToken, Reason, Source
+
+pytest_plugins = ["tests.fakes.fixtures"]  # fake upstream servers, key file
 
 TOKEN = DigitalIdToken("a1b2c3d4e5f60718293a4b5c6d7e8f90")
 ORG_KEY = "did_live_0123456789abcdef"

@@ -20,9 +20,10 @@ from bridge.upstream import (
 )
 from bridge.upstream.frontelio import FrontelioAdapter
 from bridge.upstream.http import USER_AGENT
-from tests.fakes.fixtures import fake_frontelio, frontelio_key_file  # noqa: F401 (fixtures)
 from tests.fakes.frontelio import API_KEY, FakeFrontelio, Holder
 from verifier.types import CardNumber, CredentialJwt, Decision, Pin, Reason, Source, fingerprint
+
+pytest_plugins = ["tests.fakes.fixtures"]  # fake upstream servers, key file
 
 JWT = CredentialJwt("eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ1c2VyX2FiYyJ9.c2ln")
 LAYLA = Holder("user_abc", "Layla Hassan", "Back of House — Stockroom")

@@ -12,8 +12,9 @@ from structlog.testing import capture_logs
 from bridge.upstream import HttpSettings, UpstreamRejected, UpstreamSection, UpstreamUnavailable, build_adapters
 from bridge.upstream.heartbeat import beat_once, run_heartbeats
 from bridge.upstream.retry import call_with_retry
-from tests.fakes.fixtures import fake_frontelio, frontelio_key_file  # noqa: F401 (fixtures)
 from tests.fakes.frontelio import FakeFrontelio
+
+pytest_plugins = ["tests.fakes.fixtures"]  # fake upstream servers, key file
 
 SETTINGS = HttpSettings(retry_max_wait_s=8, retry_deadline_s=1000)
 

@@ -180,3 +180,22 @@ def test_untrusted_certificate_is_rejected_with_the_ca_bundle_hint(tmp_path: Pat
         fake.stop()
     assert isinstance(untrusted, UpstreamRejected) and "ca_bundle" in str(untrusted)
     assert isinstance(trusted, Answer) and trusted.body == {"ok": True}
+
+
+def test_upstream_coming_back_is_reached_again(server: FakeServer) -> None:
+    server.go_down()
+    http = http_for(server.url, breaker_failures=5)
+
+    async def scenario() -> tuple[Any, Any]:
+        try:
+            await http.request("POST", "/thing", json_body={})
+        except UpstreamUnavailable as e:
+            down: Any = e
+        server.come_up()
+        back = await http.request("POST", "/thing", json_body={})
+        await http.aclose()
+        return down, back
+
+    down, back = asyncio.run(scenario())
+    assert isinstance(down, UpstreamUnavailable)
+    assert isinstance(back, Answer) and back.status == 200

@@ -12,9 +12,10 @@ import pytest
 
 from bridge.upstream import UpstreamNotApplicable, UpstreamProtocolError, UpstreamRejected, UpstreamSection, build_adapters
 from bridge.upstream.sna import SnaAdapter
-from tests.fakes.fixtures import fake_sna  # noqa: F401 (fixture)
 from tests.fakes.sna import ACCESS_TOKEN, ENVIRONMENT, FakeSna
 from verifier.types import CardNumber, Decision, DigitalIdToken, Reason, Source
+
+pytest_plugins = ["tests.fakes.fixtures"]  # fake upstream servers, key file
 
 CARD = CardNumber("6B06C2A25E99C68EDCBE")
 # 2025-04-15 12:00 UTC: inside the seed's example window.

@@ -7,17 +7,27 @@ cache, which cannot check Digital ID tokens and so denies).
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict
 
 from bridge.upstream.adapter import online_decision
 from bridge.upstream.apikey import ApiKey
 from bridge.upstream.config import DigitalIdSection
-from bridge.upstream.errors import UpstreamNotApplicable, UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable
+from bridge.upstream.errors import (
+    UpstreamNotApplicable,
+    UpstreamProtocolError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 from bridge.upstream.http import UpstreamHttp
 from bridge.upstream.wire import parse_body
-from verifier.types import AccessDecision, Credential, Decision, DigitalIdToken, Reason, Source
+from verifier.types import (
+    AccessDecision,
+    Credential,
+    Decision,
+    DigitalIdToken,
+    Reason,
+    Source,
+)
 
 NAME = "digital_id"
 
