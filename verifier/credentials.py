@@ -76,7 +76,7 @@ def _jwt_header_ok(token: str) -> bool:
     head = token.split(".", 1)[0]
     try:
         decoded = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # a QR code can nest `[[[[…` deeply
         return False
     return isinstance(decoded, dict) and isinstance(decoded.get("alg"), str)
 
