@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from bridge.inputs.base import Scan
-from bridge.inputs.wiegand import FrameAssembler, PinBuffer, WiegandReaderConfig, create
+from bridge.inputs.wiegand import FrameAssembler, WiegandReaderConfig, create
 from verifier.types import Source
 from verifier.wiegand_formats import (
     FORMATS,
@@ -199,31 +199,11 @@ def test_a_stuck_line_is_counted_not_stored() -> None:
     assert len(bits) == 64 and length == 10_000
 
 
-def test_pin_buffer_submits_clears_and_forgets() -> None:
-    pins = PinBuffer(timeout_s=5.0)
-    assert [pins.key(k, t) for t, k in enumerate("12*34#")] == [None] * 5 + ["34"]
-    assert pins.key("#", 10) is None  # nothing typed: nothing submitted
-    pins.key("9", 20)
-    assert pins.seconds_to_timeout(22) == pytest.approx(3.0)
-    assert pins.expire(25) is True
-    assert pins.key("7", 25.5) is None and pins.key("#", 26) == "7"
-    pins.key("1", 30)
-    assert pins.key("2", 36) is None and pins.key("#", 37) == "2"  # '1' was forgotten
-
-
-def test_pin_buffer_keeps_an_overlong_entry_too_long_to_be_a_pin() -> None:
-    pins = PinBuffer(timeout_s=5.0)
-    for i in range(40):
-        pins.key("5", i * 0.1)
-    entry = pins.key("#", 4.1)
-    assert entry is not None and len(entry) == 16  # above the parser's 12: denied, not truncated to valid
-
-
 # --- config -----------------------------------------------------------------------------------
 
 
 def reader_config(**overrides: object) -> WiegandReaderConfig:
-    data: dict[str, object] = {"type": "wiegand", "id": "W-1", "d0_pin": 5, "d1_pin": 6, "frame_gap_ms": 100}
+    data: dict[str, object] = {"type": "wiegand", "id": "W-1", "d0_pin": 5, "d1_pin": 6, "frame_gap_ms": 80}
     data.update(overrides)
     return WiegandReaderConfig.model_validate(data)
 
@@ -262,20 +242,26 @@ def factory() -> Iterable[MockFactory]:
     pins.reset()
 
 
-def send(factory: MockFactory, cfg: WiegandReaderConfig, *frames: tuple[int, ...]) -> None:
-    """Pulse the lines as a reader does, with a quiet gap (1.5x frame_gap_ms) after each frame."""
+Train = tuple[int, ...] | float  # a frame, or a pause in seconds (a person between two keys)
+
+
+def send(factory: MockFactory, cfg: WiegandReaderConfig, *frames: Train) -> None:
+    """Pulse the lines as a reader does, then stay quiet for just over frame_gap_ms."""
     d0, d1 = factory.pin(cfg.d0_pin), factory.pin(cfg.d1_pin)
     for frame in frames:
+        if isinstance(frame, float):
+            time.sleep(frame)
+            continue
         for bit in frame:
             line = d1 if bit else d0
             line.drive_low()
             time.sleep(0.00005)
             line.drive_high()
             time.sleep(BIT_SPACING_S)
-        time.sleep(1.5 * cfg.frame_gap_ms / 1000)
+        time.sleep(1.1 * cfg.frame_gap_ms / 1000)  # sleep never returns early
 
 
-async def scans_from(factory: MockFactory, cfg: WiegandReaderConfig, frames: list[tuple[int, ...]], expect: int) -> list[Scan]:
+async def scans_from(factory: MockFactory, cfg: WiegandReaderConfig, frames: list[Train], expect: int) -> list[Scan]:
     """Run the input, pulse `frames` into it from a thread, and collect `expect` scans."""
     reader = create(cfg, pin_factory=factory)
     queue: asyncio.Queue[Scan] = asyncio.Queue()
@@ -354,6 +340,23 @@ def test_keypad_bursts_become_a_pin_on_hash(factory: MockFactory) -> None:
     assert len(scans) == 1
     assert (scans[0].source, scans[0].raw, scans[0].hint) == (Source.KEYPAD, b"2580", "pin")
     assert "2580" not in repr(logs)
+
+
+def test_a_pause_forgets_a_half_typed_pin(factory: MockFactory) -> None:
+    cfg = reader_config(keypad=True, pin_timeout_s=0.5)
+    keys: list[Train] = [encode_key("1", 8), encode_key("2", 8), 0.8]
+    keys += [encode_key(k, 8) for k in "3456#"]
+    scans = asyncio.run(scans_from(factory, cfg, keys, expect=1))
+    assert [s.raw for s in scans] == [b"3456"]
+
+
+def test_an_overlong_entry_is_refused_whole(factory: MockFactory) -> None:
+    cfg = reader_config(keypad=True)
+    keys = [encode_key(k, 4) for k in "1234567890123#" + "4321#"]
+    with structlog.testing.capture_logs() as logs:
+        scans = asyncio.run(scans_from(factory, cfg, keys, expect=1))
+    assert [s.raw for s in scans] == [b"4321"]  # not b"123456789012"
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["wiegand.pin_too_long"]
 
 
 def test_card_and_pin_on_one_combo_reader(factory: MockFactory) -> None:

@@ -6,9 +6,9 @@ when the lines stay quiet for longer than any inter-bit gap (`frame_gap_ms`). gp
 `when_activated` on each falling edge from its own thread; the bits are timestamped there and
 the asyncio side cuts frames, decodes them (`verifier.wiegand_formats`) and emits scans.
 
-Keypad readers send one 4- or 8-bit burst per key. Keys go through a PIN buffer: '#' submits,
-'*' clears, and a pause longer than `pin_timeout_s` forgets a half-typed PIN, so the next person
-does not inherit it.
+Keypad readers send one 4- or 8-bit burst per key. Keys go through the keypad input's
+`KeypadBuffer`: '#' submits, '*' clears, and a pause longer than `pin_timeout_s` forgets a
+half-typed PIN, so the next person does not inherit it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 
 from bridge.config_base import GpioPin, ReaderId, Seconds, StrictModel
 from bridge.inputs.base import Emit, Scan
+from bridge.inputs.keypad import KeypadBuffer
 from verifier.types import Source
 from verifier.wiegand_formats import (
     DEFAULT_FORMATS,
@@ -42,9 +43,9 @@ log = structlog.get_logger()
 # The longest frame kept bit by bit; longer bursts are noise (or a format we do not know) and
 # are only counted, so a stuck line cannot grow memory.
 MAX_FRAME_BITS = 64
-# Digits kept in the PIN buffer. Above the parser's 12-digit limit on purpose: an overlong
-# entry is still submitted and denied as malformed (an audit event), never cut to a valid PIN.
-MAX_PIN_DIGITS = 16
+# The longest PIN the credential parser accepts (and an offline passcode's length). A longer
+# entry is refused whole at '#', never cut to a prefix that could be someone else's PIN.
+MAX_PIN_DIGITS = 12
 
 
 class WiegandReaderConfig(StrictModel):
@@ -122,42 +123,6 @@ class FrameAssembler:
         self._bits, self._overflow = [], 0
 
 
-class PinBuffer:
-    """Keys → a submitted PIN. '#' submits, '*' clears, a pause forgets. Time is passed in.
-
-    (`bridge/inputs/keypad.py` was not there to reuse when this was written; a small one here.)
-    """
-
-    def __init__(self, timeout_s: float) -> None:
-        self._timeout_s = timeout_s
-        self._digits: list[str] = []
-        self._last_key_at = 0.0
-
-    def key(self, symbol: str, now: float) -> str | None:
-        self.expire(now)
-        self._last_key_at = now
-        if symbol == "#":
-            entry, self._digits = "".join(self._digits), []
-            return entry or None
-        if symbol == "*":
-            self._digits = []
-        elif symbol.isdigit() and len(self._digits) < MAX_PIN_DIGITS:
-            self._digits.append(symbol)
-        return None
-
-    def expire(self, now: float) -> bool:
-        """Forget a PIN left half-typed; True if there was one."""
-        if self._digits and now - self._last_key_at >= self._timeout_s:
-            self._digits = []
-            return True
-        return False
-
-    def seconds_to_timeout(self, now: float) -> float | None:
-        if not self._digits:
-            return None
-        return max(0.0, self._last_key_at + self._timeout_s - now)
-
-
 class WiegandInput:
     """Implements `bridge.inputs.base.Input` for one reader on two GPIO lines."""
 
@@ -166,7 +131,7 @@ class WiegandInput:
         self._cfg = cfg
         self._pin_factory = pin_factory
         self._frames = FrameAssembler(cfg.frame_gap_ms / 1000)
-        self._pin = PinBuffer(cfg.pin_timeout_s)
+        self._entry = KeypadBuffer(MAX_PIN_DIGITS, cfg.pin_timeout_s)
         self._log = log.bind(reader=cfg.id)  # re-bound in run(), after logging is configured
         self._wake: Callable[[], None] = lambda: None
         self._lines: tuple[DigitalInputDevice, DigitalInputDevice] | None = None
@@ -211,11 +176,8 @@ class WiegandInput:
                 now = time.monotonic()
                 for bits, length, at in self._frames.take(now):
                     self._handle(bits, length, at, emit)
-                if self._pin.expire(now):
-                    self._log.info("wiegand.pin_timeout", timeout_s=self._cfg.pin_timeout_s)
-                waits = [w for w in (self._frames.seconds_to_frame_end(now), self._pin.seconds_to_timeout(now)) if w is not None]
                 try:
-                    await asyncio.wait_for(woken.wait(), timeout=min(waits) if waits else None)
+                    await asyncio.wait_for(woken.wait(), timeout=self._frames.seconds_to_frame_end(now))
                 except TimeoutError:
                     pass
         finally:
@@ -231,7 +193,10 @@ class WiegandInput:
             case WiegandKey() if not self._cfg.keypad:
                 self._log.warning("wiegand.key_ignored", bits=length, why="reader is not configured with keypad = true")
             case WiegandKey():
-                entry = self._pin.key(frame.symbol, at)
+                refused = self._entry.too_long
+                entry = self._entry.feed(frame.symbol, at)
+                if self._entry.too_long > refused:
+                    self._log.warning("wiegand.pin_too_long", limit=MAX_PIN_DIGITS)
                 if entry is not None:
                     self._log.debug("wiegand.pin", digits=len(entry))
                     emit(Scan(self.reader_id, Source.KEYPAD, entry.encode(), hint="pin", at_monotonic=at))
