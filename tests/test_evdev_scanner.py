@@ -1,9 +1,9 @@
 """Keyboard-wedge scanners: real `evdev.InputEvent` sequences through the real decoder and input.
 
-The one mock here is `FakeKeyboard`, standing in for `evdev.InputDevice`: CI has no /dev/input
-and no /dev/uinput to create a virtual keyboard, so the fake hands the real input class real
-`InputEvent`s and then raises OSError(ENODEV) exactly as python-evdev does when the device is
-unplugged. Expected characters come from hand-written tables below (what a person types on that
+The mocks here stand in for `evdev.InputDevice` because CI has no /dev/input and no /dev/uinput
+to create a virtual keyboard: `FakeKeyboard` hands the real input class real `InputEvent`s and
+then raises OSError(ENODEV) exactly as python-evdev does when the device is unplugged, and
+`FakeNode` (with a patched `evdev.list_devices`) lets the device-selector search run. Expected characters come from hand-written tables below (what a person types on that
 keyboard), not from `bridge.inputs.keymap`, so a wrong layout table fails these tests.
 """
 
@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import pytest
 import structlog
+import evdev
 from evdev import InputEvent, ecodes
+from evdev.device import DeviceInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -26,10 +28,13 @@ from bridge.inputs.evdev_scanner import (
     DeviceNotFound,
     DiscardedScan,
     EvdevScannerConfig,
+    KEYPAD_DEVICE_KEYS,
     EvdevScannerInput,
     TypedScan,
     WedgeDecoder,
     create,
+    find_device_path,
+    list_key_devices,
 )
 from verifier.credentials import MAX_SCAN_BYTES, parse
 from verifier.types import DigitalIdToken, Malformed, Source
@@ -287,7 +292,7 @@ def test_config_defaults_and_unknown_layout_names_the_known_ones() -> None:
     with pytest.raises(ValidationError, match="known: de, uk, us"):
         EvdevScannerConfig(type="evdev", id="QR-1", device="/dev/input/event3", layout="fr")
     with pytest.raises(ValidationError):
-        EvdevScannerConfig(type="evdev", id="QR-1", device="/dev/input/event3", grabb=False)
+        EvdevScannerConfig.model_validate(dict(type="evdev", id="QR-1", device="/dev/input/event3", grabb=False))
 
 
 def test_create_builds_an_input_carrying_its_reader_id() -> None:
@@ -308,7 +313,7 @@ class FakeKeyboard:
     def __init__(self, events: list[InputEvent], then: OSError | None = None, path: str = "/dev/input/event7") -> None:
         self.events = events
         self.then = then
-        self.path = path
+        self.path: str | bytes = path
         self.name = "Fake 2D Scanner Keyboard"
         self.grabbed = False
         self.closed = False
@@ -430,3 +435,72 @@ def test_unknown_keys_and_overlong_scans_are_emitted_with_a_warning() -> None:
     warnings = {e["event"]: e for e in logs if e["log_level"] == "warning"}
     assert warnings["evdev_unknown_keys"]["count"] == 1 and warnings["evdev_unknown_keys"]["layout"] == "us"
     assert warnings["evdev_scan_too_long"]["limit"] == MAX_SCAN_BYTES
+
+
+# --- picking the device by name or vendor:product (evdev's device listing faked: no /dev/input) -
+
+
+class FakeNode:
+    """A second stand-in, for `evdev.InputDevice` as opened by the selector search."""
+
+    nodes: dict[str, tuple[str, int, int, list[int]]] = {}
+    opened: list[str] = []
+
+    def __init__(self, path: str) -> None:
+        if path not in self.nodes:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        self.path = path
+        self.name, vendor, product, self.keys = self.nodes[path]
+        self.info = DeviceInfo(3, vendor, product, 0x110)
+        FakeNode.opened.append(path)
+
+    def capabilities(self) -> dict[int, list[int]]:
+        return {ecodes.EV_KEY: self.keys} if self.keys else {}
+
+    def close(self) -> None:
+        FakeNode.opened.remove(self.path)
+
+
+@pytest.fixture
+def input_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    keyboard = [ecodes.KEY_A, ecodes.KEY_ENTER]
+    FakeNode.nodes = {
+        "/dev/input/event2": ("Power Button", 0, 1, [ecodes.KEY_POWER]),
+        "/dev/input/event10": ("Honeywell 2D Scanner", 0x0C2E, 0x0B61, keyboard),
+        "/dev/input/event9": ("Honeywell 2D Scanner", 0x0C2E, 0x0B61, [ecodes.KEY_VOLUMEUP]),  # consumer control
+        "/dev/input/event11": ("USB Keypad", 0x1C4F, 0x0002, [ecodes.KEY_KP0, ecodes.KEY_KPENTER]),
+    }
+    FakeNode.opened = []
+    paths = [*FakeNode.nodes, "/dev/input/event3"]  # event3: not readable by us
+    monkeypatch.setattr(evdev, "list_devices", lambda *a, **k: list(paths))
+    monkeypatch.setattr(evdev, "InputDevice", FakeNode)
+
+
+@pytest.mark.usefixtures("input_nodes")
+def test_selector_by_vendor_product_picks_the_node_that_types_enter() -> None:
+    assert find_device_path("0c2e:0B61") == "/dev/input/event10"
+    assert FakeNode.opened == []  # every probed node closed again
+
+
+@pytest.mark.usefixtures("input_nodes")
+def test_selector_by_name_and_keypad_needs() -> None:
+    assert find_device_path("Honeywell 2D Scanner") == "/dev/input/event10"
+    assert find_device_path("USB Keypad", needs_any=KEYPAD_DEVICE_KEYS) == "/dev/input/event11"
+    with pytest.raises(DeviceNotFound, match="'Power Button'"):
+        find_device_path("Power Button")  # no Enter: not a scanner
+
+
+def test_selector_that_is_a_path_is_used_as_is() -> None:
+    assert find_device_path("/dev/input/by-id/usb-Honeywell-event-kbd") == "/dev/input/by-id/usb-Honeywell-event-kbd"
+
+
+@pytest.mark.usefixtures("input_nodes")
+def test_listing_for_doctor_shows_every_readable_key_device_in_event_order() -> None:
+    found = list_key_devices()
+    assert [(d.path, d.vendor_product, d.types_enter, d.has_digits) for d in found] == [
+        ("/dev/input/event2", "0000:0001", False, False),
+        ("/dev/input/event9", "0c2e:0b61", False, False),
+        ("/dev/input/event10", "0c2e:0b61", True, False),
+        ("/dev/input/event11", "1c4f:0002", True, True),
+    ]
+    assert FakeNode.opened == []

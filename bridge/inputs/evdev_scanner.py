@@ -80,6 +80,11 @@ class EvdevScannerConfig(StrictModel):
 # --- decoding -----------------------------------------------------------------------------------
 
 
+def require_evdev(reader_id: str) -> None:
+    if evdev is None:
+        raise RuntimeError(f"reader {reader_id}: python-evdev is not installed (evdev readers and keypads need Linux)")
+
+
 def key_codes(names: Iterable[str]) -> frozenset[int]:
     return frozenset(ecodes.ecodes[name] for name in names)
 
@@ -223,7 +228,7 @@ class WedgeDecoder:
 class KeyDevice(Protocol):
     """What the shell needs of an `evdev.InputDevice` (tests hand in a fake with these)."""
 
-    path: str
+    path: str | bytes
     name: str
 
     def grab(self) -> None: ...
@@ -459,6 +464,5 @@ class EvdevScannerInput:
 
 
 def create(cfg: EvdevScannerConfig) -> EvdevScannerInput:
-    if evdev is None:
-        raise RuntimeError(f"reader {cfg.id}: python-evdev is not installed (evdev readers need Linux)")
+    require_evdev(cfg.id)
     return EvdevScannerInput(cfg)

@@ -107,7 +107,9 @@ class KeypadKeys:
     """Evdev key events → keypad symbols (presses only; Shift for the US `#`/`*` on 3/8)."""
 
     def __init__(self) -> None:
-        from bridge.inputs.evdev_scanner import ecodes, key_codes
+        from evdev import ecodes
+
+        from bridge.inputs.evdev_scanner import key_codes
 
         self._ecodes = ecodes
         self._plain = {ecodes.ecodes[name]: symbol for name, symbol in keymap.KEYPAD_KEYS.items()}
@@ -179,8 +181,7 @@ class KeypadInput:
 
 
 def create(cfg: KeypadConfig) -> KeypadInput:
-    from bridge.inputs.evdev_scanner import evdev
+    from bridge.inputs.evdev_scanner import require_evdev
 
-    if evdev is None:
-        raise RuntimeError(f"reader {cfg.id}: python-evdev is not installed (keypads need Linux)")
+    require_evdev(cfg.id)
     return KeypadInput(cfg)
