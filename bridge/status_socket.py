@@ -23,11 +23,10 @@ import enum
 import json
 import os
 import socket
-import stat
 from collections.abc import Callable, Mapping
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import structlog
 
@@ -99,7 +98,7 @@ class StatusServer:
             if self.path.stat().st_ino == self._inode:
                 self.path.unlink()
 
-    async def __aenter__(self) -> "StatusServer":
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -109,7 +108,7 @@ class StatusServer:
     def _document(self) -> bytes:
         try:
             body: Any = dict(self._snapshot())
-        except Exception as e:  # the snapshot is the daemon's code; a bug there must not kill the socket
+        except Exception as e:  # noqa: BLE001 - the snapshot is the daemon's code; its bug must not kill the socket
             log.error("status_snapshot_failed", error=f"{type(e).__name__}: {e}")
             body = {"error": f"status snapshot failed: {type(e).__name__}"}
         try:
@@ -123,7 +122,7 @@ class StatusServer:
         try:
             writer.write(self._document())
             await asyncio.wait_for(writer.drain(), self._send_timeout_s)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             log.debug("status_client_gone", error=type(e).__name__)
         finally:
             writer.close()
@@ -151,7 +150,7 @@ def fetch_status(path: str | os.PathLike[str] | None = None, timeout: float = 3.
         raise StatusUnavailable(f"door-bridge is not answering on {path} (stale socket); try: systemctl status door-bridge") from None
     except PermissionError:
         raise StatusUnavailable(f"permission denied on {path}: run as root or as a member of group door-bridge") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise StatusUnavailable(f"door-bridge did not answer within {timeout:g}s on {path}; it may be hung (see journalctl -u door-bridge)") from None
     except OSError as e:
         raise StatusUnavailable(f"cannot read status from {path}: {e.strerror or e}") from None
@@ -171,11 +170,11 @@ def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value)  # 3.11 reads a trailing "Z" too
     except ValueError:
         return None
     # The project's rule: a time without an offset is UTC.
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _duration(seconds: Any) -> str:
@@ -194,7 +193,7 @@ def _duration(seconds: Any) -> str:
 
 class _Renderer:
     def __init__(self, document: Mapping[str, Any]) -> None:
-        self.now = _parse_time(document.get("now")) or datetime.now(timezone.utc)
+        self.now = _parse_time(document.get("now")) or datetime.now(UTC)
 
     def when(self, value: Any) -> str:
         """`2026-11-22 13:00:01Z (5m 02s ago)`; unparseable values shown as they are."""
@@ -203,7 +202,7 @@ class _Renderer:
         moment = _parse_time(value)
         if moment is None:
             return str(value)
-        shown = moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        shown = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
         age = (self.now - moment).total_seconds()
         relative = f"{_duration(age)} ago" if age >= 0 else f"in {_duration(-age)}"
         return f"{shown} ({relative})"

@@ -9,13 +9,19 @@ import socket
 import stat
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridge.status_socket import StatusServer, StatusUnavailable, fetch_status, format_status, socket_path
+from bridge.status_socket import (
+    StatusServer,
+    StatusUnavailable,
+    fetch_status,
+    format_status,
+    socket_path,
+)
 from verifier.types import Decision, Reason
 
 
@@ -70,7 +76,7 @@ def test_socket_is_mode_0660_and_removed_on_stop(sock_dir: Path) -> None:
 
 
 def test_datetimes_and_enums_are_serialised(sock_dir: Path) -> None:
-    at = datetime(2026, 11, 22, 13, 0, tzinfo=timezone.utc)
+    at = datetime(2026, 11, 22, 13, 0, tzinfo=UTC)
     answer = serve_and_fetch(sock_dir / "s.sock", lambda: {"at": at, "decision": Decision.GRANT, "reason": Reason.NO_GRANT, "path": Path("/x")})
     assert answer == {"at": "2026-11-22T13:00:00+00:00", "decision": "GRANT", "reason": "NO_GRANT", "path": "/x"}
 

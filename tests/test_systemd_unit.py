@@ -71,7 +71,7 @@ def one(service: dict[str, list[str]], key: str) -> str:
 
 def _analyze_supports(*args: str) -> bool:
     assert ANALYZE
-    done = subprocess.run([ANALYZE, *args, "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([ANALYZE, *args, "--help"], capture_output=True, text=True, check=False, timeout=60)
     return "unrecognized option" not in done.stderr and "unknown option" not in done.stderr.lower()
 
 
@@ -94,7 +94,7 @@ def test_systemd_analyze_verify_accepts_the_unit(verifiable_copy: Path) -> None:
     assert ANALYZE
     if not Path("/bin/kill").exists():
         pytest.skip("/bin/kill (ExecReload) is not installed here, so verify would reject it")
-    done = subprocess.run([ANALYZE, "verify", "--man=no", str(verifiable_copy)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([ANALYZE, "verify", "--man=no", str(verifiable_copy)], capture_output=True, text=True, check=False, timeout=120)
     # Lines about the unit itself (unknown keys, bad values, missing binaries) are all failures.
     complaints = [line for line in (done.stdout + done.stderr).splitlines() if "door-bridge" in line]
     assert done.returncode == 0, done.stderr
@@ -106,7 +106,7 @@ def test_verify_would_catch_a_misspelt_option(verifiable_copy: Path) -> None:
     """The check above can fail: the same command reports a typo in the unit."""
     assert ANALYZE
     verifiable_copy.write_text(verifiable_copy.read_text().replace("ProtectHome=yes", "ProtectHom=yes"))
-    done = subprocess.run([ANALYZE, "verify", "--man=no", str(verifiable_copy)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([ANALYZE, "verify", "--man=no", str(verifiable_copy)], capture_output=True, text=True, check=False, timeout=120)
     assert "Unknown key 'ProtectHom'" in done.stderr
 
 
@@ -115,7 +115,7 @@ def exposure(unit: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
     threshold = int(MAX_EXPOSURE * 10)  # --threshold is in tenths of the 0–10 scale, as shown ×10
     done = subprocess.run(
         [ANALYZE, "security", "--offline=yes", f"--threshold={threshold}", "--no-pager", str(unit)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, check=False, timeout=120,
     )
     match = re.search(r"Overall exposure level for door-bridge\.service: (\d+(?:\.\d+)?)", done.stdout)
     assert match, f"no exposure line in:\n{done.stdout}\n{done.stderr}"
@@ -206,7 +206,7 @@ print("ok")
 
 def test_dependencies_run_without_writable_executable_memory() -> None:
     """MemoryDenyWriteExecute=yes must not break the daemon's libraries: same rule via prctl(PR_SET_MDWE)."""
-    done = subprocess.run([sys.executable, "-c", _MDWE_PROBE], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", _MDWE_PROBE], capture_output=True, text=True, check=False, timeout=120, cwd=ROOT)
     if done.returncode == 77:
         pytest.skip("kernel has no PR_SET_MDWE (needs Linux >= 6.3)")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
@@ -218,7 +218,7 @@ def test_dependencies_run_without_writable_executable_memory() -> None:
 @pytest.mark.parametrize("script", [INSTALL, UNINSTALL], ids=["install", "uninstall"])
 def test_scripts_parse_and_are_executable(script: Path) -> None:
     assert script.stat().st_mode & stat.S_IXUSR
-    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0, done.stderr
 
 
@@ -226,7 +226,7 @@ def test_scripts_parse_and_are_executable(script: Path) -> None:
 @pytest.mark.parametrize("script", [INSTALL, UNINSTALL], ids=["install", "uninstall"])
 def test_scripts_pass_shellcheck(script: Path) -> None:
     # -x follows `. script-helpers.sh`, so the helpers are checked with each script's variables.
-    done = subprocess.run(["shellcheck", "-x", script.name], capture_output=True, text=True, timeout=60, cwd=script.parent)
+    done = subprocess.run(["shellcheck", "-x", script.name], capture_output=True, text=True, check=False, timeout=60, cwd=script.parent)
     assert done.returncode == 0, done.stdout
 
 
@@ -250,11 +250,11 @@ SYSTEM_PATHS = ["/opt/door-bridge", "/etc/door-bridge", "/etc/systemd/system/doo
 
 def test_install_dry_run_prints_the_plan_and_changes_nothing(checkout: Path) -> None:
     before = _snapshot(SYSTEM_PATHS)
-    done = subprocess.run([str(checkout / "systemd/install.sh"), "--dry-run"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([str(checkout / "systemd/install.sh"), "--dry-run"], capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "dry run: nothing will be changed" in out
-    assert re.search(r"^\+ (useradd .*door-bridge$|usermod --append --groups gpio,input,dialout,plugdev door-bridge)", out, re.M), out
+    assert re.search(r"^\+ (useradd .*door-bridge$|usermod --append --groups gpio,input,dialout,plugdev door-bridge)", out, re.MULTILINE), out
     assert f"+ /opt/door-bridge/venv/bin/pip install --quiet --disable-pip-version-check --no-cache-dir --upgrade {checkout}" in out
     assert f"+ install -m 0644 {checkout}/systemd/door-bridge.service /etc/systemd/system/door-bridge.service" in out
     assert f"+ install -m 0644 {checkout}/hardware/udev/99-door-bridge.rules /etc/udev/rules.d/99-door-bridge.rules" in out
@@ -267,7 +267,7 @@ def test_install_dry_run_prints_the_plan_and_changes_nothing(checkout: Path) -> 
 
 
 def test_install_no_start_stops_after_enable(checkout: Path) -> None:
-    done = subprocess.run([str(checkout / "systemd/install.sh"), "--dry-run", "--no-start"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([str(checkout / "systemd/install.sh"), "--dry-run", "--no-start"], capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "systemctl restart" not in done.stdout
     assert "not started (--no-start)" in done.stdout
@@ -275,7 +275,7 @@ def test_install_no_start_stops_after_enable(checkout: Path) -> None:
 
 def test_install_refuses_an_incomplete_checkout(checkout: Path) -> None:
     (checkout / "config.example.toml").unlink()
-    done = subprocess.run([str(checkout / "systemd/install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([str(checkout / "systemd/install.sh"), "--dry-run"], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 1
     assert "missing" in done.stderr and "config.example.toml" in done.stderr
     assert done.stdout == ""
@@ -283,7 +283,7 @@ def test_install_refuses_an_incomplete_checkout(checkout: Path) -> None:
 
 @pytest.mark.parametrize("script", ["install.sh", "uninstall.sh"])
 def test_scripts_reject_unknown_options(checkout: Path, script: str) -> None:
-    done = subprocess.run([str(checkout / "systemd" / script), "--frobnicate"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([str(checkout / "systemd" / script), "--frobnicate"], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 2
     assert "unknown option '--frobnicate'" in done.stderr
 
@@ -297,15 +297,15 @@ def test_scripts_refuse_to_run_for_real_without_root(checkout: Path, script: str
         shutil.copytree(checkout, copy)
         for directory in (copy, copy / "systemd", copy / "hardware", copy / "hardware" / "udev"):
             directory.chmod(0o755)
-        done = subprocess.run([str(copy / "systemd" / script)], capture_output=True, text=True, timeout=60, **as_nobody)  # type: ignore[call-overload]
+        done = subprocess.run([str(copy / "systemd" / script)], capture_output=True, text=True, check=False, timeout=60, **as_nobody)  # type: ignore[call-overload]
     assert done.returncode == 1, done.stderr
     assert "run as root" in done.stderr
 
 
 def test_uninstall_dry_run_keeps_state_unless_purge(checkout: Path) -> None:
     before = _snapshot(SYSTEM_PATHS + ["/var/lib/door-bridge"])
-    keep = subprocess.run([str(checkout / "systemd/uninstall.sh"), "--dry-run"], capture_output=True, text=True, timeout=60)
-    purge = subprocess.run([str(checkout / "systemd/uninstall.sh"), "--dry-run", "--purge"], capture_output=True, text=True, timeout=60)
+    keep = subprocess.run([str(checkout / "systemd/uninstall.sh"), "--dry-run"], capture_output=True, text=True, check=False, timeout=60)
+    purge = subprocess.run([str(checkout / "systemd/uninstall.sh"), "--dry-run", "--purge"], capture_output=True, text=True, check=False, timeout=60)
     assert keep.returncode == 0 and purge.returncode == 0, keep.stderr + purge.stderr
     assert "purging" not in keep.stdout and "/var/lib/door-bridge" not in keep.stdout.replace("kept /var/lib/door-bridge", "")
     assert "purging configuration, state" in purge.stdout
