@@ -34,6 +34,7 @@ _PIN = re.compile(r"^[0-9]{4,12}$")
 _HEX = re.compile(r"^[0-9A-F]{4,40}$")
 _HEX_GROUPS = re.compile(r"^[0-9A-F]{2,4}(?:([:\- ])[0-9A-F]{2,4})+$")
 _FACILITY_CARD = re.compile(r"^([0-9]{1,6}):([0-9]{1,12})$")
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def parse(raw: bytes, hint: str | None = None) -> Credential:
@@ -49,7 +50,7 @@ def parse(raw: bytes, hint: str | None = None) -> Credential:
     text = text.strip(" \r\n")
     if not text:
         return Malformed("empty")
-    if any(unicodedata.category(c)[0] == "C" for c in text):
+    if _ASCII_CONTROL.search(text) if text.isascii() else any(unicodedata.category(c)[0] == "C" for c in text):
         return Malformed("control or unassigned characters")
     if hint == "pin":
         return Pin(text) if _PIN.match(text) else Malformed("keypad entry is not 4-12 digits")
@@ -73,12 +74,18 @@ def _parse_text(text: str) -> Credential:
 
 
 def _jwt_header_ok(token: str) -> bool:
+    return jwt_header(token) is not None
+
+
+def jwt_header(token: str) -> dict | None:
+    """The JOSE header if it is a JSON object with an `alg`, else None. Unverified: it only
+    tells the verifier which key to try."""
     head = token.split(".", 1)[0]
     try:
         decoded = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
     except (ValueError, UnicodeDecodeError, RecursionError):  # a QR code can nest `[[[[…` deeply
-        return False
-    return isinstance(decoded, dict) and isinstance(decoded.get("alg"), str)
+        return None
+    return decoded if isinstance(decoded, dict) and isinstance(decoded.get("alg"), str) else None
 
 
 def _parse_url(text: str) -> Credential:

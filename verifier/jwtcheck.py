@@ -13,6 +13,7 @@ from typing import Any
 
 import jwt
 
+from verifier.credentials import jwt_header
 from verifier.types import Reason
 
 _ALG_FOR_KTY = {"OKP": "EdDSA", "EC": "ES256", "oct": "HS256"}
@@ -42,9 +43,9 @@ def _key(kid: str, jwk: dict[str, Any], alg: str) -> jwt.PyJWK:
 def verify(token: str, jwks: dict[str, dict[str, Any]], allowed: frozenset[str], now_s: float, leeway_s: float) -> JwtOutcome:
     if len(token) > MAX_TOKEN_BYTES:
         return JwtOutcome(None, Reason.MALFORMED_CREDENTIAL)
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError:
+    # The header only chooses the key; the signature check below (PyJWT) re-reads it.
+    header = jwt_header(token)
+    if header is None:
         return JwtOutcome(None, Reason.MALFORMED_CREDENTIAL)
     alg, kid = header.get("alg"), header.get("kid")
     if not isinstance(alg, str) or alg not in allowed:
