@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -25,8 +25,8 @@ from verifier.passcode import (
 
 SECRET = bytes(range(32))
 DOOR = "main"
-FROM = datetime(2026, 11, 22, 15, tzinfo=timezone.utc)  # check-in 15:00
-UNTIL = datetime(2026, 11, 24, 11, tzinfo=timezone.utc)  # check-out 11:00 two days later
+FROM = datetime(2026, 11, 22, 15, tzinfo=UTC)  # check-in 15:00
+UNTIL = datetime(2026, 11, 24, 11, tzinfo=UTC)  # check-out 11:00 two days later
 US = timedelta(microseconds=1)
 NO_SKEW = timedelta(0)
 
@@ -169,7 +169,7 @@ def test_any_window_round_trips_at_any_date(start: datetime, hours: int, offset_
     code = mint(SECRET, DOOR, start, until)
     now = start + timedelta(microseconds=offset_us % (hours * 3600 * 10**6))
     assert check(SECRET, DOOR, code, now, skew=NO_SKEW) == PasscodeResult(
-        PasscodeStatus.OK, start.replace(tzinfo=timezone.utc), until.replace(tzinfo=timezone.utc)
+        PasscodeStatus.OK, start.replace(tzinfo=UTC), until.replace(tzinfo=UTC)
     )
 
 
@@ -245,6 +245,6 @@ def test_mac_digits_are_uniform_so_no_guess_beats_the_bound() -> None:
 
 def test_the_window_fields_fit_the_digits() -> None:
     assert CYCLE_HOURS * MAX_HOURS <= 10**WINDOW_DIGITS
-    largest = mint(SECRET, DOOR, datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(hours=CYCLE_HOURS - 1),
-                   datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(hours=CYCLE_HOURS - 1 + MAX_HOURS))
+    largest = mint(SECRET, DOOR, datetime(1970, 1, 1, tzinfo=UTC) + timedelta(hours=CYCLE_HOURS - 1),
+                   datetime(1970, 1, 1, tzinfo=UTC) + timedelta(hours=CYCLE_HOURS - 1 + MAX_HOURS))
     assert int(largest[:WINDOW_DIGITS]) == CYCLE_HOURS * MAX_HOURS - 1

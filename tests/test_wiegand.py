@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Iterable
+from collections.abc import Iterable, Sequence
 
 import pytest
 import structlog
@@ -25,6 +25,7 @@ from bridge.inputs.wiegand import FrameAssembler, WiegandReaderConfig, create
 from verifier.types import Source
 from verifier.wiegand_formats import (
     FORMATS,
+    FormatName,
     WiegandCard,
     WiegandError,
     WiegandKey,
@@ -69,30 +70,33 @@ def test_encode_agrees_with_the_hand_written_frame() -> None:
         ("H10302", None, 2**35 - 1, "34359738367"),
     ],
 )
-def test_each_format_round_trips_to_its_card_key(fmt: str, facility: int | None, number: int, key: str) -> None:
-    frame = encode(fmt, number, facility)  # type: ignore[arg-type]
-    assert len(frame) == FORMATS[fmt].length  # type: ignore[index]
-    card = decode(frame, formats=[fmt])  # type: ignore[list-item]
-    assert card == WiegandCard(fmt, number, facility)  # type: ignore[arg-type]
-    assert card_key(card) == key  # type: ignore[arg-type]
+def test_each_format_round_trips_to_its_card_key(fmt: FormatName, facility: int | None, number: int, key: str) -> None:
+    frame = encode(fmt, number, facility)
+    assert len(frame) == FORMATS[fmt].length
+    card = decode(frame, formats=[fmt])
+    assert card == WiegandCard(fmt, number, facility)
+    assert isinstance(card, WiegandCard) and card_key(card) == key
 
 
 def test_card_key_is_what_the_credential_parser_makes_of_it() -> None:
     """The grant cache stores `normalise_card(number)`; a Wiegand scan must land on the same string."""
     credentials = pytest.importorskip("verifier.credentials")
-    for fmt, facility, number in [("H10301", 123, 4567), ("H10304", 7, 9), ("H10302", None, 5)]:
-        key = card_key(decode(encode(fmt, number, facility), formats=[fmt]))  # type: ignore[arg-type]
+    cases: list[tuple[FormatName, int | None, int]] = [("H10301", 123, 4567), ("H10304", 7, 9), ("H10302", None, 5)]
+    for fmt, facility, number in cases:
+        card = decode(encode(fmt, number, facility), formats=[fmt])
+        assert isinstance(card, WiegandCard)
+        key = card_key(card)
         assert credentials.parse(key.encode(), hint="card").number == key
 
 
 @pytest.mark.parametrize("fmt", ["H10301", "H10306", "H10304", "H10302"])
-def test_every_single_bit_error_is_refused_naming_format_and_parity(fmt: str) -> None:
-    good = encode(fmt, 12345, 77 if FORMATS[fmt].facility else None)  # type: ignore[arg-type,index]
-    leading, trailing = FORMATS[fmt].parity  # type: ignore[index]
+def test_every_single_bit_error_is_refused_naming_format_and_parity(fmt: FormatName) -> None:
+    good = encode(fmt, 12345, 77 if FORMATS[fmt].facility else None)
+    leading, trailing = FORMATS[fmt].parity
     for i in range(len(good)):
         bad = list(good)
         bad[i] ^= 1
-        result = decode(tuple(bad), formats=[fmt])  # type: ignore[list-item]
+        result = decode(tuple(bad), formats=[fmt])
         assert isinstance(result, WiegandError), f"bit {i} flipped was accepted"
         assert result.format == fmt
         expected = leading if i in leading.covers else trailing
@@ -148,18 +152,18 @@ def test_error_and_card_reprs_do_not_show_numbers() -> None:
     st.lists(st.one_of(st.integers(0, 1), st.integers(-3, 5), st.booleans()), max_size=80).map(tuple),
     st.sets(st.sampled_from(["H10301", "H10306", "H10304"])),
 )
-def test_decode_never_raises_on_any_tuple(bits: tuple[int, ...], formats: set[str]) -> None:
-    result = decode(bits, formats=sorted(formats))  # type: ignore[arg-type]
+def test_decode_never_raises_on_any_tuple(bits: tuple[int, ...], formats: set[FormatName]) -> None:
+    result = decode(bits, formats=sorted(formats))
     assert isinstance(result, (WiegandCard, WiegandKey, WiegandError))
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(["H10301", "H10306", "H10304", "H10302"]), st.data())
-def test_any_valid_card_round_trips(fmt: str, data: st.DataObject) -> None:
-    spec = FORMATS[fmt]  # type: ignore[index]
+def test_any_valid_card_round_trips(fmt: FormatName, data: st.DataObject) -> None:
+    spec = FORMATS[fmt]
     number = data.draw(st.integers(0, (1 << len(spec.card)) - 1))
     facility = data.draw(st.integers(0, (1 << len(spec.facility)) - 1)) if spec.facility else None
-    assert decode(encode(fmt, number, facility), formats=[fmt]) == WiegandCard(fmt, number, facility)  # type: ignore[arg-type]
+    assert decode(encode(fmt, number, facility), formats=[fmt]) == WiegandCard(fmt, number, facility)
 
 
 # --- frame and PIN assembly with an explicit clock --------------------------------------------
@@ -261,7 +265,7 @@ def send(factory: MockFactory, cfg: WiegandReaderConfig, *frames: Train) -> None
         time.sleep(1.1 * cfg.frame_gap_ms / 1000)  # sleep never returns early
 
 
-async def scans_from(factory: MockFactory, cfg: WiegandReaderConfig, frames: list[Train], expect: int) -> list[Scan]:
+async def scans_from(factory: MockFactory, cfg: WiegandReaderConfig, frames: Sequence[Train], expect: int) -> list[Scan]:
     """Run the input, pulse `frames` into it from a thread, and collect `expect` scans."""
     reader = create(cfg, pin_factory=factory)
     queue: asyncio.Queue[Scan] = asyncio.Queue()

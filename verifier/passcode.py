@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 WINDOW_DIGITS = 5
@@ -34,7 +34,7 @@ ALIAS_SEARCH_HOURS = 366 * 24
 
 _HOUR = timedelta(hours=1)
 _MICROSECOND = timedelta(microseconds=1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DOMAIN = b"door-bridge/offline-passcode/v1\x00"
 _SEPARATORS = str.maketrans("", "", " -")
 
@@ -156,7 +156,7 @@ def _check_secret(secret: bytes, door_id: str) -> None:
 
 
 def _as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _micros(moment: datetime) -> int:

@@ -23,8 +23,9 @@ uses (`decode(bits, formats=...)`), one per length.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Mapping, Union
+from typing import Literal
 
 FormatName = Literal["H10301", "H10306", "H10304", "H10302"]
 
@@ -57,7 +58,7 @@ class WiegandFormat:
 
 
 def _leading_even(last: int) -> ParityCheck:
-    return ParityCheck("even (leading)", range(0, last + 1), even=True)
+    return ParityCheck("even (leading)", range(last + 1), even=True)
 
 
 def _trailing_odd(first: int, length: int) -> ParityCheck:
@@ -118,7 +119,7 @@ class WiegandError:
     parity: str | None = None  # the ParityCheck.name that failed
 
 
-WiegandFrame = Union[WiegandCard, WiegandKey, WiegandError]
+WiegandFrame = WiegandCard | WiegandKey | WiegandError
 
 
 def _value(bits: tuple[int, ...], positions: range) -> int:
@@ -152,10 +153,10 @@ def decode(bits: tuple[int, ...], formats: Iterable[FormatName] = DEFAULT_FORMAT
         return WiegandError(len(frame), "bits must be 0 or 1")
     length = len(frame)
     if length == 4:
-        return _key(_value(frame, range(0, 4)), length)
+        return _key(_value(frame, range(4)), length)
     if length == 8:
-        check, key = _value(frame, range(0, 4)), _value(frame, range(4, 8))
-        if check != key ^ 0xF:
+        complement, key = _value(frame, range(4)), _value(frame, range(4, 8))
+        if complement != key ^ 0xF:
             return WiegandError(length, "8-bit keypad frame: high nibble is not the complement of the key")
         return _key(key, length)
     fmt = formats_by_length(formats).get(length)

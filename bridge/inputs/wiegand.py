@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Annotated, Callable, Literal
+from collections.abc import Callable
+from typing import Annotated, Literal
 
 import structlog
 from gpiozero import DigitalInputDevice
@@ -66,7 +67,7 @@ class WiegandReaderConfig(StrictModel):
     formats: list[FormatName] = Field(default_factory=lambda: list(DEFAULT_FORMATS), min_length=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "WiegandReaderConfig":
+    def _check(self) -> WiegandReaderConfig:
         if self.d0_pin == self.d1_pin:
             raise ValueError("d0_pin and d1_pin must be different GPIO lines")
         formats_by_length(self.formats)  # ValueError names the two formats that clash
@@ -133,7 +134,7 @@ class WiegandInput:
         self._frames = FrameAssembler(cfg.frame_gap_ms / 1000)
         self._entry = KeypadBuffer(MAX_PIN_DIGITS, cfg.pin_timeout_s)
         self._log = log.bind(reader=cfg.id)  # re-bound in run(), after logging is configured
-        self._wake: Callable[[], None] = lambda: None
+        self._wake: Callable[[], object] = lambda: None
         self._lines: tuple[DigitalInputDevice, DigitalInputDevice] | None = None
         # Claim the lines now: a pin that is busy or missing is a start-up error, not a silent reader.
         self._open()
@@ -185,7 +186,7 @@ class WiegandInput:
             self.close()
 
     def _handle(self, bits: tuple[int, ...], length: int, at: float, emit: Emit) -> None:
-        frame = decode(bits, self._cfg.formats) if length == len(bits) else WiegandError(length, "frame too long")
+        frame = decode(bits, self._cfg.formats) if length == len(bits) else WiegandError(length, f"longer than {MAX_FRAME_BITS} bits: line noise or a stuck line")
         match frame:
             case WiegandCard():
                 self._log.debug("wiegand.card", format=frame.format, bits=length)
