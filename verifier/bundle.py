@@ -367,6 +367,8 @@ def _apply_line(b: _Batches, line: bytes, line_no: int, pin: PinHashing | None) 
             handler(b, rec, pin)
         else:
             raise _Bad("op must be upsert or delete")
+    except RecursionError:  # the body is not yet authenticated: `[[[[…` must not escape as a crash
+        raise BundleRejected(f"record on line {line_no} is invalid: JSON nested too deeply") from None
     except (ValueError, _Bad, TimeFormatError) as e:
         raise BundleRejected(f"record on line {line_no} is invalid: {e}") from None
 
