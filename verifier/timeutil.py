@@ -24,7 +24,10 @@ def parse_instant(value: Any, field: str) -> datetime:
     if isinstance(value, bool):
         raise TimeFormatError(f"{field}: expected an ISO 8601 datetime, got a boolean")
     if isinstance(value, int):
-        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):  # beyond year 1..9999 or the platform's time_t
+            raise TimeFormatError(f"{field}: epoch milliseconds out of range: {value}") from None
     if not isinstance(value, str):
         raise TimeFormatError(f"{field}: expected an ISO 8601 datetime, got {type(value).__name__}")
     try:
