@@ -131,6 +131,7 @@ def apply(cache: GrantCache, bundle: bytes) -> ApplyResult:
         return apply_bundle(cache.conn, io.BytesIO(bundle), SIGNING_KEY.public_key())
     finally:
         cache.invalidate()
+        cache.refresh()
 
 
 def loaded_cache(tmp_path: Path, recs: Iterable[dict[str, Any]] | None = None, **manifest: Any) -> GrantCache:
