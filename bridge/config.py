@@ -77,6 +77,34 @@ class DoorSection(_Strict):
     relay_pin: GpioPin
     relay_active_high: bool = True
     pulse_s: Annotated[float, Field(gt=0, le=60)] = 3.0
+    # Door-position switch (reed contact). With the usual wiring (contact to GND, internal
+    # pull-up) a closed door reads LOW: door_closed_level = "low".
+    door_switch_pin: GpioPin | None = None
+    door_closed_level: Literal["low", "high"] = "low"
+    # Open for longer than this after an authorised opening → DOOR_HELD_OPEN alarm.
+    held_open_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Opened without a grant or REX within this many seconds before → DOOR_FORCED_OPEN alarm.
+    forced_open_grace_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+    # Request-to-exit button (to GND, internal pull-up): pulses the relay, audit event.
+    rex_pin: GpioPin | None = None
+    # Reader feedback.
+    led_pin: GpioPin | None = None
+    led_active_high: bool = True
+    buzzer_pin: GpioPin | None = None
+    buzzer_active_high: bool = True
+    # Optional second relay: pulses with the main one ("grant", e.g. a maglock pair) or on
+    # alarms ("alarm", e.g. a siren or a panel input).
+    aux_relay_pin: GpioPin | None = None
+    aux_relay_active_high: bool = True
+    aux_relay_mode: Literal["grant", "alarm"] = "grant"
+
+    @model_validator(mode="after")
+    def _distinct_pins(self) -> "DoorSection":
+        pins = [p for p in (self.relay_pin, self.door_switch_pin, self.rex_pin, self.led_pin,
+                            self.buzzer_pin, self.aux_relay_pin) if p is not None]
+        if len(pins) != len(set(pins)):
+            raise ValueError(f"two functions share one GPIO pin ({sorted(pins)})")
+        return self
 
 
 class ConsoleReader(_Strict):
