@@ -21,7 +21,9 @@ from verifier.passcode import (
     PasscodeStatus,
     check,
     mint,
+    offline_code_check,
 )
+from verifier.types import Reason
 
 SECRET = bytes(range(32))
 DOOR = "main"
@@ -201,6 +203,15 @@ def test_errors_never_quote_the_secret_or_code(code: str) -> None:
     with pytest.raises(ValueError) as caught:
         mint(SECRET, DOOR, FROM, FROM)
     assert SECRET.hex() not in str(caught.value) and code not in str(caught.value)
+
+
+def test_verifier_hook_answers_per_reader(code: str) -> None:
+    hook = offline_code_check({"R-front": (DOOR, SECRET), "R-back": ("back", SECRET)})
+    assert hook(code, "R-front", FROM) == (None, "offline passcode")
+    assert hook(code, "R-front", UNTIL + timedelta(hours=1)) == (Reason.OUT_OF_DATE_WINDOW, "offline passcode")
+    assert hook(code, "R-back", FROM) is None  # another door's code: an unknown PIN there
+    assert hook(code, "R-other", FROM) is None  # reader without offline codes
+    assert hook("1234", "R-front", FROM) is None
 
 
 # --- guessing ---------------------------------------------------------------------------------

@@ -16,9 +16,12 @@ See docs/offline-passcodes.md for the reasoning behind the numbers.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+
+from verifier.types import Reason
 
 WINDOW_DIGITS = 5
 MAC_DIGITS = 7
@@ -110,6 +113,33 @@ def check(
         if hmac.compare_digest(_mac(secret, door_id, start, hours).to_bytes(8), mac.to_bytes(8)):
             return _judge(start, hours, now_us, skew)
     return PasscodeResult(PasscodeStatus.BAD_MAC)
+
+
+OFFLINE_LABEL = "offline passcode"
+
+
+def offline_code_check(
+    doors: Mapping[str, tuple[str, bytes]], *, skew: timedelta = DEFAULT_SKEW
+) -> Callable[[str, str, datetime], tuple[Reason | None, str] | None]:
+    """The verifier's offline-code hook (`verifier.decide.OfflineCodeCheck`).
+
+    `doors` maps a reader id to (door_id, secret) for readers whose door takes offline codes.
+    GRANT (None) inside the window, OUT_OF_DATE_WINDOW outside it; None (not this scheme: let
+    the verifier answer as for any unknown PIN) for other shapes, a bad MAC or another reader.
+    """
+
+    def judge(digits: str, reader_id: str, now: datetime) -> tuple[Reason | None, str] | None:
+        door = doors.get(reader_id)
+        if door is None:
+            return None
+        result = check(door[1], door[0], digits, now, skew=skew)
+        if result.status is PasscodeStatus.OK:
+            return None, OFFLINE_LABEL
+        if result.status in (PasscodeStatus.BEFORE_WINDOW, PasscodeStatus.AFTER_WINDOW):
+            return Reason.OUT_OF_DATE_WINDOW, OFFLINE_LABEL
+        return None
+
+    return judge
 
 
 def _readings(nearest: int) -> list[int]:
