@@ -20,6 +20,10 @@ from typing import Any, Sequence
 from bridge import __version__, logsetup
 from bridge.config import Config, ConfigError, load
 
+import structlog
+
+log = structlog.get_logger()
+
 DEFAULT_CONFIG = "/etc/door-bridge/config.toml"
 EXIT_CONFIG = 2
 
@@ -36,9 +40,12 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args)
+    path = _config_path(args)
+    config = load(path)
+    _check_keys(config, path)
     logsetup.configure(config.bridge.log_level, config.bridge.log_format)
     from bridge.daemon import Daemon
+    from bridge.gpio import GpioUnavailable
 
     async def main() -> int:
         daemon = Daemon(config)
@@ -46,14 +53,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await daemon.start()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(daemon, path)))
+        try:
+            await daemon.start()
+        except GpioUnavailable as e:
+            log.error("gpio_unavailable", error=str(e))
+            for door in daemon.doors.values():
+                door.release()
+            return 1
         try:
             await stop.wait()
         finally:
-            await daemon.stop()
+            await daemon.stop("SIGTERM")
         return 0
 
     return asyncio.run(main())
+
+
+async def _reload(daemon, path: str) -> None:
+    """SIGHUP: re-read the file; a bad file changes nothing (the running config stays)."""
+    daemon.notifier.reloading("reloading configuration")
+    try:
+        new = load(path)
+        _check_keys(new, path)
+    except ConfigError as e:
+        log.error("reload_failed", error=str(e), check="fix the file, then systemctl reload door-bridge; the old config stays in force")
+    else:
+        restart = daemon.reload(new)
+        log.info("reloaded", config=path, needs_restart=",".join(restart) or "-")
+        if restart:
+            log.warning("reload_needs_restart", changed=",".join(restart), check="systemctl restart door-bridge to apply these")
+    daemon.notifier.ready(daemon.status_line())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -63,9 +93,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load(args.file)
-    _check_keys(config, args.file)
-    print(f"{args.file}: ok — bridge {config.bridge.id}, mode {config.bridge.mode}, "
+    path = args.file or _config_path(args)
+    config = load(path)
+    _check_keys(config, path)
+    print(f"{path}: ok — bridge {config.bridge.id}, mode {config.bridge.mode}, "
           f"{len(config.readers)} reader(s), {len(config.doors)} door(s)")
     return 0
 
@@ -304,6 +335,66 @@ def _event_line(e) -> str:
     return " ".join(str(p) for p in parts)
 
 
+# --- status, doctor, lifecycle, passcodes ----------------------------------------------------------
+
+
+def _status_path(args: argparse.Namespace) -> Path:
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "status.sock"
+    try:
+        config = _load(args)
+    except ConfigError:
+        return Path("/run/door-bridge/status.sock")
+    systemd_socket = Path("/run/door-bridge/status.sock")
+    local = Path(config.bridge.state_dir) / "status.sock"
+    return local if local.exists() or not systemd_socket.exists() else systemd_socket
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bridge.status_socket import StatusUnavailable, fetch_status, format_status
+
+    try:
+        status = fetch_status(_status_path(args))
+    except StatusUnavailable as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2, sort_keys=True) if args.json else format_status(status))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from bridge import doctor
+
+    path = args.config or os.environ.get("DOOR_BRIDGE_CONFIG")
+    if path is None and Path(DEFAULT_CONFIG).exists():
+        path = DEFAULT_CONFIG
+    return doctor.run(path, sys.stdout)
+
+
+def cmd_record_exit(args: argparse.Namespace) -> int:
+    from bridge import lifecycle
+
+    config = _load(args)
+    lifecycle.record_exit(Path(config.bridge.state_dir))
+    return 0
+
+
+def cmd_passcode_mint(args: argparse.Namespace) -> int:
+    from bridge.upstream.apikey import ApiKeyError, load_api_key
+    from verifier.passcode import mint
+    from verifier.timeutil import TimeFormatError, parse_instant
+
+    try:
+        secret = load_api_key(key_file=Path(args.secret_file)).reveal().encode()
+        start, end = parse_instant(args.valid_from, "--from"), parse_instant(args.valid_until, "--until")
+        code = mint(secret, args.door, start, end)
+    except (ApiKeyError, TimeFormatError, ValueError) as e:
+        print(f"cannot mint: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(code)
+    return 0
+
+
 # --- wiring ----------------------------------------------------------------------------------------
 
 
@@ -318,9 +409,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config(sub.add_parser("run", help="run the daemon")).set_defaults(func=cmd_run)
     sub.add_parser("demo", help="simulated door on this machine: scans from stdin").set_defaults(func=cmd_demo)
-    cc = sub.add_parser("check-config", help="validate a config file (exit 2 if wrong)")
-    cc.add_argument("file")
+    cc = with_config(sub.add_parser("check-config", help="validate a config file (exit 2 if wrong)"))
+    cc.add_argument("file", nargs="?")
     cc.set_defaults(func=cmd_check_config)
+    st = with_config(sub.add_parser("status", help="live state of the running daemon"))
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    dr = with_config(sub.add_parser("doctor", help="find readers, serial ports, NFC frontends and GPIO; say what to fix"))
+    dr.set_defaults(func=cmd_doctor)
+    re_ = with_config(sub.add_parser("record-exit", help="(systemd ExecStopPost) remember why the service stopped"))
+    re_.set_defaults(func=cmd_record_exit)
+    pc = sub.add_parser("passcode", help="offline passcodes").add_subparsers(dest="passcode_cmd", required=True)
+    pm = pc.add_parser("mint", help="mint an offline passcode for a door and a window (whole UTC hours)")
+    pm.add_argument("--secret-file", required=True, help="the door's passcode secret (mode 0600)")
+    pm.add_argument("--door", required=True, help="door id the code is for (doors.NAME.passcode_door_id, or NAME)")
+    pm.add_argument("--from", dest="valid_from", required=True, help="ISO 8601 start (inclusive; no offset = UTC)")
+    pm.add_argument("--until", dest="valid_until", required=True, help="ISO 8601 end (exclusive)")
+    pm.set_defaults(func=cmd_passcode_mint)
 
     grants = sub.add_parser("grants", help="inspect and manage the grant cache").add_subparsers(dest="grants_cmd", required=True)
     gi = with_config(grants.add_parser("import", help="apply a signed bundle file (USB / air-gapped sites)"))

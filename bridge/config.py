@@ -97,6 +97,11 @@ class DoorSection(_Strict):
     aux_relay_pin: GpioPin | None = None
     aux_relay_active_high: bool = True
     aux_relay_mode: Literal["grant", "alarm"] = "grant"
+    # Offline passcodes (docs/offline-passcodes.md): the per-door secret (a file readable only by
+    # the service, at least 16 bytes) and the door id codes are minted for (default: this
+    # table's name).
+    passcode_secret_file: FilePath | None = None
+    passcode_door_id: str | None = Field(None, min_length=1, max_length=128)
 
     @model_validator(mode="after")
     def _distinct_pins(self) -> "DoorSection":
@@ -122,7 +127,15 @@ class SerialReader(_Strict):
     reconnect_s: Seconds = 1.0
 
 
-ReaderConfig = Annotated[Union[ConsoleReader, SerialReader], Field(discriminator="type")]
+from bridge.inputs.evdev_scanner import EvdevScannerConfig  # noqa: E402
+from bridge.inputs.keypad import KeypadConfig  # noqa: E402
+from bridge.inputs.wiegand import WiegandReaderConfig  # noqa: E402
+from bridge.upstream.config import UpstreamSection  # noqa: E402
+
+ReaderConfig = Annotated[
+    Union[ConsoleReader, SerialReader, EvdevScannerConfig, KeypadConfig, WiegandReaderConfig],
+    Field(discriminator="type"),
+]
 
 
 class Config(_Strict):
@@ -133,6 +146,7 @@ class Config(_Strict):
     gpio: GpioSection = GpioSection()
     doors: dict[str, DoorSection] = Field(default_factory=dict)
     readers: list[ReaderConfig] = Field(default_factory=list)
+    upstream: UpstreamSection = UpstreamSection()
 
     @model_validator(mode="after")
     def _cross_check(self) -> "Config":

@@ -1,31 +1,33 @@
-"""The daemon: wires inputs → verifier → audit outbox → door, and keeps them apart.
+"""The daemon: wires inputs → verifier (or upstream) → audit outbox → door, and keeps them apart.
 
 Threads and loops:
-- the asyncio loop owns inputs, timers and (later) the network;
-- one decision worker thread owns the verifier and the SQLite connections, so decisions are
+- the asyncio loop owns inputs, timers and the network (upstream verify, heartbeats, sync);
+- one decision worker thread owns the verifier and the SQLite writers, so decisions are
   serialised (replay memory and rate limits stay coherent) and the loop never blocks on a
   scrypt hash or an fsync;
-- gpiozero's own thread times each relay pulse.
+- gpiozero's own threads time relay pulses and watch door inputs.
 
-Per scan: parse → decide → commit the audit row (fsync) → pulse → log one line. The relay moves
-only after the row that explains it is on disk.
+Per scan: parse → (ask the upstream within its budget, if the mode says so) → decide → commit
+the audit row (fsync) → pulse → log one line. The relay moves only after the row that explains
+it is on disk, and an upstream problem costs at most the budget before the cache decides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import structlog
 
-from bridge import __version__
-from bridge.config import Config
+from bridge import __version__, lifecycle, sdnotify
+from bridge.config import Config, ConfigError
 from bridge.door import Door
 from bridge.gpio import make_pin_factory
 from bridge.inputs.base import Input, Scan
@@ -34,7 +36,7 @@ from bridge.outbox import Outbox
 from verifier.cache import GrantCache
 from verifier.credentials import parse
 from verifier.decide import Policy, Verifier
-from verifier.types import AccessDecision
+from verifier.types import AccessDecision, Credential, DigitalIdToken, Reason
 
 log = structlog.get_logger()
 
@@ -59,6 +61,7 @@ def policy_from(config: Config) -> Policy:
 
 @dataclass
 class ReaderState:
+    type: str = "unknown"
     last_scan_at: str | None = None
     last_decision: str | None = None
     last_reason: str | None = None
@@ -66,89 +69,278 @@ class ReaderState:
 
 
 @dataclass
+class UpstreamState:
+    """What the door knows about the central: for logs, STATUS= and `door-bridge status`."""
+
+    configured: bool = False
+    online: bool | None = None
+    since: datetime | None = None
+    last_error: str | None = None
+    last_heartbeat: datetime | None = None
+
+    @property
+    def label(self) -> str:
+        if not self.configured:
+            return "none"
+        return {True: "online", False: "offline", None: "unknown"}[self.online]
+
+
+@dataclass
 class Stats:
     started_at: datetime = field(default_factory=utc_now)
     decisions: int = 0
     grants: int = 0
+    online_decisions: int = 0
     readers: dict[str, ReaderState] = field(default_factory=dict)
+
+
+@dataclass
+class StorageView:
+    """Figures read off SQLite by a background refresher, so the status socket never touches disk."""
+
+    outbox_depth: int = 0
+    oldest_pending_at: str | None = None
+    grants: int = 0
+    counted_version: int = -1
+
+
+def needs_online(credential: Credential) -> bool:
+    """Credentials the cache cannot judge at all (Digital ID tokens live only at Digital ID)."""
+    return isinstance(credential, DigitalIdToken)
 
 
 class Daemon:
     def __init__(self, config: Config, *, pin_factory: Any = None, clock: Clock = utc_now,
-                 inputs: list[Input] | None = None) -> None:
+                 inputs: list[Input] | None = None, adapters: list[Any] | None = None,
+                 notifier: sdnotify.Notifier | None = None) -> None:
         self.config = config
         self.clock = clock
         self._pin_factory = pin_factory
         self._extra_inputs = inputs or []
+        self.adapters: list[Any] = adapters if adapters is not None else []
+        self._adapters_given = adapters is not None
+        self.notifier = notifier or sdnotify.Notifier.from_env()
         self.stats = Stats()
+        self.upstream = UpstreamState()
+        self.storage = StorageView()
         self.decision_listeners: list[Callable[[AccessDecision, float], None]] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._scan_tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decide")
         self.doors: dict[str, Door] = {}
+        self.door_io: dict[str, Any] = {}
         self.reader_door: dict[str, str] = {}
         self.inputs: list[Input] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.previous_exit: dict[str, Any] = {}
+        self.status_server: Any = None
+        self.sync_state: Any = None
+        self.replication_state: Any = None
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.config.bridge.state_dir)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         cfg = self.config
-        state = Path(cfg.bridge.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
-        # Doors first: the relay line is driven inactive before anything else can fail.
-        if self._pin_factory is None and cfg.doors:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Doors first: every relay line is driven inactive before anything else can fail.
+        if self._pin_factory is None and (cfg.doors or any(r.type == "wiegand" for r in cfg.readers)):
             self._pin_factory = make_pin_factory(cfg.gpio.pin_factory)
         for name, door_cfg in cfg.doors.items():
             self.doors[name] = Door(name, door_cfg, self._pin_factory)
-        self.cache = GrantCache(state / "grants.db")
-        self.outbox = Outbox(state / "audit.db", cfg.audit.max_events, clock=self.clock)
-        self.verifier = Verifier(self.cache, policy_from(cfg))
+        self.previous_exit = lifecycle.previous_exit(self.state_dir)
+        lifecycle.mark_running(self.state_dir)
+        self.cache = GrantCache(self.state_dir / "grants.db")
+        self.outbox = Outbox(self.state_dir / "audit.db", cfg.audit.max_events, clock=self.clock)
+        self.verifier = Verifier(self.cache, policy_from(cfg), offline_codes=self._offline_codes())
+        self._start_door_io()
+        if not self._adapters_given:
+            self.adapters = self._build_adapters()
+        self.upstream.configured = bool(self.adapters) or getattr(cfg.upstream, "central", None) is not None
         for reader in cfg.readers:
             self.reader_door[reader.id] = reader.door
-            self.stats.readers[reader.id] = ReaderState()
+            self.stats.readers[reader.id] = ReaderState(type=reader.type)
             self.inputs.append(create_input(reader, pin_factory=self._pin_factory))
         for extra in self._extra_inputs:
             self.inputs.append(extra)
-            self.stats.readers.setdefault(extra.reader_id, ReaderState())
+            self.stats.readers.setdefault(extra.reader_id, ReaderState(type=type(extra).__name__))
         self.outbox.append("BOOT", {"bridgeId": cfg.bridge.id, "firmwareVersion": __version__,
-                                    "cacheVersion": self.cache.meta.version})
+                                    "cacheVersion": self.cache.meta.version, "previousExit": self.previous_exit})
         for inp in self.inputs:
-            self._tasks.append(asyncio.create_task(self._run_input(inp), name=f"input-{inp.reader_id}"))
+            self._spawn_task(self._run_input(inp), f"input-{inp.reader_id}")
+        self._spawn_task(self._refresh_storage_forever(), "storage-view")
+        self._spawn_task(self.notifier.watchdog_loop(), "watchdog")
+        if self.adapters:
+            self._spawn_task(self._heartbeats_forever(), "heartbeats")
+        self._start_central()
+        await self._refresh_storage()
+        await self._start_status_server()
         meta = self.cache.meta
+        stale = self.verifier.is_stale(self.clock())
         log.info("started", bridge=cfg.bridge.id, version=__version__, mode=cfg.bridge.mode,
                  readers=",".join(i.reader_id for i in self.inputs) or "-", doors=",".join(self.doors) or "-",
-                 cache_version=meta.version, stale=self.verifier.is_stale(self.clock()))
+                 upstream=",".join(a.name for a in self.adapters) or "none", cache_version=meta.version,
+                 stale=stale, previous_exit=self.previous_exit.get("reason"))
         if meta.version == 0:
-            log.warning("cache_empty", check="import a bundle: door-bridge grants import FILE, or configure sync")
+            log.warning("cache_empty", check="import a bundle (door-bridge grants import FILE) or configure upstream.central sync")
+        elif stale:
+            log.warning("cache_stale", cache_version=meta.version, policy=cfg.cache.staleness,
+                        check="is the central reachable? is the clock right (timedatectl)?")
+        self.notifier.ready(self.status_line())
 
-    async def stop(self) -> None:
+    def _spawn_task(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    def _offline_codes(self) -> Any:
+        doors: dict[str, tuple[str, bytes]] = {}
+        secrets: dict[str, tuple[str, bytes]] = {}
+        for name, door in self.config.doors.items():
+            if door.passcode_secret_file is None:
+                continue
+            from bridge.upstream.apikey import ApiKeyError, load_api_key
+
+            try:
+                secret = load_api_key(key_file=door.passcode_secret_file).reveal().encode()
+            except ApiKeyError as e:
+                raise ConfigError(f"doors.{name}.passcode_secret_file: {e}") from None
+            if len(secret) < 16:
+                raise ConfigError(f"doors.{name}.passcode_secret_file: the secret must be at least 16 bytes")
+            secrets[name] = (door.passcode_door_id or name, secret)
+        for reader in self.config.readers:
+            if reader.door in secrets:
+                doors[reader.id] = secrets[reader.door]
+        if not doors:
+            return None
+        from verifier.passcode import offline_code_check
+
+        return offline_code_check(doors)
+
+    def _start_door_io(self) -> None:
+        for name, door_cfg in self.config.doors.items():
+            pins = (door_cfg.door_switch_pin, door_cfg.rex_pin, door_cfg.led_pin, door_cfg.buzzer_pin, door_cfg.aux_relay_pin)
+            if all(p is None for p in pins):
+                continue
+            from bridge.door_io import DoorIo
+
+            self.door_io[name] = DoorIo(self.doors[name], door_cfg, self._pin_factory,
+                                        on_event=lambda kind, body, door=name: self._door_event(door, kind, body))
+
+    def _door_event(self, door: str, kind: str, body: dict[str, Any]) -> None:
+        """From gpiozero's callback threads: record through the worker so order and fsync hold."""
+        self._worker.submit(self._record_door_event, door, kind, body)
+
+    def _record_door_event(self, door: str, kind: str, body: dict[str, Any]) -> None:
+        try:
+            self.outbox.append(kind, {"bridgeId": self.config.bridge.id, "door": door, **body})
+        except Exception as e:  # the outbox failing must be loud, never silent
+            log.error("audit_append_failed", door=door, event=kind, error=str(e)[:200],
+                      check="disk space and permissions of the state dir")
+        log.info("door_event", door=door, event=kind)
+
+    def _build_adapters(self) -> list[Any]:
+        section = self.config.upstream
+        if not (section.frontelio or section.sna or section.digital_id):
+            return []
+        from bridge.upstream.apikey import ApiKeyError
+        from bridge.upstream.factory import build_adapters
+
+        try:
+            return build_adapters(section, now=self.clock)
+        except ApiKeyError as e:
+            raise ConfigError(f"upstream: {e}") from None
+
+    def _start_central(self) -> None:
+        """Bundle sync and audit replication with the central (bridge protocol), if configured."""
+        central = getattr(self.config.upstream, "central", None)
+        if central is None:
+            return
+        from bridge import replicator, sync
+
+        self.sync_state = sync.SyncState() if hasattr(sync, "SyncState") else None
+        self._spawn_task(sync.run_sync(central, self.config.upstream.http, self.config.bridge.id,
+                                       self.state_dir, self.cache, public_key=self._public_key(),
+                                       state=self.sync_state, on_result=self._central_result), "sync")
+        self.replication_state = replicator.ReplicationState() if hasattr(replicator, "ReplicationState") else None
+        self._spawn_task(replicator.run_replication(central, self.config.upstream.http, self.config.bridge.id,
+                                                    self.outbox, state=self.replication_state,
+                                                    on_result=self._central_result), "replication")
+
+    def _public_key(self) -> Any:
+        from verifier.bundle import load_public_key
+
+        text = self.config.cache.public_key_text("<config>")
+        if text is None:
+            raise ConfigError("cache.public_key: required when upstream.central is configured (the central's Ed25519 key)")
+        try:
+            return load_public_key(text)
+        except ValueError as e:
+            raise ConfigError(f"cache.public_key: {e}") from None
+
+    def _central_result(self, ok: bool, error: str | None = None) -> None:
+        self._mark_upstream(ok, error)
+
+    async def _start_status_server(self) -> None:
+        from bridge.status_socket import StatusServer
+
+        path = self.status_socket_path()
+        try:
+            self.status_server = StatusServer(path, self.snapshot)
+            await self.status_server.start()
+        except OSError as e:
+            self.status_server = None
+            log.warning("status_socket_unavailable", path=str(path), error=str(e)[:120],
+                        check="RuntimeDirectory= in the unit, or permissions of the state dir")
+
+    def status_socket_path(self) -> Path:
+        runtime = os.environ.get("RUNTIME_DIRECTORY")
+        return Path(runtime.split(":")[0]) / "status.sock" if runtime else self.state_dir / "status.sock"
+
+    async def stop(self, reason: str = "requested") -> None:
+        self.notifier.stopping("stopping")
         for door in self.doors.values():
             door.release()
-        for task in self._tasks:
+        for task in self._tasks + list(self._scan_tasks):
+            if task.get_name().startswith("scan"):
+                continue
             task.cancel()
+        # Scans already taken are finished, never dropped: their audit rows must land.
+        if self._scan_tasks:
+            await asyncio.wait(list(self._scan_tasks), timeout=2.0)
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.status_server is not None:
+            with contextlib.suppress(Exception):
+                await self.status_server.stop()
+        for adapter in self.adapters:
+            with contextlib.suppress(Exception):
+                await adapter.aclose()
         await asyncio.get_running_loop().run_in_executor(self._worker, self._close_storage)
         self._worker.shutdown(wait=True)
+        for io in self.door_io.values():
+            io.close()
         for door in self.doors.values():
             door.close()
+        lifecycle.mark_stopped(self.state_dir)
         self._stopped.set()
-        log.info("stopped", bridge=self.config.bridge.id)
+        log.info("stopped", bridge=self.config.bridge.id, reason=reason)
 
     def _close_storage(self) -> None:
         self.outbox.close()
         self.cache.close()
 
     async def quiesce(self) -> None:
-        """Wait until every scan handed to the worker so far has been decided and recorded."""
+        """Wait until every scan handed to the daemon so far has been decided and recorded."""
         await asyncio.sleep(0)
+        while self._scan_tasks:
+            await asyncio.wait(list(self._scan_tasks))
         await asyncio.get_running_loop().run_in_executor(self._worker, lambda: None)
-        while any(not t.done() for t in self._tasks if t.get_name().startswith("scan")):
-            await asyncio.sleep(0.01)
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -162,39 +354,122 @@ class Daemon:
             log.error("reader_failed", reader=inp.reader_id, error=f"{type(e).__name__}: {e}"[:200],
                       check="reader configuration and device; door-bridge doctor")
 
+    # --- reload ----------------------------------------------------------------------------------
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply what can change without touching hardware; return what needs a restart."""
+        old = self.config
+        restart = [name for name in ("doors", "readers", "upstream", "gpio", "audit")
+                   if getattr(old, name) != getattr(new, name) and name != "doors"]
+        for name, door in self.doors.items():
+            new_door = new.doors.get(name)
+            if new_door is None or new_door.model_copy(update={"pulse_s": door.cfg.pulse_s}) != door.cfg:
+                restart.append(f"doors.{name}")
+            elif new_door.pulse_s != door.cfg.pulse_s:
+                door.cfg = new_door
+        if set(new.doors) - set(old.doors):
+            restart.append("doors")
+        if old.bridge.state_dir != new.bridge.state_dir:
+            restart.append("bridge.state_dir")
+        new_policy = policy_from(new)
+        self._worker.submit(self._swap_policy, new_policy)
+        from bridge import logsetup
+
+        logsetup.configure(new.bridge.log_level, new.bridge.log_format)
+        self.config = new.model_copy(update={k: getattr(old, k) for k in ("readers", "upstream", "gpio", "audit")})
+        return sorted(set(restart))
+
+    def _swap_policy(self, policy: Policy) -> None:
+        old = self.verifier.policy
+        self.verifier.policy = policy
+        if (old.replay_window_s, old.rate_limit_denies, old.rate_limit_window_s, old.rate_limit_cooldown_s) != (
+                policy.replay_window_s, policy.rate_limit_denies, policy.rate_limit_window_s, policy.rate_limit_cooldown_s):
+            fresh = Verifier(self.cache, policy, offline_codes=self.verifier.offline_codes)
+            self.verifier.replays, self.verifier.limiter = fresh.replays, fresh.limiter
+
     # --- the scan path --------------------------------------------------------------------------
 
     def emit(self, scan: Scan) -> None:
         """Thread-safe: inputs call this from their own threads."""
         assert self.loop is not None
-        self.loop.call_soon_threadsafe(self._spawn, scan)
+        self.loop.call_soon_threadsafe(self._spawn_scan, scan)
 
-    def _spawn(self, scan: Scan) -> None:
+    def _spawn_scan(self, scan: Scan) -> None:
         task = asyncio.create_task(self.handle(scan), name=f"scan-{scan.reader_id}")
-        self._tasks.append(task)
-        task.add_done_callback(self._tasks.remove)
+        self._scan_tasks.add(task)
+        task.add_done_callback(self._scan_tasks.discard)
 
     async def handle(self, scan: Scan) -> AccessDecision:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self._decide_and_act, scan)
-
-    def _decide_and_act(self, scan: Scan) -> AccessDecision:
         started = scan.at_monotonic or time.monotonic()
         credential = parse(scan.raw, scan.hint)
-        decision = self.verifier.decide(credential, scan.reader_id, scan.source, self.clock())
-        door = self.doors.get(self.reader_door.get(scan.reader_id, ""))
-        self.outbox.append("VERIFY", {**decision.as_wire(), "bridgeId": self.config.bridge.id,
-                                      "door": door.name if door else None})
-        if decision.granted and not decision.replay and door is not None:
-            door.pulse()
-        latency_ms = (time.monotonic() - started) * 1000
-        self._account(decision, latency_ms, door)
+        online: AccessDecision | None = None
+        mode = self.config.bridge.mode
+        if mode != "local-only" and (mode == "online-first" or needs_online(credential)):
+            adapter = next((a for a in self.adapters if a.accepts(credential, scan.source)), None)
+            if adapter is not None:
+                online = await self._ask(adapter, credential, scan)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, self._decide_and_act, scan, credential, online, started)
+
+    async def _ask(self, adapter: Any, credential: Credential, scan: Scan) -> AccessDecision | None:
+        from bridge.upstream.errors import UpstreamError
+
+        budget = self.config.upstream.http.verify_budget_s
+        try:
+            # The adapter enforces the budget itself; this outer bound is a belt to its braces.
+            decision = await asyncio.wait_for(adapter.verify(credential, scan.reader_id, scan.source), budget + 0.25)
+        except (UpstreamError, asyncio.TimeoutError) as e:
+            self._mark_upstream(False, f"{adapter.name}: {type(e).__name__}: {e}"[:200])
+            return None
+        self._mark_upstream(True)
         return decision
 
-    def _account(self, d: AccessDecision, latency_ms: float, door: Door | None) -> None:
+    def _mark_upstream(self, ok: bool, error: str | None = None) -> None:
+        """State changes are logged once: one warning when the central is lost, one info on return."""
+        up = self.upstream
+        up.configured = True
+        if ok and up.online is not True:
+            if up.online is False:
+                log.info("upstream_restored", offline_since=up.since.isoformat(timespec="seconds") if up.since else "-")
+            up.online, up.since, up.last_error = True, self.clock(), None
+        elif not ok:
+            if up.online is not False:
+                log.warning("upstream_lost", error=error or "-", mode=self.config.bridge.mode,
+                            check="network/DNS from the Pi, the upstream URL and TLS; decisions continue from the cache")
+                up.online, up.since = False, self.clock()
+            up.last_error = error
+
+    def _decide_and_act(self, scan: Scan, credential: Credential, online: AccessDecision | None,
+                        started: float) -> AccessDecision:
+        if online is not None:
+            decision = replace(online, cache_version=self.cache.meta.version)
+        else:
+            decision = self.verifier.decide(credential, scan.reader_id, scan.source, self.clock())
+            if decision.reason is Reason.UPSTREAM_UNAVAILABLE and self.upstream.configured:
+                pass  # the log line says upstream=offline; nothing more the door can do
+        door_name = self.reader_door.get(scan.reader_id, "")
+        door = self.doors.get(door_name)
+        self.outbox.append("VERIFY", {**decision.as_wire(), "bridgeId": self.config.bridge.id,
+                                      "door": door.name if door else None})
+        pulse = decision.granted and not decision.replay and door is not None
+        io = self.door_io.get(door_name)
+        if pulse:
+            assert door is not None
+            if io is not None:
+                io.authorised("grant")
+            door.pulse()
+        if io is not None:
+            with contextlib.suppress(Exception):
+                io.feedback(decision)
+        latency_ms = (time.monotonic() - started) * 1000
+        self._account(decision, latency_ms, door, pulse)
+        return decision
+
+    def _account(self, d: AccessDecision, latency_ms: float, door: Door | None, pulsed: bool) -> None:
         s = self.stats
         s.decisions += 1
         s.grants += d.granted
+        s.online_decisions += d.online
         r = s.readers.setdefault(d.reader_id, ReaderState())
         r.scans += 1
         r.last_scan_at = self.clock().isoformat(timespec="seconds")
@@ -202,12 +477,107 @@ class Daemon:
         log.info(
             "decision", reader=d.reader_id, source=d.source.value, decision=d.decision.value,
             reason=d.reason.value if d.reason else "-", latency_ms=round(latency_ms, 2),
-            cache_version=d.cache_version, upstream="online" if d.online else self.upstream_state(),
-            replay=d.replay, cred=d.fingerprint, user=d.user_id or "-", zone=d.zone_id or "-",
-            relay=("pulsed" if d.granted and not d.replay else "idle") if door else "none",
+            cache_version=d.cache_version, decided="online" if d.online else "cache",
+            upstream=self.upstream.label, replay=d.replay, cred=d.fingerprint, user=d.user_id or "-",
+            zone=d.zone_id or "-", relay=("pulsed" if pulsed else "idle") if door else "none",
         )
+        if d.reason is Reason.RATE_LIMITED:
+            log.warning("reader_rate_limited", reader=d.reader_id,
+                        check="repeated DENYs at this reader (PIN guessing?); see door-bridge events tail")
         for listener in self.decision_listeners:
             listener(d, latency_ms)
 
-    def upstream_state(self) -> str:
-        return "none"
+    # --- background ------------------------------------------------------------------------------
+
+    async def _heartbeats_forever(self) -> None:
+        from bridge.upstream.heartbeat import beat_once
+
+        settings = self.config.upstream.http
+        reader_ids = [r.id for r in self.config.readers] or [self.config.bridge.id]
+        while True:
+            for adapter in self.adapters:
+                for reader_id in reader_ids:
+                    error = await beat_once(adapter, reader_id, settings)
+                    if error is None:
+                        self.upstream.last_heartbeat = self.clock()
+                        self._mark_upstream(True)
+                    else:
+                        self._mark_upstream(False, f"{adapter.name} heartbeat: {error}"[:200])
+            await asyncio.sleep(settings.heartbeat_interval_s)
+
+    async def _refresh_storage_forever(self, every_s: float = 2.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            with contextlib.suppress(Exception):
+                await self._refresh_storage()
+            self.notifier.status(self.status_line())
+
+    async def _refresh_storage(self) -> None:
+        await asyncio.to_thread(self._read_storage)
+
+    def _read_storage(self) -> None:
+        """Own read-only connections: never contends with the decision worker's writers."""
+        import sqlite3
+
+        view = self.storage
+        with contextlib.closing(sqlite3.connect(f"file:{self.state_dir / 'audit.db'}?mode=ro", uri=True)) as c:
+            view.outbox_depth = c.execute("SELECT count(*) FROM events WHERE acked = 0").fetchone()[0]
+            row = c.execute("SELECT at FROM events WHERE acked = 0 ORDER BY seq LIMIT 1").fetchone()
+            view.oldest_pending_at = row[0] if row else None
+        version = self.cache.meta.version
+        if version != view.counted_version:
+            with contextlib.closing(sqlite3.connect(f"file:{self.state_dir / 'grants.db'}?mode=ro", uri=True)) as c:
+                view.grants = c.execute("SELECT count(*) FROM grants").fetchone()[0]
+                view.grants += c.execute("SELECT count(*) FROM cards").fetchone()[0]
+            view.counted_version = version
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        meta = self.cache.meta
+        age = _age_s(meta.issued_at_ms / 1000, self.clock()) if meta.version else None
+        return (f"{self.config.bridge.mode}; upstream {self.upstream.label}; cache v{meta.version}"
+                f"{f' age {_human(age)}' if age is not None else ''}; outbox {self.storage.outbox_depth}; "
+                f"{self.stats.decisions} decisions")
+
+    def snapshot(self) -> dict[str, Any]:
+        from verifier.timeutil import from_ms, iso
+
+        now = self.clock()
+        meta = self.cache.meta
+        up = self.upstream
+        oldest = self.storage.oldest_pending_at
+        return {
+            "bridge_id": self.config.bridge.id, "version": __version__, "mode": self.config.bridge.mode,
+            "started_at": self.stats.started_at.isoformat(timespec="seconds"), "now": now.isoformat(timespec="seconds"),
+            "previous_exit": self.previous_exit.get("reason"),
+            "upstream": ({"online": bool(up.online), "since": _iso(up.since), "last_heartbeat": _iso(up.last_heartbeat),
+                          "last_error": up.last_error} if up.configured else {"state": "none (standalone)"}),
+            "cache": {"version": meta.version, "issued_at": iso(from_ms(meta.issued_at_ms)) if meta.version else None,
+                      "age_s": _age_s(meta.issued_at_ms / 1000, now) if meta.version else None,
+                      "not_after": iso(from_ms(meta.not_after_ms)), "grants": self.storage.grants,
+                      "stale": meta.version == 0 or now.timestamp() * 1000 >= meta.not_after_ms},
+            "outbox": {"depth": self.storage.outbox_depth,
+                       "oldest_age_s": _age_s(datetime.fromisoformat(oldest.replace("Z", "+00:00")).timestamp(), now) if oldest else None},
+            "decisions": {"total": self.stats.decisions, "granted": self.stats.grants, "online": self.stats.online_decisions},
+            "readers": {rid: {"type": r.type, "last_scan_at": r.last_scan_at, "last_decision": r.last_decision,
+                              "last_reason": r.last_reason, "scans": r.scans} for rid, r in self.stats.readers.items()},
+            "doors": {name: (self.door_io[name].state() if name in self.door_io else
+                             {"relay": "energised" if door.energised else "released", "position": "unknown", "alarm": None})
+                      for name, door in self.doors.items()},
+        }
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat(timespec="seconds") if t else None
+
+
+def _age_s(epoch_s: float, now: datetime) -> float:
+    return round(now.timestamp() - epoch_s, 1)
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if abs(seconds) >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"

@@ -111,18 +111,23 @@ class Verifier:
         if isinstance(credential, DigitalIdToken):
             # Digital ID tokens live 5 minutes and are only known to Digital ID: no offline answer.
             return _Outcome(Reason.UPSTREAM_UNAVAILABLE)
+        zones = self.cache.zones_for_reader(reader_id)
+        if isinstance(credential, Pin):
+            # Offline passcodes need no sync at all: checked before staleness and before the
+            # (slow, scrypt) stored-PIN look-up. The hook answers None for codes not its own.
+            offline = self._offline_code(credential, reader_id, now)
+            if offline is not None:
+                return _Outcome(offline[0], None, offline[1], zones[0] if zones else None)
         meta = self.cache.meta
         if meta.version == 0 or (now_ms >= meta.not_after_ms and self.policy.staleness == "deny"):
             return _Outcome(Reason.CACHE_STALE)
-        zones = self.cache.zones_for_reader(reader_id)
         if not zones and not self.cache.reader_known(reader_id):
-            if not (isinstance(credential, Pin) and self._offline_code(credential, reader_id, now) is not None):
-                return _Outcome(Reason.UNKNOWN_READER)
+            return _Outcome(Reason.UNKNOWN_READER)
         match credential:
             case CardNumber(number=number):
                 return self._card(number, reader_id, zones, now_ms)
             case Pin(digits=digits):
-                return self._pin(digits, reader_id, zones, now, now_ms)
+                return self._pin(digits, reader_id, zones, now_ms)
             case InviteCode(code=code):
                 return self._visitor(code, zones, now_ms)
             case CredentialJwt(token=token):
@@ -145,7 +150,7 @@ class Verifier:
             return self._user_grants(card.user_id, name, zones, now_ms)
         return _Outcome(Reason.NO_GRANT, None, name)
 
-    def _pin(self, digits: str, reader_id: str, zones: tuple[Zone, ...], now: datetime, now_ms: int) -> _Outcome:
+    def _pin(self, digits: str, reader_id: str, zones: tuple[Zone, ...], now_ms: int) -> _Outcome:
         params = self.cache.meta.pin_hashing
         rows = [r for r in self.cache.passcodes(hash_pin(digits, params)) if reader_id in r.devices] if params else []
         if rows:
@@ -156,10 +161,6 @@ class Verifier:
             if why is None and user is not None and not user[1]:
                 why = Reason.HOLDER_INACTIVE
             return _Outcome(why, best.user_id, name, zones[0] if zones else None)
-        offline = self._offline_code(Pin(digits), reader_id, now)
-        if offline is not None:
-            why, label = offline
-            return _Outcome(why, None, label, zones[0] if zones else None)
         return _Outcome(Reason.NO_GRANT)
 
     def _offline_code(self, pin: Pin, reader_id: str, now: datetime) -> tuple[Reason | None, str] | None:

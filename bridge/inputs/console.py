@@ -1,11 +1,14 @@
 """Standard input as a reader: one line per scan, exactly as a keyboard-wedge scanner types it.
 
-Used by `door-bridge demo`, by `tap`-style tests, and on a bench with a USB scanner in a terminal.
+Used by `door-bridge demo`, on a bench with a USB scanner in a terminal, and in tests. Reads the
+raw file descriptor (no buffered reader whose lock a daemon thread could hold at exit) and frames
+lines with the same framer as the serial scanner, so an over-long line is one MALFORMED scan.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -13,7 +16,7 @@ from typing import BinaryIO, Callable
 
 from bridge.config import ConsoleReader
 from bridge.inputs.base import Emit, Scan
-from verifier.credentials import MAX_SCAN_BYTES
+from bridge.inputs.serial_scanner import LineFramer
 from verifier.types import Source
 
 
@@ -24,25 +27,20 @@ class ConsoleInput:
         self._on_eof = on_eof
 
     async def run(self, emit: Emit) -> None:
-        stream = self._stream or sys.stdin.buffer
-        done = asyncio.get_running_loop().create_future()
+        fd = (self._stream or sys.stdin).fileno()
         loop = asyncio.get_running_loop()
+        done = loop.create_future()
 
         def pump() -> None:
+            framer = LineFramer()
             try:
-                while True:
-                    # Read one byte past the cap so an over-long line still arrives (and is refused
-                    # as MALFORMED_CREDENTIAL) instead of being silently split into two scans.
-                    line = stream.readline(MAX_SCAN_BYTES + 2)
-                    if not line:
-                        break
-                    while not line.endswith(b"\n"):
-                        more = stream.readline(MAX_SCAN_BYTES + 2)
-                        if not more:
-                            break
-                        line = (line + more)[: MAX_SCAN_BYTES + 2]
-                    if line.strip(b"\r\n"):
-                        emit(Scan(self.reader_id, Source.PHONE_QR, line.rstrip(b"\r\n"), None, time.monotonic()))
+                while chunk := os.read(fd, 65536):
+                    for line in framer.feed(chunk):
+                        emit(Scan(self.reader_id, Source.PHONE_QR, line, None, time.monotonic()))
+                for line in framer.feed(b"\n"):  # a last line without a newline still counts
+                    emit(Scan(self.reader_id, Source.PHONE_QR, line, None, time.monotonic()))
+            except OSError:
+                pass
             finally:
                 loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
 
