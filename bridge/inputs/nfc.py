@@ -1,0 +1,228 @@
+"""NFC input: card UIDs and NDEF text/URI credentials from any frontend nfcpy drives.
+
+nfcpy's `ContactlessFrontend.connect` is blocking, so it runs in a dedicated thread; scans go back
+through `emit`, which is thread-safe. One `connect` call is one presentation: nfcpy holds it open
+with presence checks until the card or phone is taken away, so a card resting on the reader is
+one scan, not one per poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Annotated, Any, Literal
+
+import ndef
+import nfc
+import nfc.clf
+import nfc.tag
+import structlog
+from pydantic import Field
+
+from bridge.config_base import ReaderId, Seconds, StrictModel
+from bridge.inputs.base import Emit, Scan
+from verifier.types import CardNumber, Source, fingerprint
+
+log = structlog.get_logger()
+
+# nfcpy technology strings: ISO 14443 A, ISO 14443 B, FeliCa at 212/424 kbit/s.
+Technology = Literal["106A", "106B", "212F", "424F"]
+
+# What a technician should look at when the frontend will not open; said once in every warning.
+_CHECKLIST = (
+    "check the device path, that the reader is plugged in, that the service user may open it "
+    "(plugdev group / udev rule for USB, dialout for tty), that no other program holds it "
+    "(e.g. the pn533 kernel module: blacklist it), then run `door-bridge doctor`"
+)
+# While the frontend stays unavailable, repeat the warning this often (retries in between are
+# debug lines), so an unplugged reader is visible in the journal without flooding it.
+_REMIND_EVERY_S = 300.0
+# How long cancellation waits for nfcpy to notice `terminate` before giving up on the thread.
+_STOP_WAIT_S = 5.0
+
+
+class NfcReaderConfig(StrictModel):
+    type: Literal["nfc"]
+    id: ReaderId
+    door: str = "main"
+    # An nfcpy path: "usb", "usb:054c:06c3", "usb:001:004", "tty:AMA0:pn532", "udp:127.0.0.1:54321".
+    device: str = Field(min_length=3, pattern=r"^(usb|tty|com|udp)(:\S*)?$")
+    reconnect_s: Seconds = 2.0
+    # Technologies to poll. Fewer is faster: a FeliCa-only site can say ["212F"].
+    targets: list[Technology] = Field(default=["106A", "106B", "212F"], min_length=1)
+    # Pause between polling rounds; nfcpy's own default is 0.5 s, a door wants a quicker answer.
+    poll_interval_s: Annotated[float, Field(gt=0, le=5)] = 0.2
+    # A card must be away this long before the same UID counts as a new scan: one flaky presence
+    # check (card at the edge of the field) must not become a second scan.
+    rescan_gap_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+    # Read an NDEF text/URI record (phones, credential stickers). Turn off at sites whose badges
+    # carry unrelated NDEF (a company URL): then every tag counts by its UID.
+    read_ndef: bool = True
+
+
+class SameCardGate:
+    """Decides whether a presentation is a new scan, given when each UID was last taken away.
+
+    Kept apart from the nfcpy loop (and given the time explicitly) so the rule is testable on
+    its own.
+    """
+
+    def __init__(self, gap_s: float) -> None:
+        self._gap_s = gap_s
+        self._released: dict[bytes, float] = {}
+
+    def is_new(self, uid: bytes, now: float) -> bool:
+        released_at = self._released.get(uid)
+        return released_at is None or now - released_at >= self._gap_s
+
+    def released(self, uid: bytes, now: float) -> None:
+        # One entry per card seen recently; old ones are dropped so memory stays flat.
+        self._released = {u: t for u, t in self._released.items() if now - t < self._gap_s}
+        self._released[uid] = now
+
+
+def credential_text(records: list[Any]) -> str | None:
+    """The first NDEF text or URI record's content: what a phone or credential sticker carries."""
+    for record in records:
+        if isinstance(record, ndef.TextRecord):
+            return str(record.text)
+        if isinstance(record, ndef.UriRecord):
+            return str(record.iri)
+    return None
+
+
+class NfcInput:
+    """One NFC frontend as an `Input`; survives the frontend being absent, unplugged or busy."""
+
+    def __init__(self, cfg: NfcReaderConfig) -> None:
+        self.reader_id: str = cfg.id
+        self._cfg = cfg
+
+    async def run(self, emit: Emit) -> None:
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+        stop = threading.Event()
+
+        def worker() -> None:
+            try:
+                self._serve(emit, stop)
+            finally:
+                try:
+                    loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+                except RuntimeError:  # the event loop is already closed: nobody is waiting
+                    pass
+
+        # A daemon thread of its own, not the default executor: it lives as long as the daemon,
+        # and a frontend stuck in a USB read must not hold up process exit.
+        threading.Thread(target=worker, name=f"nfc-{self.reader_id}", daemon=True).start()
+        try:
+            await asyncio.shield(finished)
+        finally:
+            stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(finished), _STOP_WAIT_S)
+            except asyncio.TimeoutError:
+                log.warning("nfc.stop_slow", reader=self.reader_id, waited_s=_STOP_WAIT_S)
+
+    # --- worker thread ---------------------------------------------------------------------------
+
+    def _serve(self, emit: Emit, stop: threading.Event) -> None:
+        """Open the frontend, read presentations until it fails, wait, reopen; until stopped."""
+        cfg = self._cfg
+        rlog = log.bind(reader=cfg.id, device=cfg.device)
+        gate = SameCardGate(cfg.rescan_gap_s)
+        failures = 0
+        last_warned = float("-inf")
+        while not stop.is_set():
+            try:
+                clf = nfc.ContactlessFrontend(cfg.device)
+            except Exception as error:  # nfcpy raises OSError, ValueError, usb1 errors, …
+                failures += 1
+                now = time.monotonic()
+                if failures == 1 or now - last_warned >= _REMIND_EVERY_S:
+                    rlog.warning("nfc.frontend_unavailable", error=_describe(error), attempts=failures,
+                                 retry_s=cfg.reconnect_s, check=_CHECKLIST)
+                    last_warned = now
+                else:
+                    rlog.debug("nfc.frontend_retry", error=_describe(error), attempts=failures)
+                stop.wait(cfg.reconnect_s)
+                continue
+            rlog.info("nfc.frontend_ready", frontend=str(clf.device), after_attempts=failures)
+            failures = 0
+            try:
+                why = self._read_presentations(clf, emit, stop, gate, rlog)
+            finally:
+                clf.close()
+            if not stop.is_set():
+                rlog.warning("nfc.frontend_lost", error=why, retry_s=cfg.reconnect_s, check=_CHECKLIST)
+                last_warned = time.monotonic()
+                failures = 1
+                stop.wait(cfg.reconnect_s)
+
+    def _read_presentations(self, clf: nfc.ContactlessFrontend, emit: Emit, stop: threading.Event,
+                            gate: SameCardGate, rlog: Any) -> str:
+        """Loop over presentations on an open frontend; return why it stopped working."""
+        cfg = self._cfg
+
+        def on_connect(tag: nfc.tag.Tag) -> bool:
+            self._on_tag(tag, emit, gate, rlog)
+            return True  # nfcpy then waits, with presence checks, until the tag is gone
+
+        def on_release(tag: nfc.tag.Tag) -> bool:
+            gate.released(bytes(tag.identifier), time.monotonic())
+            return True
+
+        # `terminate` is polled between sensing rounds and presence checks: waiting on the stop
+        # event there paces polling and still wakes the moment `run` is cancelled.
+        def terminate() -> bool:
+            return stop.wait(cfg.poll_interval_s)
+
+        rdwr = {
+            "targets": list(cfg.targets),
+            "iterations": 1,
+            "on-connect": on_connect,
+            "on-release": on_release,
+        }
+        while not stop.is_set():
+            try:
+                result = clf.connect(rdwr=rdwr, terminate=terminate)
+            except Exception as error:  # a card nfcpy trips over, or the device vanishing mid-call
+                return _describe(error)
+            if result is False:  # nfcpy swallowed an IOError: the frontend is gone
+                return "frontend stopped answering (unplugged or reset)"
+        return "stopped"
+
+    def _on_tag(self, tag: nfc.tag.Tag, emit: Emit, gate: SameCardGate, rlog: Any) -> None:
+        uid = bytes(tag.identifier)
+        if not gate.is_new(uid, time.monotonic()):
+            rlog.debug("nfc.same_card_again", tag_type=str(tag.type))
+            return
+        text: str | None = None
+        if self._cfg.read_ndef:
+            try:
+                text = credential_text(tag.ndef.records) if tag.ndef else None
+            except (nfc.tag.TagCommandError, nfc.clf.CommunicationError) as error:
+                # Taken away mid-read: a UID scan now would be the wrong credential for a phone.
+                rlog.warning("nfc.read_incomplete", tag_type=str(tag.type), error=_describe(error),
+                             advice="hold the card or phone still on the reader")
+                return
+        if text is not None:
+            scan = Scan(self.reader_id, Source.PHONE_NFC, raw=text.encode("utf-8"), hint=None,
+                        at_monotonic=time.monotonic())
+            rlog.debug("nfc.scan", source=scan.source.value, tag_type=str(tag.type), ndef_chars=len(text))
+        else:
+            number = uid.hex().upper()
+            scan = Scan(self.reader_id, Source.CARD, raw=number.encode("ascii"), hint="card",
+                        at_monotonic=time.monotonic())
+            rlog.debug("nfc.scan", source=scan.source.value, tag_type=str(tag.type),
+                       card=fingerprint(CardNumber(number)))
+        emit(scan)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def create(cfg: NfcReaderConfig) -> NfcInput:
+    return NfcInput(cfg)
