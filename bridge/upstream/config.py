@@ -113,11 +113,39 @@ class DigitalIdSection(_KeyedUpstream):
     device_id: str | None = Field(None, min_length=1, max_length=128)
 
 
+class CentralSection(_KeyedUpstream):
+    """The bridge protocol (docs/bridge-protocol.md): signed bundle sync and audit event ingest."""
+
+    # e.g. https://central.example.com/api/bridge/v1; the bridge appends /bridges/{bridge_id}/…
+    base_url: str
+    # How the central knows this bridge; defaults to `bridge.id`.
+    bridge_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    poll_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
+    # Each wait is poll_interval_s × (1 ± poll_jitter), so a fleet does not poll in lock-step.
+    poll_jitter: Annotated[float, Field(ge=0, le=0.5)] = 0.2
+    # Largest bundle written to the state dir; a bigger body is refused before it fills the SD card.
+    max_bundle_bytes: Annotated[int, Field(ge=64 * 1024, le=8 * 1024**3)] = 1024**3
+    # "process": apply in a child process (decisions keep their latency; see docs/bridge-protocol.md);
+    # "thread": in a thread of the daemon (less memory on a 512 MB Pi, decisions slow during an apply).
+    apply_in: Literal["process", "thread"] = "process"
+    # Events per POST; the protocol caps a batch at 1000.
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 500
+    # How often an empty outbox is looked at again.
+    replicate_idle_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+
+    @model_validator(mode="after")
+    def _key_required(self) -> "CentralSection":
+        if not (self.api_key_file or self.api_key_credential):
+            raise ValueError("needs api_key_file or api_key_credential (the bridge's API key)")
+        return self
+
+
 class UpstreamSection(StrictModel):
     http: HttpSettings = HttpSettings()
     frontelio: FrontelioSection | None = None
     sna: SnaSection | None = None
     digital_id: DigitalIdSection | None = None
+    central: CentralSection | None = None
 
 
 def _is_loopback(host: str) -> bool:

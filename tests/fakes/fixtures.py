@@ -11,6 +11,8 @@ from typing import Iterator
 
 import pytest
 
+from tests.fakes.central import API_KEY as CENTRAL_API_KEY
+from tests.fakes.central import FakeCentral
 from tests.fakes.digital_id import FakeDigitalId
 from tests.fakes.frontelio import API_KEY, FakeFrontelio
 from tests.fakes.sna import FakeSna
@@ -53,4 +55,24 @@ def frontelio_key_file(tmp_path: Path) -> Path:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(API_KEY + "\n")
+    return path
+
+
+@pytest.fixture
+def fake_central() -> Iterator[FakeCentral]:
+    fake = FakeCentral()
+    fake.server.start()
+    try:
+        yield fake
+    finally:
+        fake.server.stop()
+
+
+@pytest.fixture
+def central_key_file(tmp_path: Path) -> Path:
+    """The fake central's accepted bridge key in a mode-0600 file."""
+    path = tmp_path / "central.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(CENTRAL_API_KEY + "\n")
     return path
