@@ -112,7 +112,7 @@ class Replicator:
         for event_id, error in answer.rejected:
             if event_id in sent:
                 kind = next(e.type for e in batch if e.id == event_id)
-                log.error("replication_event_rejected", event=event_id, type=kind, error=error[:200],
+                log.error("replication_event_rejected", event_id=event_id, type=kind, error=error[:200],
                           check="the central refused this event for good; it is acknowledged so the queue moves on")
         ids = [e.id for e in batch if e.id in listed]
         await asyncio.to_thread(self.outbox.ack, ids)

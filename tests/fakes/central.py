@@ -154,6 +154,8 @@ class FakeCentral:
             self._raw_bundle = (body, f'"raw-{version}"')
 
     def drop_mid_batch(self, after: int) -> None:
+        """The next batch: store its first `after` events (all of them if it is shorter), then
+        close the connection without an answer."""
         self._drop_after = after
 
     def records(self) -> list[dict[str, Any]]:
@@ -239,6 +241,9 @@ class FakeCentral:
                 else:
                     self.events[event["id"]] = event
                     stored.append(event["id"])
+            if self._drop_after is not None:  # the batch was no longer than n: stored it all, then hang up
+                self._drop_after = None
+                raise _DropConnection()
         return Reply(200, {"stored": stored, "duplicates": duplicates, "rejected": rejected})
 
 
