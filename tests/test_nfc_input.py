@@ -1,0 +1,227 @@
+"""The real `NfcInput` reading a FeliCa tag that another process emulates over nfcpy's udp driver.
+
+No NFC hardware: `tests/nfc_tag_emulator.py` answers the reader's radio commands over loopback
+UDP exactly as a Type 3 tag would, so the whole nfcpy stack (sensing, activation, NDEF read,
+presence checks) runs for real. Every wait has a deadline; nothing asserts how fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ndef
+import pytest
+import structlog
+from pydantic import ValidationError
+from structlog.testing import capture_logs
+
+from bridge.inputs.base import Scan
+from bridge.inputs.nfc import NfcReaderConfig, SameCardGate, create, credential_text
+from tests.nfc_tag_emulator import free_udp_port
+from verifier.types import Source
+
+EMULATOR = Path(__file__).with_name("nfc_tag_emulator.py")
+READER = "BRIDGE-nfc"
+DIGITAL_ID_URL = "https://id.example.org/verify.php?token=4f1c2a9e7b"
+CREDENTIAL_JWT = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ1c3ItNDIifQ.c2lnbmF0dXJl"
+DEADLINE_S = 60.0
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, Any]]]:
+    """Every log event, debug included, whatever level the suite configured."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs() as captured:
+            yield captured
+    finally:
+        structlog.configure(**saved)
+
+
+def reader_config(port: int, **overrides: Any) -> NfcReaderConfig:
+    # udp answers take up to a second per technology polled, so poll FeliCa only.
+    settings: dict[str, Any] = dict(type="nfc", id=READER, device=f"udp:127.0.0.1:{port}", targets=["212F"],
+                                    rescan_gap_s=0.0, reconnect_s=0.2)
+    settings.update(overrides)
+    return NfcReaderConfig(**settings)
+
+
+def read_while_tag_presented(emulator_args: list[str], **overrides: Any) -> list[Scan]:
+    """Run the real input while the emulator presents its tag; return the scans once it is done.
+
+    Scans are emitted while a tag is on the reader, so once the emulator has exited (tag gone for
+    good) the list is final: no waiting for something not to happen.
+    """
+    port = free_udp_port()
+    scans: list[Scan] = []
+
+    async def scenario() -> tuple[int, str]:
+        task = asyncio.create_task(create(reader_config(port, **overrides)).run(scans.append))
+        emulator = await asyncio.create_subprocess_exec(
+            sys.executable, str(EMULATOR), "--port", str(port), *emulator_args,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(emulator.communicate(), DEADLINE_S)
+        except asyncio.TimeoutError:
+            emulator.kill()
+            out, err = await emulator.communicate()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return emulator.returncode or 0, (out + err).decode(errors="replace")
+
+    returncode, transcript = asyncio.run(scenario())
+    assert returncode == 0 and transcript.rstrip().endswith("done"), transcript
+    return scans
+
+
+# --- through the udp driver --------------------------------------------------------------------
+
+
+def test_felica_tag_with_ndef_uri_is_one_phone_scan_per_presentation(logs: list[dict[str, Any]]) -> None:
+    # Held on the reader through several presence checks each time, presented twice.
+    scans = read_while_tag_presented(["--idm", "03FEFFE011223344", "--uri", DIGITAL_ID_URL,
+                                      "--presentations", "2", "--min-polls", "3", "--gap", "0.3"])
+
+    assert [(s.reader_id, s.source, s.raw, s.hint) for s in scans] == [
+        (READER, Source.PHONE_NFC, DIGITAL_ID_URL.encode(), None),
+    ] * 2
+    assert all(s.at_monotonic > 0 for s in scans)
+    # The token is a credential: it must not reach any log line.
+    assert "4f1c2a9e7b" not in repr(logs)
+
+
+def test_felica_tag_with_ndef_text_carries_the_credential_jwt() -> None:
+    scans = read_while_tag_presented(["--idm", "03FEFFE011223344", "--text", CREDENTIAL_JWT])
+
+    assert [(s.source, s.raw, s.hint) for s in scans] == [(Source.PHONE_NFC, CREDENTIAL_JWT.encode(), None)]
+
+
+def test_felica_card_without_ndef_is_a_card_scan_of_its_idm(logs: list[dict[str, Any]]) -> None:
+    # System code 0003 (a transit-style FeliCa card): no NFC Forum NDEF area at all.
+    scans = read_while_tag_presented(["--idm", "01A2B3C4D5E6F708", "--sys", "0003"])
+
+    assert [(s.reader_id, s.source, s.raw, s.hint) for s in scans] == [(READER, Source.CARD, b"01A2B3C4D5E6F708", "card")]
+    assert "01A2B3C4D5E6F708" not in repr(logs).upper()  # logged as a fingerprint only
+    assert any(e["event"] == "nfc.scan" and e.get("card", "").startswith("card:") for e in logs)
+
+
+def test_read_ndef_off_counts_an_ndef_tag_by_its_uid() -> None:
+    scans = read_while_tag_presented(["--idm", "03FEFFE011223344", "--uri", "https://example.com/about"],
+                                     read_ndef=False)
+
+    assert [(s.source, s.raw, s.hint) for s in scans] == [(Source.CARD, b"03FEFFE011223344", "card")]
+
+
+# --- frontend missing ---------------------------------------------------------------------------
+
+
+def test_missing_frontend_warns_what_to_check_and_retries_without_crashing(logs: list[dict[str, Any]]) -> None:
+    cfg = NfcReaderConfig(type="nfc", id=READER, device="tty:DOORBRIDGE_NO_SUCH_PORT:pn532", reconnect_s=0.05)
+    scans: list[Scan] = []
+
+    def attempts() -> int:
+        return sum(1 for e in logs if e["event"] in ("nfc.frontend_unavailable", "nfc.frontend_retry"))
+
+    async def scenario() -> bool:
+        task = asyncio.create_task(create(cfg).run(scans.append))
+        deadline = time.monotonic() + DEADLINE_S
+        while attempts() < 3 and time.monotonic() < deadline and not task.done():
+            await asyncio.sleep(0.02)
+        crashed = task.done()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return crashed
+
+    crashed = asyncio.run(scenario())
+
+    assert not crashed
+    assert attempts() >= 3
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert [e["event"] for e in warnings] == ["nfc.frontend_unavailable"]  # once, not per retry
+    warning = warnings[0]
+    assert warning["reader"] == READER and warning["device"] == cfg.device
+    assert "plugdev" in warning["check"] and "door-bridge doctor" in warning["check"]
+    assert scans == []
+
+
+def test_cancelling_run_stops_the_reader_thread() -> None:
+    port = free_udp_port()  # nobody answers there: the thread is busy polling when cancelled
+
+    async def scenario() -> None:
+        task = asyncio.create_task(create(reader_config(port)).run(lambda scan: None))
+        deadline = time.monotonic() + DEADLINE_S
+        while not _reader_threads() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert _reader_threads()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+
+    assert _reader_threads() == []
+
+
+def _reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"nfc-{READER}" and t.is_alive()]
+
+
+# --- pieces ------------------------------------------------------------------------------------
+
+
+def test_same_card_counts_again_only_after_being_away_long_enough() -> None:
+    gate = SameCardGate(gap_s=1.0)
+    card, other = b"\x01\x02", b"\x03\x04"
+
+    assert gate.is_new(card, now=10.0)
+    gate.released(card, now=10.0)
+    assert not gate.is_new(card, now=10.5)  # a flaky presence check, not a new tap
+    assert gate.is_new(other, now=10.5)
+    assert gate.is_new(card, now=11.0)
+
+
+def test_zero_rescan_gap_counts_every_presentation() -> None:
+    gate = SameCardGate(gap_s=0.0)
+    gate.released(b"\x01", now=5.0)
+    assert gate.is_new(b"\x01", now=5.0)
+
+
+def test_credential_text_takes_the_first_text_or_uri_record() -> None:
+    mime = ndef.Record("text/vcard", "1", b"BEGIN:VCARD")
+    assert credential_text([mime, ndef.UriRecord(DIGITAL_ID_URL), ndef.TextRecord("second")]) == DIGITAL_ID_URL
+    assert credential_text([ndef.TextRecord("vis_7Hq2"), ndef.UriRecord(DIGITAL_ID_URL)]) == "vis_7Hq2"
+    assert credential_text([mime]) is None
+    assert credential_text([]) is None
+
+
+def test_config_defaults_and_device_paths() -> None:
+    cfg = NfcReaderConfig(type="nfc", id="R1", device="usb:054c:06c3")
+    assert (cfg.door, cfg.reconnect_s, cfg.targets, cfg.read_ndef) == ("main", 2.0, ["106A", "106B", "212F"], True)
+    for good in ("usb", "tty:AMA0:pn532", "udp:127.0.0.1:54321"):
+        NfcReaderConfig(type="nfc", id="R1", device=good)
+
+
+@pytest.mark.parametrize("bad", [
+    {"device": "/dev/ttyUSB0"},
+    {"device": "usb", "targets": []},
+    {"device": "usb", "targets": ["106X"]},
+    {"device": "usb", "reconnect_s": 0},
+    {"device": "usb", "rescan_gap_s": -1.0},
+    {"device": "usb", "poll_intervl_s": 0.1},
+])
+def test_config_rejects_mistakes(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        NfcReaderConfig(type="nfc", id="R1", **bad)
