@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from bridge import __version__
 from bridge.config import Config, ConfigError, load
 
 Level = Literal["ok", "warn", "fail"]
@@ -231,7 +232,7 @@ def probe_machine(who: Identity) -> Iterable[Finding]:
         yield ok(f"model: {model}")
     else:
         yield warn(f"model: {model} (not a Raspberry Pi: pin numbers and boot pulls may differ from hardware/pinmap.md)")
-    yield ok(f"running as {me.name} (uid {me.uid}); checking device rights for user {who.name}")
+    yield ok(f"door-bridge {__version__}; running as {me.name} (uid {me.uid}); checking device rights for user {who.name}")
     if me.uid == 0 and who.uid == 0:
         yield warn(f"running as root and no '{SERVICE_USER}' user exists: rights below are root's; "
                    "install the service (systemd/install.sh) or re-run as the user that will run the daemon")
@@ -314,7 +315,9 @@ def probe_input_devices(who: Identity) -> Iterable[Finding]:
         kind = "types Enter (scanner-like)" if dev.types_enter else "no Enter key (not a scanner)"
         if dev.has_digits and not dev.types_enter:
             kind = "digits but no Enter (keypad?)"
-        yield ok(f"{dev.path}: {dev.name!r} {dev.vendor_product}, {kind}; {by_id}")
+        problem = _node_problem(dev.path, who)
+        found = f"{dev.path}: {dev.name!r} {dev.vendor_product}, {kind}; {by_id}"
+        yield warn(f"{found}; {problem}") if problem else ok(found)
     unreadable = [n for n in nodes if access_problem(os.stat(n), current_identity(), write=False)]
     if unreadable:
         yield warn(f"{len(unreadable)} input device(s) not readable by {current_identity().name}, not listed: "
@@ -632,8 +635,10 @@ def configured_pins(config: Config) -> list[PinUse]:
             pin = getattr(door, attr, None)
             if pin is None:
                 continue
+            # Only a relay matters at boot: a lit LED while the Pi boots opens no door.
+            relay = attr in ("relay_pin", "aux_relay_pin")
             active_high = getattr(door, attr.removesuffix("_pin") + "_active_high", True)
-            uses.append(PinUse(f"door {name} {attr}", pin, active_low_output=not active_high))
+            uses.append(PinUse(f"door {name} {attr}", pin, active_low_output=relay and not active_high))
     for reader in config.readers:
         for attr in ("d0_pin", "d1_pin"):
             pin = getattr(reader, attr, None)

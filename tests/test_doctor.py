@@ -217,8 +217,9 @@ def test_configured_pins_on_a_machine_without_gpio_fail_one_line_each(tmp_path: 
     assert all('pin_factory = "mock"' in f for f in pin_failures)
 
 
-def test_an_active_low_relay_on_a_pin_pulled_low_at_boot_is_warned(tmp_path: Path) -> None:
-    config = write_config(tmp_path, "relay_active_high = false\nbuzzer_pin = 5\nbuzzer_active_high = false\n")
+def test_an_active_low_relay_on_a_pin_pulled_low_at_boot_is_warned_but_not_an_led(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "relay_active_high = false\nled_pin = 24\nled_active_high = false\n"
+                                    "aux_relay_pin = 5\naux_relay_active_high = false\n")
     code, text = doctor_output(config)
     warned = [f for f in findings(text, "warn") if "pulled LOW at boot" in f]
     assert len(warned) == 1 and "relay_pin BCM 17" in warned[0] and "gpio=17=op,dh" in warned[0]
