@@ -98,7 +98,6 @@ class Stats:
 class StorageView:
     """Figures read off SQLite by a background refresher, so the status socket never touches disk."""
 
-    outbox_depth: int = 0
     oldest_pending_at: str | None = None
     grants: int = 0
     counted_version: int = -1
@@ -428,6 +427,10 @@ class Daemon:
         """State changes are logged once: one warning when the central is lost, one info on return."""
         up = self.upstream
         up.configured = True
+        if ok != up.online:
+            for io in self.door_io.values():
+                with contextlib.suppress(Exception):
+                    io.set_offline(not ok)
         if ok and up.online is not True:
             if up.online is False:
                 log.info("upstream_restored", offline_since=up.since.isoformat(timespec="seconds") if up.since else "-")
@@ -521,7 +524,6 @@ class Daemon:
 
         view = self.storage
         with contextlib.closing(sqlite3.connect(f"file:{self.state_dir / 'audit.db'}?mode=ro", uri=True)) as c:
-            view.outbox_depth = c.execute("SELECT count(*) FROM events WHERE acked = 0").fetchone()[0]
             row = c.execute("SELECT at FROM events WHERE acked = 0 ORDER BY seq LIMIT 1").fetchone()
             view.oldest_pending_at = row[0] if row else None
         version = self.cache.meta.version
@@ -537,7 +539,7 @@ class Daemon:
         meta = self.cache.meta
         age = _age_s(meta.issued_at_ms / 1000, self.clock()) if meta.version else None
         return (f"{self.config.bridge.mode}; upstream {self.upstream.label}; cache v{meta.version}"
-                f"{f' age {_human(age)}' if age is not None else ''}; outbox {self.storage.outbox_depth}; "
+                f"{f' age {_human(age)}' if age is not None else ''}; outbox {self.outbox.depth()}; "
                 f"{self.stats.decisions} decisions")
 
     def snapshot(self) -> dict[str, Any]:
@@ -557,7 +559,7 @@ class Daemon:
                       "age_s": _age_s(meta.issued_at_ms / 1000, now) if meta.version else None,
                       "not_after": iso(from_ms(meta.not_after_ms)), "grants": self.storage.grants,
                       "stale": meta.version == 0 or now.timestamp() * 1000 >= meta.not_after_ms},
-            "outbox": {"depth": self.storage.outbox_depth,
+            "outbox": {"depth": self.outbox.depth(),
                        "oldest_age_s": _age_s(datetime.fromisoformat(oldest.replace("Z", "+00:00")).timestamp(), now) if oldest else None},
             "decisions": {"total": self.stats.decisions, "granted": self.stats.grants, "online": self.stats.online_decisions},
             "readers": {rid: {"type": r.type, "last_scan_at": r.last_scan_at, "last_decision": r.last_decision,

@@ -67,6 +67,7 @@ class Outbox:
         self.conn.execute("PRAGMA busy_timeout=5000")
         self._migrate()
         self._count = self.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        self._pending = self.conn.execute("SELECT count(*) FROM events WHERE acked = 0").fetchone()[0]
 
     def _migrate(self) -> None:
         current = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -106,8 +107,10 @@ class Outbox:
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 self._count = self.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+                self._pending = self.conn.execute("SELECT count(*) FROM events WHERE acked = 0").fetchone()[0]
                 raise
             self._count += 1
+            self._pending += 1
         return Event(cur.lastrowid or 0, event_id, at_text, type_, body, False)
 
     def _make_room(self, at_text: str) -> None:
@@ -129,6 +132,7 @@ class Outbox:
                 "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE acked = 0 ORDER BY seq LIMIT ?)", (need,)
             )
             self._count -= lost[4]
+            self._pending -= lost[4]
             overflow = {"dropped": lost[4], "firstSeq": lost[0], "lastSeq": lost[1], "oldestAt": lost[2],
                         "newestAt": lost[3], "maxEvents": self.max_events}
             self.conn.execute(
@@ -136,6 +140,7 @@ class Outbox:
                 (str(uuid.uuid4()), at_text, "OUTBOX_OVERFLOW", json.dumps(overflow, separators=(",", ":"))),
             )
             self._count += 1
+            self._pending += 1
 
     def ack(self, ids: list[str]) -> int:
         """Mark events the central confirmed it stored. Unknown ids are ignored (idempotent)."""
@@ -150,6 +155,7 @@ class Outbox:
                     f"UPDATE events SET acked = 1 WHERE acked = 0 AND id IN ({','.join('?' * len(part))})", part
                 ).rowcount
             self.conn.execute("COMMIT")
+            self._pending -= n
         return n
 
     # --- reading ------------------------------------------------------------------------------
@@ -168,7 +174,8 @@ class Outbox:
         return [_event(r) for r in reversed(rows)]
 
     def depth(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM events WHERE acked = 0").fetchone()[0]
+        """Unsent events, kept in memory (exact: every write goes through this object)."""
+        return self._pending
 
     def oldest_pending_at(self) -> str | None:
         row = self.conn.execute("SELECT at FROM events WHERE acked = 0 ORDER BY seq LIMIT 1").fetchone()
