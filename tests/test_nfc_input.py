@@ -1,7 +1,7 @@
-"""The real `NfcInput` reading a FeliCa tag that another process emulates over nfcpy's udp driver.
+"""The real `NfcInput` reading tags that another process emulates over nfcpy's udp driver.
 
 No NFC hardware: `tests/nfc_tag_emulator.py` answers the reader's radio commands over loopback
-UDP exactly as a Type 3 tag would, so the whole nfcpy stack (sensing, activation, NDEF read,
+UDP as a FeliCa (Type 3) tag or an ISO 14443 A card would, so the whole nfcpy stack (sensing, activation, NDEF read,
 presence checks) runs for real. Every wait has a deadline; nothing asserts how fast.
 """
 
@@ -91,7 +91,7 @@ def read_while_tag_presented(emulator_args: list[str], **overrides: Any) -> list
 
 def test_felica_tag_with_ndef_uri_is_one_phone_scan_per_presentation(logs: list[dict[str, Any]]) -> None:
     # Held on the reader through several presence checks each time, presented twice.
-    scans = read_while_tag_presented(["--idm", "03FEFFE011223344", "--uri", DIGITAL_ID_URL,
+    scans = read_while_tag_presented(["--uid", "03FEFFE011223344", "--uri", DIGITAL_ID_URL,
                                       "--presentations", "2", "--min-polls", "3", "--gap", "0.3"])
 
     assert [(s.reader_id, s.source, s.raw, s.hint) for s in scans] == [
@@ -103,22 +103,31 @@ def test_felica_tag_with_ndef_uri_is_one_phone_scan_per_presentation(logs: list[
 
 
 def test_felica_tag_with_ndef_text_carries_the_credential_jwt() -> None:
-    scans = read_while_tag_presented(["--idm", "03FEFFE011223344", "--text", CREDENTIAL_JWT])
+    scans = read_while_tag_presented(["--uid", "03FEFFE011223344", "--text", CREDENTIAL_JWT])
 
     assert [(s.source, s.raw, s.hint) for s in scans] == [(Source.PHONE_NFC, CREDENTIAL_JWT.encode(), None)]
 
 
 def test_felica_card_without_ndef_is_a_card_scan_of_its_idm(logs: list[dict[str, Any]]) -> None:
     # System code 0003 (a transit-style FeliCa card): no NFC Forum NDEF area at all.
-    scans = read_while_tag_presented(["--idm", "01A2B3C4D5E6F708", "--sys", "0003"])
+    scans = read_while_tag_presented(["--uid", "01A2B3C4D5E6F708", "--sys", "0003"])
 
     assert [(s.reader_id, s.source, s.raw, s.hint) for s in scans] == [(READER, Source.CARD, b"01A2B3C4D5E6F708", "card")]
     assert "01A2B3C4D5E6F708" not in repr(logs).upper()  # logged as a fingerprint only
     assert any(e["event"] == "nfc.scan" and e.get("card", "").startswith("card:") for e in logs)
 
 
+def test_iso14443a_card_is_a_card_scan_of_its_seven_byte_uid() -> None:
+    # A double-size UID goes through two anticollision cascade levels; the UID comes out whole.
+    # Four page-0 reads answered: nfcpy's capability-container read, then presence checks.
+    scans = read_while_tag_presented(["--tech", "106A", "--uid", "05A1B2C3D4E5F6", "--presentations", "2",
+                                      "--min-polls", "4", "--gap", "0.3"], targets=["106A"])
+
+    assert [(s.source, s.raw, s.hint) for s in scans] == [(Source.CARD, b"05A1B2C3D4E5F6", "card")] * 2
+
+
 def test_read_ndef_off_counts_an_ndef_tag_by_its_uid() -> None:
-    scans = read_while_tag_presented(["--idm", "03FEFFE011223344", "--uri", "https://example.com/about"],
+    scans = read_while_tag_presented(["--uid", "03FEFFE011223344", "--uri", "https://example.com/about"],
                                      read_ndef=False)
 
     assert [(s.source, s.raw, s.hint) for s in scans] == [(Source.CARD, b"03FEFFE011223344", "card")]

@@ -9,6 +9,7 @@ one scan, not one per poll.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from typing import Annotated, Any, Literal
@@ -101,28 +102,26 @@ class NfcInput:
 
     async def run(self, emit: Emit) -> None:
         loop = asyncio.get_running_loop()
-        finished: asyncio.Future[None] = loop.create_future()
+        worker_ended: asyncio.Future[None] = loop.create_future()
         stop = threading.Event()
 
         def worker() -> None:
             try:
                 self._serve(emit, stop)
             finally:
-                try:
-                    loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
-                except RuntimeError:  # the event loop is already closed: nobody is waiting
-                    pass
+                with contextlib.suppress(RuntimeError):  # loop already closed: nobody is waiting
+                    loop.call_soon_threadsafe(lambda: worker_ended.done() or worker_ended.set_result(None))
 
         # A daemon thread of its own, not the default executor: it lives as long as the daemon,
         # and a frontend stuck in a USB read must not hold up process exit.
-        threading.Thread(target=worker, name=f"nfc-{self.reader_id}", daemon=True).start()
+        thread = threading.Thread(target=worker, name=f"nfc-{self.reader_id}", daemon=True)
+        thread.start()
         try:
-            await asyncio.shield(finished)
+            await asyncio.shield(worker_ended)  # ends only when cancelled: _serve runs until stopped
         finally:
             stop.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(finished), _STOP_WAIT_S)
-            except asyncio.TimeoutError:
+            await asyncio.to_thread(thread.join, _STOP_WAIT_S)
+            if thread.is_alive():
                 log.warning("nfc.stop_slow", reader=self.reader_id, waited_s=_STOP_WAIT_S)
 
     # --- worker thread ---------------------------------------------------------------------------
@@ -152,6 +151,9 @@ class NfcInput:
             failures = 0
             try:
                 why = self._read_presentations(clf, emit, stop, gate, rlog)
+            except Exception as error:  # our own bug, or emit failing: keep the door's reader alive
+                rlog.exception("nfc.reader_error", error=_describe(error))
+                why = _describe(error)
             finally:
                 clf.close()
             if not stop.is_set():
