@@ -167,6 +167,7 @@ class Daemon:
             self.inputs.append(create_input(reader, pin_factory=self._pin_factory))
         for extra in self._extra_inputs:
             self.inputs.append(extra)
+            self.reader_door.setdefault(extra.reader_id, next(iter(self.doors), ""))
             self.stats.readers.setdefault(extra.reader_id, ReaderState(type=type(extra).__name__))
         self.outbox.append("BOOT", {"bridgeId": cfg.bridge.id, "firmwareVersion": __version__,
                                     "cacheVersion": self.cache.meta.version, "previousExit": self.previous_exit})
