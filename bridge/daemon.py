@@ -154,8 +154,13 @@ class Daemon:
             self.doors[name] = Door(name, door_cfg, self._pin_factory)
         self.previous_exit = lifecycle.previous_exit(self.state_dir)
         lifecycle.mark_running(self.state_dir)
+        from bridge import integrity
+
+        quarantined = integrity.check_state_dir(self.state_dir)
         self.cache = GrantCache(self.state_dir / "grants.db")
         self.outbox = Outbox(self.state_dir / "audit.db", cfg.audit.max_events, clock=self.clock)
+        for q in quarantined:
+            self.outbox.append("STATE_DB_QUARANTINED", {"bridgeId": cfg.bridge.id, **q})
         self.verifier = Verifier(self.cache, policy_from(cfg), offline_codes=self._offline_codes())
         self._start_door_io()
         if not self._adapters_given:
