@@ -22,7 +22,8 @@ import socket
 import struct
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ndef
 import nfc
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     content = parser.add_mutually_exclusive_group()
     content.add_argument("--uri", help="NDEF URI record to carry (FeliCa only)")
     content.add_argument("--text", help="NDEF text record to carry (FeliCa only)")
+    content.add_argument("--ndef-hex", help="raw NDEF message bytes in hex, valid or not (FeliCa only)")
     parser.add_argument("--presentations", type=int, default=1)
     parser.add_argument("--min-polls", type=int, default=3, help="presence checks to answer while held")
     parser.add_argument("--gap", type=float, default=1.0, help="seconds away between presentations")
@@ -180,14 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
         logging.getLogger("nfc").setLevel(logging.DEBUG)
 
-    records: list[ndef.Record] = []
+    message: bytes | None = None
     if args.uri is not None:
-        records = [ndef.UriRecord(args.uri)]
+        message = b"".join(ndef.message_encoder([ndef.UriRecord(args.uri)]))
     elif args.text is not None:
-        records = [ndef.TextRecord(args.text)]
-    if records and (args.tech != "212F" or args.sys.upper() != NDEF_SYSTEM_CODE):
+        message = b"".join(ndef.message_encoder([ndef.TextRecord(args.text)]))
+    elif args.ndef_hex is not None:
+        message = bytes.fromhex(args.ndef_hex)
+    if message is not None and (args.tech != "212F" or args.sys.upper() != NDEF_SYSTEM_CODE):
         parser.error("NDEF content needs --tech 212F with system code 12FC")
-    memory = tt3_memory(b"".join(ndef.message_encoder(records))) if records else None
+    memory = tt3_memory(message) if message is not None else None
     uid = bytearray.fromhex(args.uid)
 
     for index in range(1, args.presentations + 1):

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ DEADLINE_S = 60.0
 
 
 @pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
     """Every log event, debug included, whatever level the suite configured."""
     saved = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
@@ -50,8 +50,8 @@ def logs() -> Iterator[list[dict[str, Any]]]:
 
 def reader_config(port: int, **overrides: Any) -> NfcReaderConfig:
     # udp answers take up to a second per technology polled, so poll FeliCa only.
-    settings: dict[str, Any] = dict(type="nfc", id=READER, device=f"udp:127.0.0.1:{port}", targets=["212F"],
-                                    rescan_gap_s=0.0, reconnect_s=0.2)
+    settings: dict[str, Any] = {"type": "nfc", "id": READER, "device": f"udp:127.0.0.1:{port}",
+                                "targets": ["212F"], "rescan_gap_s": 0.0, "reconnect_s": 0.2}
     settings.update(overrides)
     return NfcReaderConfig(**settings)
 
@@ -72,7 +72,7 @@ def read_while_tag_presented(emulator_args: list[str], **overrides: Any) -> list
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             out, err = await asyncio.wait_for(emulator.communicate(), DEADLINE_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             emulator.kill()
             out, err = await emulator.communicate()
         finally:
@@ -89,7 +89,7 @@ def read_while_tag_presented(emulator_args: list[str], **overrides: Any) -> list
 # --- through the udp driver --------------------------------------------------------------------
 
 
-def test_felica_tag_with_ndef_uri_is_one_phone_scan_per_presentation(logs: list[dict[str, Any]]) -> None:
+def test_felica_tag_with_ndef_uri_is_one_phone_scan_per_presentation(logs: list[MutableMapping[str, Any]]) -> None:
     # Held on the reader through several presence checks each time, presented twice.
     scans = read_while_tag_presented(["--uid", "03FEFFE011223344", "--uri", DIGITAL_ID_URL,
                                       "--presentations", "2", "--min-polls", "3", "--gap", "0.3"])
@@ -108,13 +108,22 @@ def test_felica_tag_with_ndef_text_carries_the_credential_jwt() -> None:
     assert [(s.source, s.raw, s.hint) for s in scans] == [(Source.PHONE_NFC, CREDENTIAL_JWT.encode(), None)]
 
 
-def test_felica_card_without_ndef_is_a_card_scan_of_its_idm(logs: list[dict[str, Any]]) -> None:
+def test_felica_card_without_ndef_is_a_card_scan_of_its_idm(logs: list[MutableMapping[str, Any]]) -> None:
     # System code 0003 (a transit-style FeliCa card): no NFC Forum NDEF area at all.
     scans = read_while_tag_presented(["--uid", "01A2B3C4D5E6F708", "--sys", "0003"])
 
     assert [(s.reader_id, s.source, s.raw, s.hint) for s in scans] == [(READER, Source.CARD, b"01A2B3C4D5E6F708", "card")]
     assert "01A2B3C4D5E6F708" not in repr(logs).upper()  # logged as a fingerprint only
     assert any(e["event"] == "nfc.scan" and e.get("card", "").startswith("card:") for e in logs)
+
+
+def test_tag_with_junk_instead_of_ndef_is_counted_by_its_uid(logs: list[MutableMapping[str, Any]]) -> None:
+    # A text record header claiming 16 payload bytes that are not there.
+    scans = read_while_tag_presented(["--uid", "03FEFFE011223344", "--ndef-hex", "d1011054"])
+
+    assert [(s.source, s.raw, s.hint) for s in scans] == [(Source.CARD, b"03FEFFE011223344", "card")]
+    assert any(e["event"] == "nfc.ndef_invalid" for e in logs)
+    assert not any(e["event"] in ("nfc.frontend_lost", "nfc.reader_error") for e in logs)
 
 
 def test_iso14443a_card_is_a_card_scan_of_its_seven_byte_uid() -> None:
@@ -136,7 +145,7 @@ def test_read_ndef_off_counts_an_ndef_tag_by_its_uid() -> None:
 # --- frontend missing ---------------------------------------------------------------------------
 
 
-def test_missing_frontend_warns_what_to_check_and_retries_without_crashing(logs: list[dict[str, Any]]) -> None:
+def test_missing_frontend_warns_what_to_check_and_retries_without_crashing(logs: list[MutableMapping[str, Any]]) -> None:
     cfg = NfcReaderConfig(type="nfc", id=READER, device="tty:DOORBRIDGE_NO_SUCH_PORT:pn532", reconnect_s=0.05)
     scans: list[Scan] = []
 

@@ -39,6 +39,8 @@ _CHECKLIST = (
 # While the frontend stays unavailable, repeat the warning this often (retries in between are
 # debug lines), so an unplugged reader is visible in the journal without flooding it.
 _REMIND_EVERY_S = 300.0
+# Consecutive tag/radio errors after which the frontend itself is suspected and reopened.
+_TAG_ERRORS_BEFORE_REOPEN = 3
 # How long cancellation waits for nfcpy to notice `terminate` before giving up on the thread.
 _STOP_WAIT_S = 5.0
 
@@ -110,7 +112,7 @@ class NfcInput:
                 self._serve(emit, stop)
             finally:
                 with contextlib.suppress(RuntimeError):  # loop already closed: nobody is waiting
-                    loop.call_soon_threadsafe(lambda: worker_ended.done() or worker_ended.set_result(None))
+                    loop.call_soon_threadsafe(_resolve, worker_ended)
 
         # A daemon thread of its own, not the default executor: it lives as long as the daemon,
         # and a frontend stuck in a USB read must not hold up process exit.
@@ -136,7 +138,7 @@ class NfcInput:
         while not stop.is_set():
             try:
                 clf = nfc.ContactlessFrontend(cfg.device)
-            except Exception as error:  # nfcpy raises OSError, ValueError, usb1 errors, …
+            except Exception as error:  # noqa: BLE001 — nfcpy raises OSError, ValueError, usb1 errors, …
                 failures += 1
                 now = time.monotonic()
                 if failures == 1 or now - last_warned >= _REMIND_EVERY_S:
@@ -151,7 +153,7 @@ class NfcInput:
             failures = 0
             try:
                 why = self._read_presentations(clf, emit, stop, gate, rlog)
-            except Exception as error:  # our own bug, or emit failing: keep the door's reader alive
+            except Exception as error:  # noqa: BLE001 — our bug or emit failing: keep the reader alive
                 rlog.exception("nfc.reader_error", error=_describe(error))
                 why = _describe(error)
             finally:
@@ -186,13 +188,22 @@ class NfcInput:
             "on-connect": on_connect,
             "on-release": on_release,
         }
+        tag_errors = 0
         while not stop.is_set():
             try:
                 result = clf.connect(rdwr=rdwr, terminate=terminate)
-            except Exception as error:  # a card nfcpy trips over, or the device vanishing mid-call
+            except (nfc.tag.TagCommandError, nfc.clf.CommunicationError) as error:
+                # A card nfcpy trips over is that card's problem, unless it keeps happening.
+                tag_errors += 1
+                rlog.warning("nfc.tag_error", error=_describe(error), in_a_row=tag_errors)
+                if tag_errors >= _TAG_ERRORS_BEFORE_REOPEN:
+                    return f"{tag_errors} tag errors in a row, last {_describe(error)}"
+                continue
+            except Exception as error:  # noqa: BLE001 — the device vanishing mid-call, or a bug
                 return _describe(error)
             if result is False:  # nfcpy swallowed an IOError: the frontend is gone
                 return "frontend stopped answering (unplugged or reset)"
+            tag_errors = 0
         return "stopped"
 
     def _on_tag(self, tag: nfc.tag.Tag, emit: Emit, gate: SameCardGate, rlog: Any) -> None:
@@ -209,6 +220,10 @@ class NfcInput:
                 rlog.warning("nfc.read_incomplete", tag_type=str(tag.type), error=_describe(error),
                              advice="hold the card or phone still on the reader")
                 return
+            except ndef.DecodeError:
+                # Read whole but not valid NDEF: a card with junk in it, counted by its UID. The
+                # decoder's message is not logged: it may quote the tag's content.
+                rlog.info("nfc.ndef_invalid", tag_type=str(tag.type), using="uid")
         if text is not None:
             scan = Scan(self.reader_id, Source.PHONE_NFC, raw=text.encode("utf-8"), hint=None,
                         at_monotonic=time.monotonic())
@@ -220,6 +235,11 @@ class NfcInput:
             rlog.debug("nfc.scan", source=scan.source.value, tag_type=str(tag.type),
                        card=fingerprint(CardNumber(number)))
         emit(scan)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _describe(error: BaseException) -> str:
