@@ -26,11 +26,12 @@ class JwtOutcome:
     reason: Reason | None  # None when the token is good
 
 
-_KEY_CACHE: dict[tuple[str, str], jwt.PyJWK] = {}
+_KEY_CACHE: dict[tuple[str, ...], jwt.PyJWK] = {}
 
 
 def _key(kid: str, jwk: dict[str, Any], alg: str) -> jwt.PyJWK:
-    cache_key = (kid, repr(sorted(jwk.items())))
+    # Keyed by the key material itself, so a rotated key under the same kid is never confused.
+    cache_key = (kid, alg, str(jwk.get("crv")), str(jwk.get("x")), str(jwk.get("y")), str(jwk.get("k")))
     key = _KEY_CACHE.get(cache_key)
     if key is None:
         key = jwt.PyJWK(jwk, algorithm=alg)
