@@ -1,0 +1,106 @@
+"""The grants and events commands as a technician runs them: real processes, real files."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from datetime import datetime, timezone
+import sys
+from pathlib import Path
+
+from bridge.config import load
+from bridge.daemon import Daemon
+from bridge.inputs.base import Scan
+from tests.harness import Site, door_records
+from verifier.types import Reason, Source
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bridge.cli", *args], input=stdin, capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+
+
+def _config(tmp_path: Path, public_key: str, signing: Path | None = None) -> Path:
+    path = tmp_path / "door.toml"
+    lines = ["[bridge]", f'state_dir = "{tmp_path / "state"}"', "[cache]", f'public_key = "{public_key}"']
+    if signing:
+        lines.append(f'signing_key_file = "{signing}"')
+    lines += ["[gpio]", 'pin_factory = "mock"', "[doors.main]", "relay_pin = 17", "pulse_s = 0.1"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def _decide(config_path: Path, text: str, hint=None):
+    from datetime import datetime, timezone
+
+    cfg = load(config_path)
+    from gpiozero.pins.mock import MockFactory
+
+    daemon = Daemon(cfg, pin_factory=MockFactory(), clock=lambda: datetime.now(timezone.utc),
+                    inputs=[])
+    await daemon.start()
+    try:
+        daemon.reader_door["FRONT"] = "main"
+        return await daemon.handle(Scan("FRONT", Source.CARD, text.encode(), hint))
+    finally:
+        await daemon.stop()
+
+
+def test_standalone_site_keygen_add_revoke_list_and_tail(tmp_path):
+    key = tmp_path / "signing.key"
+    out = cli("grants", "keygen", "--out", str(key))
+    assert out.returncode == 0, out.stderr
+    public = out.stdout.split('public_key = "')[1].split('"')[0]
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert cli("grants", "keygen", "--out", str(key)).returncode == 1  # never overwrites a key
+    config = _config(tmp_path, public, key)
+
+    r = cli("grants", "add", "card", "6b:06:c2:a2:5e:99:c6:8e:dc:be", "--devices", "FRONT", "--name", "Guest 101",
+            "--until", "2099-01-01T00:00:00", "--config", str(config))
+    assert r.returncode == 0 and "cache version 1" in r.stdout, r.stderr
+    r = cli("grants", "add", "pin", "pwd-1", "--devices", "FRONT", "--config", str(config), stdin="4711\n")
+    assert r.returncode == 0 and "4711" not in r.stdout + r.stderr
+
+    assert asyncio.run(_decide(config, "6B06C2A25E99C68EDCBE")).granted
+    assert asyncio.run(_decide(config, "4711", hint="pin")).granted
+
+    listing = cli("grants", "list", "--config", str(config))
+    assert listing.returncode == 0 and "cache version 2" in listing.stdout
+    assert "…DCBE" in listing.stdout and "6B06C2A25E99C68EDCBE" not in listing.stdout
+    db = (tmp_path / "state" / "grants.db").read_bytes()
+    assert b"4711" not in db, "a PIN is stored in clear"
+
+    r = cli("grants", "revoke", "card", "6B06C2A25E99C68EDCBE", "--config", str(config))
+    assert r.returncode == 0, r.stderr
+    assert asyncio.run(_decide(config, "6B06C2A25E99C68EDCBE")).reason is Reason.NO_GRANT
+    assert len(list((tmp_path / "state" / "bundles").iterdir())) == 3  # the site's signed history
+
+    tail = cli("events", "tail", "-n", "10", "--config", str(config))
+    assert tail.returncode == 0
+    assert "VERIFY" in tail.stdout and "readerId=FRONT" in tail.stdout and "decision=GRANT" in tail.stdout
+
+
+def test_import_refuses_tampered_foreign_and_old_bundles_keeping_the_cache(tmp_path):
+    site, stranger = Site(), Site()
+    config = _config(tmp_path, site.public_key)
+    good = tmp_path / "v1.bundle"
+    now = datetime.now(timezone.utc)
+    good.write_bytes(site.bundle(door_records("FRONT", now), now=now, days=3650))
+    assert cli("grants", "import", str(good), "--config", str(config)).returncode == 0
+
+    v2 = site.bundle(door_records("FRONT", now) + [{"type": "card", "number": "ABCDEF12", "devices": ["FRONT"]}],
+                     now=now, days=3650)
+    tampered = tmp_path / "tampered.bundle"
+    tampered.write_bytes(v2.replace(b"ABCDEF12", b"ABCDEF13"))
+    foreign = tmp_path / "foreign.bundle"
+    foreign.write_bytes(stranger.bundle([{"type": "card", "number": "ABCDEF12", "devices": ["FRONT"]}], now=now, days=3650))
+    unsigned = tmp_path / "unsigned.bundle"
+    unsigned.write_bytes(v2.split(b"\n", 1)[1])
+    for path, why in ((tampered, "does not match its signed digest"), (foreign, "does not verify"),
+                      (unsigned, "manifest"), (good, "not newer")):
+        r = cli("grants", "import", str(path), "--config", str(config))
+        assert r.returncode == 1 and why in r.stderr and "stays at version 1" in r.stderr, (path, r.stderr)
+    assert asyncio.run(_decide(config, "6B06C2A25E99C68EDCBE")).granted
+    assert asyncio.run(_decide(config, "ABCDEF12")).reason is Reason.NO_GRANT
