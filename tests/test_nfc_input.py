@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,15 @@ import structlog
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+import bridge.inputs.nfc as nfc_input
 from bridge.inputs.base import Scan
-from bridge.inputs.nfc import NfcReaderConfig, SameCardGate, create, credential_text
+from bridge.inputs.nfc import (
+    NfcReaderConfig,
+    SameCardGate,
+    TroubleLog,
+    create,
+    credential_text,
+)
 from tests.nfc_tag_emulator import free_udp_port
 from verifier.types import Source
 
@@ -150,7 +158,7 @@ def test_missing_frontend_warns_what_to_check_and_retries_without_crashing(logs:
     scans: list[Scan] = []
 
     def attempts() -> int:
-        return sum(1 for e in logs if e["event"] in ("nfc.frontend_unavailable", "nfc.frontend_retry"))
+        return sum(1 for e in logs if e["event"] == "nfc.frontend_unavailable")
 
     async def scenario() -> bool:
         task = asyncio.create_task(create(cfg).run(scans.append))
@@ -168,11 +176,95 @@ def test_missing_frontend_warns_what_to_check_and_retries_without_crashing(logs:
     assert not crashed
     assert attempts() >= 3
     warnings = [e for e in logs if e["log_level"] == "warning"]
-    assert [e["event"] for e in warnings] == ["nfc.frontend_unavailable"]  # once, not per retry
+    assert [e["event"] for e in warnings] == ["nfc.frontend_unavailable"]  # once, retries are debug
     warning = warnings[0]
     assert warning["reader"] == READER and warning["device"] == cfg.device
     assert "plugdev" in warning["check"] and "door-bridge doctor" in warning["check"]
     assert scans == []
+
+
+class ScriptedFrontends:
+    """Stands in for `nfc.ContactlessFrontend` where the udp driver has no equivalent: a reader
+    that is absent at first, or one that vanishes while open (udp always opens and never fails).
+    Mocked on purpose, for these failure paths only."""
+
+    def __init__(self, open_failures: int, connect: Callable[[dict[str, Any]], Any]) -> None:
+        self.open_failures = open_failures
+        self.on_connect = connect
+        self.opens = self.connects = self.closes = 0
+
+    def __call__(self, path: str) -> ScriptedFrontends:
+        self.opens += 1
+        if self.opens <= self.open_failures:
+            raise OSError(errno.ENODEV, "No such device")
+        return self
+
+    device = "scripted frontend"
+
+    def connect(self, **options: Any) -> Any:
+        self.connects += 1
+        return self.on_connect(options)
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+def run_until(frontends: ScriptedFrontends, monkeypatch: pytest.MonkeyPatch, done: Callable[[], bool]) -> None:
+    monkeypatch.setattr(nfc_input.nfc, "ContactlessFrontend", frontends)
+    cfg = NfcReaderConfig(type="nfc", id=READER, device="usb:054c:06c3", reconnect_s=0.02, poll_interval_s=0.02)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(create(cfg).run(lambda scan: None))
+        deadline = time.monotonic() + DEADLINE_S
+        while not done() and time.monotonic() < deadline:
+            assert not task.done(), "the input ended by itself"
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert done()
+
+
+def test_frontend_that_appears_later_is_used_after_one_warning(monkeypatch: pytest.MonkeyPatch,
+                                                              logs: list[MutableMapping[str, Any]]) -> None:
+    def wait_for_taps(options: dict[str, Any]) -> None:
+        while not options["terminate"]():
+            pass  # `terminate` itself waits poll_interval_s
+
+    frontends = ScriptedFrontends(open_failures=2, connect=wait_for_taps)
+    run_until(frontends, monkeypatch, lambda: frontends.connects >= 1)
+
+    notable = [(e["event"], e["log_level"]) for e in logs if e["log_level"] != "debug"]
+    assert notable == [("nfc.frontend_unavailable", "warning"), ("nfc.frontend_ready", "info")]
+    assert next(e for e in logs if e["event"] == "nfc.frontend_ready")["after_attempts"] == 2
+    assert frontends.closes == 1  # closed when cancelled
+
+
+def test_frontend_that_vanishes_is_reopened_and_warned_about_once(monkeypatch: pytest.MonkeyPatch,
+                                                                  logs: list[MutableMapping[str, Any]]) -> None:
+    # `connect` returning False is how nfcpy reports the device raising IOError (unplugged).
+    frontends = ScriptedFrontends(open_failures=0, connect=lambda options: False)
+    run_until(frontends, monkeypatch, lambda: frontends.opens >= 4)
+
+    notable = [(e["event"], e["log_level"]) for e in logs if e["log_level"] != "debug"]
+    assert notable[:2] == [("nfc.frontend_ready", "info"), ("nfc.frontend_lost", "warning")]
+    assert notable.count(("nfc.frontend_lost", "warning")) == 1  # flapping: once, then debug lines
+    assert frontends.closes == frontends.opens
+
+
+def test_repeated_tag_errors_reopen_the_frontend(monkeypatch: pytest.MonkeyPatch,
+                                                 logs: list[MutableMapping[str, Any]]) -> None:
+    def trip(options: dict[str, Any]) -> None:
+        raise nfc_input.nfc.clf.ProtocolError("SENS Response Format Error")
+
+    frontends = ScriptedFrontends(open_failures=0, connect=trip)
+    run_until(frontends, monkeypatch, lambda: frontends.opens >= 2)
+
+    warnings = [e["event"] for e in logs if e["log_level"] == "warning"]
+    assert warnings[:4] == ["nfc.tag_error"] * 3 + ["nfc.frontend_lost"]
+    assert frontends.connects >= 3
 
 
 def test_cancelling_run_stops_the_reader_thread() -> None:
@@ -198,6 +290,18 @@ def _reader_threads() -> list[threading.Thread]:
 
 
 # --- pieces ------------------------------------------------------------------------------------
+
+
+def test_trouble_warns_at_the_start_of_an_episode_then_reminds() -> None:
+    trouble = TroubleLog(remind_every_s=300.0, stable_after_s=60.0)
+    assert trouble.problem(0.0)
+    assert not trouble.problem(2.0)
+    assert trouble.ready(3.0)  # back after a warning: news
+    assert not trouble.problem(5.0)  # flapping: same episode
+    assert not trouble.ready(6.0)
+    assert trouble.problem(301.0)  # reminder
+    assert trouble.ready(302.0)
+    assert trouble.problem(400.0)  # open for more than a minute: a new episode
 
 
 def test_same_card_counts_again_only_after_being_away_long_enough() -> None:

@@ -36,11 +36,13 @@ _CHECKLIST = (
     "(plugdev group / udev rule for USB, dialout for tty), that no other program holds it "
     "(e.g. the pn533 kernel module: blacklist it), then run `door-bridge doctor`"
 )
-# While the frontend stays unavailable, repeat the warning this often (retries in between are
-# debug lines), so an unplugged reader is visible in the journal without flooding it.
+# While the frontend stays unavailable or keeps failing, repeat the warning this often (retries in
+# between are debug lines).
 _REMIND_EVERY_S = 300.0
 # Consecutive tag/radio errors after which the frontend itself is suspected and reopened.
 _TAG_ERRORS_BEFORE_REOPEN = 3
+# A frontend open this long without trouble has recovered: its next failure warns again at once.
+_STABLE_AFTER_S = 60.0
 # How long cancellation waits for nfcpy to notice `terminate` before giving up on the thread.
 _STOP_WAIT_S = 5.0
 
@@ -83,6 +85,41 @@ class SameCardGate:
         # One entry per card seen recently; old ones are dropped so memory stays flat.
         self._released = {u: t for u, t in self._released.items() if now - t < self._gap_s}
         self._released[uid] = now
+
+
+class TroubleLog:
+    """Which frontend problems deserve a warning line, so a reader that is unplugged or flapping
+    shows in the journal without flooding it.
+
+    An episode of trouble starts with a warning, is reminded of every `remind_every_s`, and ends
+    once the frontend has stayed open for `stable_after_s`; "ready" is reported once per warning.
+    Times are passed in so the rule is testable on its own.
+    """
+
+    def __init__(self, remind_every_s: float, stable_after_s: float) -> None:
+        self._remind_every_s = remind_every_s
+        self._stable_after_s = stable_after_s
+        self._warned_at: float | None = None  # None: no episode of trouble going on
+        self._ready_since: float | None = None
+        self._ready_reported = False
+
+    def problem(self, now: float) -> bool:
+        """Record a failure; True if it should be a warning."""
+        if self._ready_since is not None and now - self._ready_since >= self._stable_after_s:
+            self._warned_at = None  # it worked for a good while: this is a new episode
+        self._ready_since = None
+        if self._warned_at is None or now - self._warned_at >= self._remind_every_s:
+            self._warned_at = now
+            self._ready_reported = False
+            return True
+        return False
+
+    def ready(self, now: float) -> bool:
+        """Record the frontend opening; True if that is news (first time, or after a warning)."""
+        self._ready_since = now
+        news = not self._ready_reported
+        self._ready_reported = True
+        return news
 
 
 def credential_text(records: list[Any]) -> str | None:
@@ -133,24 +170,21 @@ class NfcInput:
         cfg = self._cfg
         rlog = log.bind(reader=cfg.id, device=cfg.device)
         gate = SameCardGate(cfg.rescan_gap_s)
-        failures = 0
-        last_warned = float("-inf")
+        trouble = TroubleLog(_REMIND_EVERY_S, _STABLE_AFTER_S)
+        attempts = 0
         while not stop.is_set():
             try:
                 clf = nfc.ContactlessFrontend(cfg.device)
             except Exception as error:  # noqa: BLE001 — nfcpy raises OSError, ValueError, usb1 errors, …
-                failures += 1
-                now = time.monotonic()
-                if failures == 1 or now - last_warned >= _REMIND_EVERY_S:
-                    rlog.warning("nfc.frontend_unavailable", error=_describe(error), attempts=failures,
-                                 retry_s=cfg.reconnect_s, check=_CHECKLIST)
-                    last_warned = now
-                else:
-                    rlog.debug("nfc.frontend_retry", error=_describe(error), attempts=failures)
+                attempts += 1
+                say = rlog.warning if trouble.problem(time.monotonic()) else rlog.debug
+                say("nfc.frontend_unavailable", error=_describe(error), attempts=attempts,
+                         retry_s=cfg.reconnect_s, check=_CHECKLIST)
                 stop.wait(cfg.reconnect_s)
                 continue
-            rlog.info("nfc.frontend_ready", frontend=str(clf.device), after_attempts=failures)
-            failures = 0
+            say = rlog.info if trouble.ready(time.monotonic()) else rlog.debug
+            say("nfc.frontend_ready", frontend=str(clf.device), after_attempts=attempts)
+            attempts = 0
             try:
                 why = self._read_presentations(clf, emit, stop, gate, rlog)
             except Exception as error:  # noqa: BLE001 — our bug or emit failing: keep the reader alive
@@ -159,9 +193,8 @@ class NfcInput:
             finally:
                 clf.close()
             if not stop.is_set():
-                rlog.warning("nfc.frontend_lost", error=why, retry_s=cfg.reconnect_s, check=_CHECKLIST)
-                last_warned = time.monotonic()
-                failures = 1
+                say = rlog.warning if trouble.problem(time.monotonic()) else rlog.debug
+                say("nfc.frontend_lost", error=why, retry_s=cfg.reconnect_s, check=_CHECKLIST)
                 stop.wait(cfg.reconnect_s)
 
     def _read_presentations(self, clf: nfc.ContactlessFrontend, emit: Emit, stop: threading.Event,
