@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import ndef
+import nfc
+import nfc.clf
 import pytest
 import structlog
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-import bridge.inputs.nfc as nfc_input
 from bridge.inputs.base import Scan
 from bridge.inputs.nfc import (
     NfcReaderConfig,
@@ -210,7 +211,7 @@ class ScriptedFrontends:
 
 
 def run_until(frontends: ScriptedFrontends, monkeypatch: pytest.MonkeyPatch, done: Callable[[], bool]) -> None:
-    monkeypatch.setattr(nfc_input.nfc, "ContactlessFrontend", frontends)
+    monkeypatch.setattr(nfc, "ContactlessFrontend", frontends)
     cfg = NfcReaderConfig(type="nfc", id=READER, device="usb:054c:06c3", reconnect_s=0.02, poll_interval_s=0.02)
 
     async def scenario() -> None:
@@ -257,7 +258,7 @@ def test_frontend_that_vanishes_is_reopened_and_warned_about_once(monkeypatch: p
 def test_repeated_tag_errors_reopen_the_frontend(monkeypatch: pytest.MonkeyPatch,
                                                  logs: list[MutableMapping[str, Any]]) -> None:
     def trip(options: dict[str, Any]) -> None:
-        raise nfc_input.nfc.clf.ProtocolError("SENS Response Format Error")
+        raise nfc.clf.ProtocolError("SENS Response Format Error")
 
     frontends = ScriptedFrontends(open_failures=0, connect=trip)
     run_until(frontends, monkeypatch, lambda: frontends.opens >= 2)

@@ -12,18 +12,18 @@ import asyncio
 import contextlib
 import threading
 import time
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import ndef
-import nfc
-import nfc.clf
-import nfc.tag
 import structlog
 from pydantic import Field
 
 from bridge.config_base import ReaderId, Seconds, StrictModel
 from bridge.inputs.base import Emit, Scan
 from verifier.types import CardNumber, Source, fingerprint
+
+if TYPE_CHECKING:
+    import nfc
 
 log = structlog.get_logger()
 
@@ -167,6 +167,9 @@ class NfcInput:
 
     def _serve(self, emit: Emit, stop: threading.Event) -> None:
         """Open the frontend, read presentations until it fails, wait, reopen; until stopped."""
+        # Imported here, in the worker: loading the config (which names this module) stays cheap
+        # on a Pi that has no NFC reader configured. (nfc.clf and nfc.tag come with it.)
+        import nfc
         cfg = self._cfg
         rlog = log.bind(reader=cfg.id, device=cfg.device)
         gate = SameCardGate(cfg.rescan_gap_s)
@@ -200,6 +203,7 @@ class NfcInput:
     def _read_presentations(self, clf: nfc.ContactlessFrontend, emit: Emit, stop: threading.Event,
                             gate: SameCardGate, rlog: Any) -> str:
         """Loop over presentations on an open frontend; return why it stopped working."""
+        import nfc  # already loaded by _serve: a dictionary look-up
         cfg = self._cfg
 
         def on_connect(tag: nfc.tag.Tag) -> bool:
@@ -240,6 +244,7 @@ class NfcInput:
         return "stopped"
 
     def _on_tag(self, tag: nfc.tag.Tag, emit: Emit, gate: SameCardGate, rlog: Any) -> None:
+        import nfc
         uid = bytes(tag.identifier)
         if not gate.is_new(uid, time.monotonic()):
             rlog.debug("nfc.same_card_again", tag_type=str(tag.type))
