@@ -7,12 +7,14 @@ hot path are integer compares, and SQLite indexes them natively.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 # Sentinels for an open-ended window ("optional — auto-expires" in Frontelio's grant body).
 MIN_MS = -(2**62)
 MAX_MS = 2**62
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 class TimeFormatError(ValueError):
@@ -25,7 +27,7 @@ def parse_instant(value: Any, field: str) -> datetime:
         raise TimeFormatError(f"{field}: expected an ISO 8601 datetime, got a boolean")
     if isinstance(value, int):
         try:
-            return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+            return _EPOCH + timedelta(milliseconds=value)
         except (OverflowError, OSError, ValueError):  # beyond year 1..9999 or the platform's time_t
             raise TimeFormatError(f"{field}: epoch milliseconds out of range: {value}") from None
     if not isinstance(value, str):
@@ -38,9 +40,11 @@ def parse_instant(value: Any, field: str) -> datetime:
 
 
 def to_ms(instant: datetime) -> int:
+    """Exact integer arithmetic: `timestamp() * 1000` is a float and lands one ms early for ~1% of
+    instants, which moves a half-open window's boundary."""
     if instant.tzinfo is None:
         instant = instant.replace(tzinfo=timezone.utc)
-    return int(instant.timestamp() * 1000)
+    return (instant - _EPOCH) // _ONE_MS
 
 
 def opt_ms(value: Any, field: str, default: int) -> int:
@@ -53,7 +57,7 @@ def opt_ms(value: Any, field: str, default: int) -> int:
 def from_ms(ms: int) -> datetime | None:
     if ms <= MIN_MS or ms >= MAX_MS:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return _EPOCH + timedelta(milliseconds=ms)
 
 
 def iso(instant: datetime | None) -> str | None:
