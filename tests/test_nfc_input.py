@@ -337,8 +337,13 @@ def test_config_defaults_and_device_paths() -> None:
         NfcReaderConfig(type="nfc", id="R1", device=good)
 
 
+@pytest.mark.parametrize("device", ["/dev/ttyUSB0", "usb:", "pn532", ""])
+def test_config_says_what_a_device_path_looks_like(device: str) -> None:
+    with pytest.raises(ValidationError, match="not an nfcpy device path: use usb"):
+        NfcReaderConfig(type="nfc", id="R1", device=device)
+
+
 @pytest.mark.parametrize("bad", [
-    {"device": "/dev/ttyUSB0"},
     {"device": "usb", "targets": []},
     {"device": "usb", "targets": ["106X"]},
     {"device": "usb", "reconnect_s": 0},

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import ndef
 import structlog
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from bridge.config_base import ReaderId, Seconds, StrictModel
 from bridge.inputs.base import Emit, Scan
@@ -52,7 +53,7 @@ class NfcReaderConfig(StrictModel):
     id: ReaderId
     door: str = "main"
     # An nfcpy path: "usb", "usb:054c:06c3", "usb:001:004", "tty:AMA0:pn532", "udp:127.0.0.1:54321".
-    device: str = Field(min_length=3, pattern=r"^(usb|tty|com|udp)(:\S*)?$")
+    device: str
     reconnect_s: Seconds = 2.0
     # Technologies to poll. Fewer is faster: a FeliCa-only site can say ["212F"].
     targets: list[Technology] = Field(default=["106A", "106B", "212F"], min_length=1)
@@ -64,6 +65,16 @@ class NfcReaderConfig(StrictModel):
     # Read an NDEF text/URI record (phones, credential stickers). Turn off at sites whose badges
     # carry unrelated NDEF (a company URL): then every tag counts by its UID.
     read_ndef: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _nfcpy_path(cls, device: str) -> str:
+        if not re.fullmatch(r"(usb|tty|com|udp)(:\S+)*", device):
+            raise ValueError(
+                "not an nfcpy device path: use usb, usb:VVVV:PPPP, usb:BUS:DEV, tty:PORT:DRIVER "
+                "(e.g. tty:AMA0:pn532) or udp:HOST:PORT"
+            )
+        return device
 
 
 class SameCardGate:
