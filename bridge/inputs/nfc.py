@@ -217,12 +217,18 @@ class NfcInput:
         import nfc  # already loaded by _serve: a dictionary look-up
         cfg = self._cfg
 
+        counted: set[bytes] = set()  # the tag on the reader now, if it counted (or was a bounce)
+
         def on_connect(tag: nfc.tag.Tag) -> bool:
-            self._on_tag(tag, emit, gate, rlog)
+            counted.clear()
+            if self._on_tag(tag, emit, gate, rlog):
+                counted.add(bytes(tag.identifier))
             return True  # nfcpy then waits, with presence checks, until the tag is gone
 
         def on_release(tag: nfc.tag.Tag) -> bool:
-            gate.released(bytes(tag.identifier), time.monotonic())
+            # A tap that produced nothing (pulled away mid-read) must not hold back the retry.
+            if bytes(tag.identifier) in counted:
+                gate.released(bytes(tag.identifier), time.monotonic())
             return True
 
         # `terminate` is polled between sensing rounds and presence checks: waiting on the stop
@@ -254,12 +260,13 @@ class NfcInput:
             tag_errors = 0
         return "stopped"
 
-    def _on_tag(self, tag: nfc.tag.Tag, emit: Emit, gate: SameCardGate, rlog: Any) -> None:
+    def _on_tag(self, tag: nfc.tag.Tag, emit: Emit, gate: SameCardGate, rlog: Any) -> bool:
+        """Emit the scan for this presentation; False if it produced nothing (read incomplete)."""
         import nfc
         uid = bytes(tag.identifier)
         if not gate.is_new(uid, time.monotonic()):
             rlog.debug("nfc.same_card_again", tag_type=str(tag.type))
-            return
+            return True
         text: str | None = None
         if self._cfg.read_ndef:
             try:
@@ -268,7 +275,7 @@ class NfcInput:
                 # Taken away mid-read: a UID scan now would be the wrong credential for a phone.
                 rlog.warning("nfc.read_incomplete", tag_type=str(tag.type), error=_describe(error),
                              advice="hold the card or phone still on the reader")
-                return
+                return False
             except ndef.DecodeError:
                 # Read whole but not valid NDEF: a card with junk in it, counted by its UID. The
                 # decoder's message is not logged: it may quote the tag's content.
@@ -284,6 +291,7 @@ class NfcInput:
             rlog.debug("nfc.scan", source=scan.source.value, tag_type=str(tag.type),
                        card=fingerprint(CardNumber(number)))
         emit(scan)
+        return True
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
