@@ -90,6 +90,9 @@ class Replicator:
             answer = await call_with_retry(self.settings, lambda: self.client.post_events([e.as_wire() for e in batch]),
                                            sleep=sleep)
         except BatchTooLarge:
+            if len(batch) == 1:  # nothing left to halve: a human must look (stop, don't spin)
+                raise UpstreamProtocolError(self.client.name, f"the central refuses even one event (HTTP 413, "
+                                            f"event {batch[0].id} of type {batch[0].type})") from None
             self.batch_size = max(1, len(batch) // 2)
             log.warning("replication_batch_too_large", events=len(batch), next_batch=self.batch_size)
             raise

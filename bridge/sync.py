@@ -53,6 +53,7 @@ from verifier.bundle import (
 log = structlog.get_logger()
 
 DOWNLOAD_NAME = "bundle.download"
+APPLIER_NICENESS = 10
 SyncOutcome = Literal["applied", "not_modified", "rejected", "already_rejected", "failed"]
 Sleep = Callable[[float], Awaitable[Any]]
 
@@ -67,6 +68,8 @@ class SyncState:
     last_sync_at: datetime | None = None  # the central last answered (applied, 304 or refused)
     last_applied_at: datetime | None = None
     last_apply_s: float | None = None
+    # Peak RSS of the process that applied (the child in "process" mode): sizing a Pi's memory.
+    last_apply_peak_rss_mb: float | None = None
     last_error: str | None = None
     last_error_at: datetime | None = None
     applying: bool = False
@@ -77,6 +80,7 @@ class SyncState:
 
         return {"version": self.version, "lastAttemptAt": t(self.last_attempt_at), "lastSyncAt": t(self.last_sync_at),
                 "lastAppliedAt": t(self.last_applied_at), "lastApplyS": self.last_apply_s,
+                "lastApplyPeakRssMb": self.last_apply_peak_rss_mb,
                 "lastError": self.last_error, "lastErrorAt": t(self.last_error_at), "applying": self.applying}
 
 
@@ -176,6 +180,8 @@ class BundleSync:
         """Verify the manifest before paying for an apply, so the log can say what to check."""
         with open(self.download_path, "rb") as f:
             first = f.readline(MAX_MANIFEST_BYTES + 1)
+        if not first.strip():
+            raise UpstreamProtocolError(self.client.name, "HTTP 200 with an empty bundle body")
         try:
             manifest = read_manifest(first.strip(), self.public_key)
         except BundleRejected as e:
@@ -213,6 +219,7 @@ class BundleSync:
         self._refused = None
         now = self.clock()
         self.state.version, self.state.last_applied_at, self.state.last_apply_s = applied.version, now, applied.apply_s
+        self.state.last_apply_peak_rss_mb = round(applied.peak_rss_kb / 1024, 1)
         log.info("bundle_applied", version=applied.version, kind=applied.kind, records=applied.records,
                  apply_s=round(applied.apply_s, 2), bytes=fetch.size, applied_in=self.section.apply_in)
         return "applied"
@@ -308,6 +315,9 @@ def _child_main(argv: list[str]) -> int:
     if len(argv) != 4 or argv[0] != "apply":
         print("usage: python -m bridge.sync apply CACHE_DB BUNDLE PUBLIC_KEY", file=sys.stderr)
         return 2
+    # Background work: on a busy CPU the decision thread of the daemon goes first.
+    with suppress(OSError):
+        os.nice(APPLIER_NICENESS)
     try:
         applied = apply_here(Path(argv[1]), Path(argv[2]), load_public_key(argv[3]))
     except BundleRejected as e:

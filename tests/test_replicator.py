@@ -221,7 +221,7 @@ def test_a_413_halves_the_batch(fake_central: FakeCentral, central_key_file: Pat
 
     async def body(r: Replicator) -> None:
         task = asyncio.create_task(run_replication(r, sleep=lambda s: asyncio.sleep(0)))
-        while len(fake_central.events) < 60 or await asyncio.to_thread(bridge.outbox.depth):
+        while len(fake_central.events) < 60 or (await asyncio.to_thread(bridge.outbox.depth)) > 0:
             await asyncio.sleep(0.01)
         task.cancel()
 
@@ -247,7 +247,7 @@ def test_run_replication_ships_events_appended_while_it_runs(bridge: Bridge) -> 
             await asyncio.sleep(0.005)
         # Appends come from the decision worker thread in the daemon.
         late = await asyncio.to_thread(fill, bridge.outbox, 4)
-        while len(bridge.fake.events) < 7 or await asyncio.to_thread(bridge.outbox.depth):
+        while len(bridge.fake.events) < 7 or (await asyncio.to_thread(bridge.outbox.depth)) > 0:
             await asyncio.sleep(0.005)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -257,3 +257,14 @@ def test_run_replication_ships_events_appended_while_it_runs(bridge: Bridge) -> 
     late = bridge.run(body)
     assert list(bridge.fake.events) == early + late
     assert bridge.outbox.depth() == 0
+
+
+def test_a_413_for_a_single_event_is_a_protocol_error_not_a_spin(
+    fake_central: FakeCentral, central_key_file: Path, tmp_path: Path
+) -> None:
+    bridge = Bridge(fake_central, central_key_file, tmp_path, batch_size=1)
+    fill(bridge.outbox, 1)
+    fake_central.max_batch = 0
+    with pytest.raises(UpstreamProtocolError, match="even one event"):
+        bridge.drain()
+    assert bridge.outbox.depth() == 1

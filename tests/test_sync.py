@@ -68,7 +68,8 @@ class Site:
         async def body(sync: BundleSync) -> list[SyncOutcome]:
             return [await sync.sync_once() for _ in range(times)]
 
-        return self.run(body)
+        outcomes: list[SyncOutcome] = self.run(body)
+        return outcomes
 
 
 @pytest.fixture
@@ -327,3 +328,11 @@ def test_central_section_needs_a_key_and_sane_bounds(central_key_file: Path) -> 
         CentralSection(base_url="https://c.example.com", api_key_file=central_key_file, batch_size=5000)
     ok = CentralSection(base_url="https://c.example.com/", api_key_file=central_key_file)
     assert (ok.base_url, ok.poll_interval_s, ok.batch_size, ok.apply_in) == ("https://c.example.com", 60.0, 500, "process")
+
+
+def test_empty_200_body_is_a_protocol_error(site: Site) -> None:
+    site.fake.publish_full(records())
+    site.fake.server.respond_raw(b"", content_type="application/x-door-bridge-bundle")
+    with pytest.raises(UpstreamProtocolError, match="empty bundle"):
+        site.sync()
+    assert site.version() == 0

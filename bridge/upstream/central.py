@@ -123,7 +123,8 @@ class CentralHttp(UpstreamHttp):
 
     def _bundle_too_big(self, what: str, max_bytes: int) -> UpstreamProtocolError:
         return UpstreamProtocolError(
-            self.upstream, f"{what}: bundle over upstream.central.max_bundle_bytes ({max_bytes} bytes); raise it if the site is that big"
+            self.upstream,
+            f"{what}: bundle over upstream.central.max_bundle_bytes ({max_bytes} bytes); raise it if the site is that big",
         )
 
 
@@ -175,15 +176,13 @@ class CentralClient:
 
 
 def _status_error(what: str, status: int, bridge_id: str) -> UpstreamError:
-    if status == 401:
-        return UpstreamRejected(NAME, f"{what}: HTTP 401", status=status,
-                                hint="check that upstream.central.api_key_file / api_key_credential holds this bridge's current key")
-    if status == 403:
-        return UpstreamRejected(NAME, f"{what}: HTTP 403", status=status,
-                                hint=f"the key is not allowed to act for bridge {bridge_id!r}: check upstream.central.bridge_id and the key's scope")
-    if status == 404:
-        return UpstreamRejected(NAME, f"{what}: HTTP 404", status=status,
-                                hint=f"check upstream.central.base_url and that bridge {bridge_id!r} is registered at the central")
+    hints = {
+        401: "check that upstream.central.api_key_file / api_key_credential holds this bridge's current key",
+        403: f"the key may not act for bridge {bridge_id!r}: check upstream.central.bridge_id and the key's scope",
+        404: f"check upstream.central.base_url and that bridge {bridge_id!r} is registered at the central",
+    }
+    if status in hints:
+        return UpstreamRejected(NAME, f"{what}: HTTP {status}", status=status, hint=hints[status])
     return UpstreamProtocolError(NAME, f"{what}: unexpected HTTP {status}", status=status)
 
 

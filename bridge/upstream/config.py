@@ -119,7 +119,7 @@ class CentralSection(_KeyedUpstream):
     # e.g. https://central.example.com/api/bridge/v1; the bridge appends /bridges/{bridge_id}/…
     base_url: str
     # How the central knows this bridge; defaults to `bridge.id`.
-    bridge_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    bridge_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     poll_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
     # Each wait is poll_interval_s × (1 ± poll_jitter), so a fleet does not poll in lock-step.
     poll_jitter: Annotated[float, Field(ge=0, le=0.5)] = 0.2

@@ -258,3 +258,18 @@ def _event_problem(event: Any) -> str | None:
     except ValueError:
         return "id must be a UUID"
     return None
+
+
+def serve_in_process(pipe: Any, bundle_path: str | None = None, bundle_version: int = 0) -> None:
+    """`multiprocessing` target for benchmarks: a FakeCentral in its own process, so serving does
+    not share the measured process's GIL or memory. Sends the port, then waits for any message
+    and answers with {"stored": n, "duplicates": n} before stopping."""
+    fake = FakeCentral()
+    if bundle_path is not None:
+        with open(bundle_path, "rb") as f:
+            fake.serve_raw_bundle(f.read(), bundle_version)
+    fake.server.start()
+    pipe.send(fake.server.port)
+    pipe.recv()
+    pipe.send({"stored": len(fake.events), "duplicates": len(fake.duplicates_seen)})
+    fake.server.stop()
