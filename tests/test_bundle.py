@@ -7,8 +7,10 @@ import hashlib
 import hmac
 import io
 import json
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -43,7 +45,7 @@ from verifier.bundle import (
     public_key_text,
     read_manifest,
 )
-from verifier.cache import GrantCache
+from verifier.cache import CardRow, GrantCache
 from verifier.credentials import parse
 from verifier.decide import Verifier
 from verifier.hashing import PinHashing, hash_invite
@@ -51,6 +53,12 @@ from verifier.timeutil import to_ms
 from verifier.types import Decision, Reason, Source
 
 PUBLIC = SIGNING_KEY.public_key()
+
+
+def _card(cache: GrantCache, number: str) -> CardRow:
+    row = cache.card(number)
+    assert row is not None, number
+    return row
 
 
 def _snapshot(cache: GrantCache) -> list[str]:
@@ -70,7 +78,7 @@ def _refused(cache: GrantCache, bundle: bytes, match: str) -> BundleRejected:
 
 
 @pytest.fixture
-def cache(tmp_path: Path) -> GrantCache:
+def cache(tmp_path: Path) -> Iterator[GrantCache]:
     c = loaded_cache(tmp_path)
     yield c
     c.close()
@@ -132,7 +140,7 @@ def test_bundle_file_round_trip(tmp_path: Path) -> None:
 
 
 def test_delta_upserts_and_deletes(cache: GrantCache) -> None:
-    delta = [
+    delta: list[dict[str, Any]] = [
         {"type": "card", "op": "delete", "number": "6b:06:c2:a2:5e:99:c6:8e:dc:be"},  # any spelling of the number
         {"type": "ic_card", "op": "delete", "cardNumber": IC_CARD},
         {"type": "grant", "op": "delete", "id": "g_omar"},
@@ -372,18 +380,18 @@ def test_naive_datetimes_are_utc_and_offsets_are_honoured(tmp_path: Path) -> Non
         {"type": "card", "number": "AA02", "devices": [READER], "start_at": "2025-04-12T17:00:00Z", "end_at": "2025-04-20T00:00:00z"},
         {"type": "card", "number": "AA03", "devices": [READER], "start_at": "2025-04-12T17:00:00+09:00", "end_at": "2025-04-20T00:00:00+00:00"},
     ])
-    utc_17 = to_ms(datetime(2025, 4, 12, 17, tzinfo=timezone.utc))
-    assert cache.card("AA01").window.starts_ms == utc_17
-    assert cache.card("AA02").window.starts_ms == utc_17
-    assert cache.card("AA03").window.starts_ms == utc_17 - 9 * 3600 * 1000  # 17:00 JST is 08:00 UTC
-    assert cache.card("AA01").window.ends_ms == cache.card("AA02").window.ends_ms
+    utc_17 = to_ms(datetime(2025, 4, 12, 17, tzinfo=UTC))
+    assert _card(cache, "AA01").window.starts_ms == utc_17
+    assert _card(cache, "AA02").window.starts_ms == utc_17
+    assert _card(cache, "AA03").window.starts_ms == utc_17 - 9 * 3600 * 1000  # 17:00 JST is 08:00 UTC
+    assert _card(cache, "AA01").window.ends_ms == _card(cache, "AA02").window.ends_ms
 
 
 def test_sifely_epoch_millisecond_dates(tmp_path: Path) -> None:
     start_ms, end_ms = 1744502400123, 1745107200999  # ms precision survives
     cache = loaded_cache(tmp_path, [{"type": "ic_card", "cardNumber": "3054721", "cardName": "Room 7",
                                      "devices": [READER], "startDate": start_ms, "endDate": end_ms}])
-    row = cache.card("3054721")
+    row = _card(cache, "3054721")
     assert (row.window.starts_ms, row.window.ends_ms) == (start_ms, end_ms)
     assert row.name == "Room 7" and row.devices == (READER,)
 
@@ -393,7 +401,7 @@ def test_open_ended_windows(tmp_path: Path) -> None:
     far = NOW + timedelta(days=365 * 50)
     v = Verifier(cache)
     assert v.decide(parse(b"DEADBEEF01"), READER, Source.CARD, far).reason is Reason.CACHE_STALE  # policy, not window
-    assert cache.grants("user_ex", "zone_stock")[0].window.starts_ms < to_ms(datetime(1900, 1, 1, tzinfo=timezone.utc))
+    assert cache.grants("user_ex", "zone_stock")[0].window.starts_ms < to_ms(datetime(1900, 1, 1, tzinfo=UTC))
 
 
 def test_invite_codes_are_stored_as_sha256_only(tmp_path: Path) -> None:

@@ -278,5 +278,5 @@ def test_jwt_shaped_input_is_a_jwt_only_when_the_header_names_an_alg(claims, hea
 
 def test_pyjwt_tokens_of_every_algorithm_parse() -> None:
     for token in (make_jwt(user_claims()), make_jwt(user_claims(), alg="ES256"), make_jwt(user_claims(), alg="HS256"),
-                  jwt.encode(user_claims(), None, algorithm="none")):
+                  jwt.encode(user_claims(), None, algorithm="none")):  # type: ignore[arg-type]
         assert parse(token.encode()) == CredentialJwt(token)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -37,7 +37,14 @@ from verifier.cache import GrantCache
 from verifier.credentials import parse
 from verifier.decide import Policy, Verifier
 from verifier.timeutil import to_ms
-from verifier.types import AccessDecision, CardNumber, Decision, Reason, Source, fingerprint
+from verifier.types import (
+    AccessDecision,
+    CardNumber,
+    Decision,
+    Reason,
+    Source,
+    fingerprint,
+)
 
 MS = timedelta(milliseconds=1)
 
@@ -51,9 +58,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrantCache]:
 
 
 def decide(cache: GrantCache, scan: str, reader: str = READER, at: datetime = NOW, *, hint: str | None = None,
-           source: Source = Source.CARD, policy: Policy = Policy()) -> AccessDecision:
+           source: Source = Source.CARD, policy: Policy | None = None) -> AccessDecision:
     """A fresh Verifier per call, so replay memory and rate limits of other calls never interfere."""
-    return Verifier(cache, policy).decide(parse(scan.encode(), hint=hint), reader, source, at)
+    return Verifier(cache, policy or Policy()).decide(parse(scan.encode(), hint=hint), reader, source, at)
 
 
 def _window_site(tmp_path: Path, **window: str | int) -> GrantCache:
@@ -123,12 +130,13 @@ def test_out_of_date_window_is_half_open(tmp_path: Path) -> None:
 def _float_unfriendly_instants(count: int) -> list[datetime]:
     """Instants where `int(timestamp() * 1000)` lands one ms early: they cluster just above powers
     of two seconds, e.g. after 2**31 s (2038-01-19T03:14:08Z, a plausible grant end)."""
-    found, at = [], datetime(2038, 1, 19, 3, 14, 8, tzinfo=timezone.utc)
+    found: list[datetime] = []
+    at = datetime(2038, 1, 19, 3, 14, 8, tzinfo=UTC)
     for _ in range(100_000):
         if len(found) == count:
             return found
         at += timedelta(milliseconds=7)
-        if int(at.timestamp() * 1000) != (at - datetime(1970, 1, 1, tzinfo=timezone.utc)) // MS:
+        if int(at.timestamp() * 1000) != (at - datetime(1970, 1, 1, tzinfo=UTC)) // MS:
             found.append(at)
     raise AssertionError("no float-unfriendly instant found; the search start needs updating")
 
@@ -148,7 +156,7 @@ def test_window_boundaries_are_exact_to_the_millisecond(tmp_path: Path) -> None:
 
 def test_naive_grant_times_are_utc(tmp_path: Path) -> None:
     cache = _window_site(tmp_path, startsAt="2026-06-01T12:00:00", endsAt="2026-06-01T22:00:00+09:00")  # 12:00Z–13:00Z
-    utc = timezone.utc
+    utc = UTC
     assert decide(cache, "AB12", at=datetime(2026, 6, 1, 12, tzinfo=utc) - MS).reason is Reason.OUT_OF_DATE_WINDOW
     assert decide(cache, "AB12", at=datetime(2026, 6, 1, 12, tzinfo=utc)).decision is Decision.GRANT
     assert decide(cache, "AB12", at=datetime(2026, 6, 1, 13, tzinfo=utc) - MS).decision is Decision.GRANT
@@ -428,7 +436,7 @@ def window_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrantCach
 def test_grant_iff_start_le_now_lt_end_and_not_revoked(window_cache: GrantCache, case, as_epoch_ms: bool) -> None:
     start, end, revoked, now_ms = case
     version = window_cache.meta.version + 1
-    fmt = (lambda ms: ms) if as_epoch_ms else (lambda ms: iso(datetime.fromtimestamp(ms / 1000, tz=timezone.utc)))
+    fmt = (lambda ms: ms) if as_epoch_ms else (lambda ms: iso(datetime.fromtimestamp(ms / 1000, tz=UTC)))
     grant = {"type": "grant", "id": "g", "userId": "u", "zoneId": "z", "revoked": revoked}
     if start is not None:
         grant["startsAt"] = fmt(start)
@@ -436,7 +444,7 @@ def test_grant_iff_start_le_now_lt_end_and_not_revoked(window_cache: GrantCache,
         grant["endsAt"] = fmt(end)
     apply(window_cache, make_bundle([grant], version=version, kind="delta", base_version=version - 1,
                                            not_after=NOW + 4000 * DAY))
-    now = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=now_ms)
+    now = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=now_ms)
     d = Verifier(window_cache).decide(CardNumber("AB12"), READER, Source.CARD, now)
     inside = (start is None or start <= now_ms) and (end is None or now_ms < end)
     assert d.granted is (inside and not revoked)

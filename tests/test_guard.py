@@ -114,7 +114,8 @@ def test_locked_exactly_when_max_denies_fall_inside_one_window(gaps: list[int], 
     """A model of the limiter: count denies inside the window since the last lock."""
     window, cooldown = 30_000, 10_000
     limiter = RateLimiter(max_denies, window, cooldown)
-    t, recent, locked_until = 0, [], -1
+    t, locked_until = 0, -1
+    recent: list[int] = []
     for gap in gaps:
         t += gap
         recent = [x for x in recent + [t] if t - x < window]

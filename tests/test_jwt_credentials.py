@@ -6,9 +6,9 @@ import base64
 import hashlib
 import hmac
 import json
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -35,7 +35,7 @@ from verifier import jwtcheck
 from verifier.cache import GrantCache
 from verifier.credentials import parse
 from verifier.decide import Policy, Verifier
-from verifier.types import CredentialJwt, Decision, Reason, Source
+from verifier.types import AccessDecision, CredentialJwt, Decision, Reason, Source
 
 WITH_HS256 = Policy(jwt_algorithms=frozenset({"EdDSA", "ES256", "HS256"}))
 
@@ -47,8 +47,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrantCache]:
     cache.close()
 
 
-def check(cache: GrantCache, token: str, *, at: datetime = NOW, policy: Policy = Policy()):
-    return Verifier(cache, policy).decide(CredentialJwt(token), READER, Source.PHONE_NFC, at)
+def check(cache: GrantCache, token: str, *, at: datetime = NOW, policy: Policy | None = None) -> AccessDecision:
+    return Verifier(cache, policy or Policy()).decide(CredentialJwt(token), READER, Source.PHONE_NFC, at)
 
 
 def _b64(raw: bytes) -> str:
@@ -174,7 +174,7 @@ def test_not_yet_valid(site: GrantCache) -> None:
 
 
 def test_the_injected_clock_decides_not_the_system_clock(site: GrantCache) -> None:
-    then = datetime(2001, 9, 1, 8, tzinfo=timezone.utc)
+    then = datetime(2001, 9, 1, 8, tzinfo=UTC)
     # a visitor credential (zones in the token, no grant window): expired for 25 years by the machine's clock
     token = make_jwt({"sub": "v_1", "zoneIds": ["zone_stock"], "exp": _ts(then + DAY)})
     assert check(site, token, at=then).decision is Decision.GRANT
