@@ -22,6 +22,7 @@ from typing import Any
 import ndef
 import nfc
 import nfc.clf
+import nfc.tag
 import pytest
 import structlog
 from pydantic import ValidationError
@@ -266,6 +267,55 @@ def test_repeated_tag_errors_reopen_the_frontend(monkeypatch: pytest.MonkeyPatch
     warnings = [e["event"] for e in logs if e["log_level"] == "warning"]
     assert warnings[:4] == ["nfc.tag_error"] * 3 + ["nfc.frontend_lost"]
     assert frontends.connects >= 3
+
+
+class TagPulledMidRead:
+    """What nfcpy hands `on-connect` when its NDEF read raises: the udp emulator cannot make nfcpy
+    raise there, so this one stand-in plays the tag (identifier, type, ndef) nfcpy would pass."""
+
+    type = "Type4Tag"
+    identifier = bytearray.fromhex("08A1B2C3")
+
+    def __init__(self, read_fails: bool) -> None:
+        self.read_fails = read_fails
+
+    @property
+    def ndef(self) -> None:
+        if self.read_fails:
+            raise nfc.tag.TagCommandError(nfc.tag.TIMEOUT_ERROR)
+
+
+def test_tap_pulled_away_mid_read_gives_no_scan_and_does_not_hold_back_the_retry(
+        monkeypatch: pytest.MonkeyPatch, logs: list[MutableMapping[str, Any]]) -> None:
+    taps = [TagPulledMidRead(read_fails=True), TagPulledMidRead(read_fails=False)]
+    scans: list[Scan] = []
+
+    def present_next_tap(options: dict[str, Any]) -> bool | None:
+        if not taps:
+            while not options["terminate"]():
+                pass
+            return None
+        tag = taps.pop(0)
+        options["rdwr"]["on-connect"](tag)
+        return bool(options["rdwr"]["on-release"](tag))
+
+    frontends = ScriptedFrontends(open_failures=0, connect=present_next_tap)
+    monkeypatch.setattr(nfc, "ContactlessFrontend", frontends)
+    cfg = NfcReaderConfig(type="nfc", id=READER, device="usb", rescan_gap_s=60.0, poll_interval_s=0.02)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(create(cfg).run(scans.append))
+        deadline = time.monotonic() + DEADLINE_S
+        while frontends.connects < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+
+    assert [(s.source, s.raw) for s in scans] == [(Source.CARD, b"08A1B2C3")]  # the retry counted
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["nfc.read_incomplete"]
 
 
 def test_cancelling_run_stops_the_reader_thread() -> None:
