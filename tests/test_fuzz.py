@@ -23,9 +23,10 @@ import shutil
 import sqlite3
 import tomllib
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -83,7 +84,15 @@ from verifier.types import (
     fingerprint,
     secret_of,
 )
-from verifier.wiegand_formats import FORMATS, WiegandCard, WiegandError, WiegandKey, card_key, decode, encode
+from verifier.wiegand_formats import (
+    FORMATS,
+    WiegandCard,
+    WiegandError,
+    WiegandKey,
+    card_key,
+    decode,
+    encode,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

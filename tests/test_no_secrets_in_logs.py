@@ -16,19 +16,38 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from bridge import logsetup
 from bridge.inputs.base import Scan
-from tests.builders import DEVICE_CARD, INVITE, NOW, PIN, PIN_HASHING, READER, USER_CARD, make_jwt, records, user_claims
+from tests.builders import (
+    DEVICE_CARD,
+    INVITE,
+    NOW,
+    PIN,
+    PIN_HASHING,
+    READER,
+    USER_CARD,
+    make_jwt,
+    records,
+    user_claims,
+)
 from tests.fakes.digital_id import FakeDigitalId, employee
 from tests.fakes.frontelio import API_KEY as FRONTELIO_KEY
 from tests.fakes.frontelio import FakeFrontelio, Holder
 from tests.harness import Site, make_config, running
-from verifier.types import CardNumber, CredentialJwt, DigitalIdToken, InviteCode, Pin, Source, fingerprint
+from verifier.types import (
+    CardNumber,
+    CredentialJwt,
+    DigitalIdToken,
+    InviteCode,
+    Pin,
+    Source,
+    fingerprint,
+)
 
 pytest_plugins = ["tests.fakes.fixtures"]
 
