@@ -76,20 +76,26 @@ def read_while_tag_presented(emulator_args: list[str], **overrides: Any) -> list
     scans: list[Scan] = []
 
     async def scenario() -> tuple[int, str]:
-        task = asyncio.create_task(create(reader_config(port, **overrides)).run(scans.append))
         emulator = await asyncio.create_subprocess_exec(
             sys.executable, str(EMULATOR), "--port", str(port), *emulator_args,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert emulator.stdout is not None
+        task, first = None, b""
         try:
+            # Start reading once the tag listens: the reader's first poll then finds it rather
+            # than waiting out udp's one-second answer timeout. (Order does not matter otherwise.)
+            first = await asyncio.wait_for(emulator.stdout.readline(), DEADLINE_S)
+            task = asyncio.create_task(create(reader_config(port, **overrides)).run(scans.append))
             out, err = await asyncio.wait_for(emulator.communicate(), DEADLINE_S)
         except TimeoutError:
             emulator.kill()
             out, err = await emulator.communicate()
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        return emulator.returncode or 0, (out + err).decode(errors="replace")
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return emulator.returncode or 0, (first + out + err).decode(errors="replace")
 
     returncode, transcript = asyncio.run(scenario())
     assert returncode == 0 and transcript.rstrip().endswith("done"), transcript
