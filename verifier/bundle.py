@@ -297,11 +297,15 @@ def apply_bundle(conn: sqlite3.Connection, stream: IO[bytes], public_key: Ed2551
             for table in _TABLES:
                 conn.execute(f"DELETE FROM {table}")
         batches = _Batches(conn)
-        for line_no, line in enumerate(_lines(stream), start=2):
-            sha.update(line)
-            count += 1
-            _apply_line(batches, line, line_no, pin)
-        batches.flush()
+        try:
+            for line_no, line in enumerate(_lines(stream), start=2):
+                sha.update(line)
+                count += 1
+                _apply_line(batches, line, line_no, pin)
+            batches.flush()
+        except UnicodeEncodeError:
+            # JSON can spell a lone surrogate (\ud800) that no UTF-8 database can store.
+            raise BundleRejected(f"a record near line {count + 1} holds text that is not valid Unicode") from None
         if sha.hexdigest() != manifest.body_sha256 or count != manifest.records:
             raise BundleRejected("bundle body does not match its signed digest (tampered or truncated)")
         _write_meta(conn, manifest, pin)

@@ -8,6 +8,7 @@ verify call. Expiry is checked against the injected clock, not the system's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,4 +78,5 @@ def verify(token: str, jwks: dict[str, dict[str, Any]], allowed: frozenset[str],
 
 
 def _number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite number: `exp: NaN` or `Infinity` would otherwise never expire."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
