@@ -1,12 +1,11 @@
-"""Emulate a FeliCa (Type 3) tag or an ISO 14443 A card over nfcpy's `udp` driver, as a separate process.
+"""Emulate a FeliCa (Type 3) tag or an ISO 14443 A card over nfcpy's `udp` driver, in a process.
 
 The test starts this program, points the real `NfcInput` at `udp:127.0.0.1:<port>`, and reads our
 stdout to follow along. Each presentation lasts until the reader has finished reading AND has
 presence-checked the tag `--min-polls` times (so "held on the reader" is proven by protocol
 traffic, not by a clock), then the tag goes silent (taken away), waits `--gap` seconds and comes
 back, `--presentations` times. Lines on stdout: `listening <i>`, `presented <i>` (`activated again
-<i>` if the reader re-activates a tag that never left), `removed <i>`,
-`done`.
+<i>` if the reader re-activates a tag that never left), `removed <i>`, `done`.
 
 Usage:
   python tests/nfc_tag_emulator.py --port 40001 --uid 03FEFFE011223344 --uri https://…
@@ -47,8 +46,6 @@ def _bind_loopback_only(self: Any, time_to_return: float) -> bool:
     except OSError:
         return False
 
-
-nfc.clf.udp.Device._bind_socket = _bind_loopback_only
 
 
 def tt3_memory(message: bytes) -> bytearray:
@@ -178,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap", type=float, default=1.0, help="seconds away between presentations")
     parser.add_argument("--verbose", action="store_true", help="nfcpy debug log on stderr")
     args = parser.parse_args(argv)
+    nfc.clf.udp.Device._bind_socket = _bind_loopback_only  # here, not on import: tests import us too
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
         logging.getLogger("nfc").setLevel(logging.DEBUG)
