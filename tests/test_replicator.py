@@ -20,7 +20,7 @@ from bridge.replicator import Replicator, run_replication
 from bridge.upstream.central import build_central
 from bridge.upstream.config import CentralSection, HttpSettings
 from bridge.upstream.errors import UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable
-from tests.fakes.central import FakeCentral
+from tests.fakes.central import API_KEY, FakeCentral
 
 pytest_plugins = ["tests.fakes.fixtures"]
 
@@ -268,3 +268,24 @@ def test_a_413_for_a_single_event_is_a_protocol_error_not_a_spin(
     with pytest.raises(UpstreamProtocolError, match="even one event"):
         bridge.drain()
     assert bridge.outbox.depth() == 1
+
+
+def test_no_api_key_in_logs_or_errors_when_the_central_refuses(bridge: Bridge) -> None:
+    fill(bridge.outbox, 2)
+    bridge.fake.api_keys = set()
+    seen: list[str] = []
+
+    async def body(r: Replicator) -> None:
+        async def sleep(_: float) -> None:
+            seen.append(str(r.state.last_error))
+            if len(seen) >= 2:
+                raise asyncio.CancelledError
+
+        with pytest.raises(asyncio.CancelledError):
+            await run_replication(r, sleep=sleep)
+
+    with capture_logs() as logs:
+        bridge.run(body)
+    text = repr(logs) + repr(seen)
+    assert "HTTP 401" in text
+    assert API_KEY not in text and API_KEY[4:20] not in text

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from bridge.sync import BundleSync, SyncOutcome, run_sync
 from bridge.upstream.central import build_central
-from bridge.upstream.config import CentralSection, HttpSettings
+from bridge.upstream.config import CentralSection, HttpSettings, UpstreamSection
 from bridge.upstream.errors import UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable
 from tests.builders import FOREIGN_KEY, NOW, READER, SIGNING_KEY, USER_CARD, make_bundle, records
 from tests.fakes.central import FakeCentral
@@ -326,7 +326,10 @@ def test_central_section_needs_a_key_and_sane_bounds(central_key_file: Path) -> 
         CentralSection(base_url="http://central.example.com", api_key_file=central_key_file)
     with pytest.raises(ValidationError):
         CentralSection(base_url="https://c.example.com", api_key_file=central_key_file, batch_size=5000)
-    ok = CentralSection(base_url="https://c.example.com/", api_key_file=central_key_file)
+    upstream = UpstreamSection.model_validate(
+        {"central": {"base_url": "https://c.example.com/", "api_key_file": str(central_key_file)}})
+    ok = upstream.central
+    assert ok is not None
     assert (ok.base_url, ok.poll_interval_s, ok.batch_size, ok.apply_in) == ("https://c.example.com", 60.0, 500, "process")
 
 
