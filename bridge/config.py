@@ -129,11 +129,12 @@ class SerialReader(_Strict):
 
 from bridge.inputs.evdev_scanner import EvdevScannerConfig  # noqa: E402
 from bridge.inputs.keypad import KeypadConfig  # noqa: E402
+from bridge.inputs.nfc import NfcReaderConfig  # noqa: E402
 from bridge.inputs.wiegand import WiegandReaderConfig  # noqa: E402
 from bridge.upstream.config import UpstreamSection  # noqa: E402
 
 ReaderConfig = Annotated[
-    Union[ConsoleReader, SerialReader, EvdevScannerConfig, KeypadConfig, WiegandReaderConfig],
+    Union[ConsoleReader, SerialReader, EvdevScannerConfig, KeypadConfig, NfcReaderConfig, WiegandReaderConfig],
     Field(discriminator="type"),
 ]
 

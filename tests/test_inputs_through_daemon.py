@@ -126,3 +126,45 @@ async def test_forced_and_held_open_each_give_one_audit_event_and_one_warning(tm
     assert types.count("DOOR_FORCED_OPEN") == 1 and types.count("DOOR_HELD_OPEN") == 1 and types.count("REX") == 1
     warnings = [entry["event"] for entry in logs if entry["log_level"] == "warning"]
     assert warnings.count("door_forced_open") == 1 and warnings.count("door_held_open") == 1, warnings
+
+
+async def test_nfc_tag_in_a_second_process_through_the_daemon(tmp_path):
+    """nfcpy's udp driver: a FeliCa tag carrying an invite code as NDEF text, then a plain card UID."""
+    import subprocess
+    import sys
+
+    from tests.nfc_tag_emulator import free_udp_port
+
+    base = _setup(tmp_path)
+    port = free_udp_port()
+    nfc_reader = make_config(tmp_path, Site(), [{"type": "nfc", "id": "QR-1", "device": f"udp:127.0.0.1:{port}",
+                                                 "targets": ["212F"], "rescan_gap_s": 0}]).readers[0]
+    cfg = base.model_copy(update={"readers": [nfc_reader]})
+    emulator = subprocess.Popen(
+        [sys.executable, "tests/nfc_tag_emulator.py", "--port", str(port), "--uid", "03FEFFE011223344",
+         "--text", "vis_Lobby0123456789abcdefghij", "--presentations", "1"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert emulator.stdout.readline().startswith("listening")
+        async with running(cfg, clock=Clock()) as (daemon, factory):
+            rows = await _verify_rows(daemon, 1)
+            assert (rows[0]["readerId"], rows[0]["source"], rows[0]["credentialKind"], rows[0]["decision"]) == (
+                "QR-1", "PHONE_NFC", "invite", "GRANT")
+            await wait_for(lambda: len(relay_pulses(factory.pin(17))) == 1, what="relay pulse")
+    finally:
+        emulator.kill()
+        emulator.wait(10)
+
+    plain = subprocess.Popen(
+        [sys.executable, "tests/nfc_tag_emulator.py", "--port", str(port), "--uid", "03FEFFE011223344",
+         "--sys", "0003", "--presentations", "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert plain.stdout.readline().startswith("listening")
+        async with running(cfg, clock=Clock()) as (daemon, factory):
+            rows = await _verify_rows(daemon, 1)  # a fresh daemon: its first decision, the outbox's second row
+            assert len(rows) == 2
+            assert (rows[-1]["source"], rows[-1]["credentialKind"], rows[-1]["decision"], rows[-1]["reason"]) == (
+                "CARD", "card", "DENY", "NO_GRANT")
+    finally:
+        plain.kill()
+        plain.wait(10)
