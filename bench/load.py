@@ -40,10 +40,11 @@ import sys
 import tempfile
 import time
 import tty
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jwt
 import psutil
@@ -53,12 +54,12 @@ from jwt.algorithms import OKPAlgorithm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge.outbox import Outbox  # noqa: E402
-from bridge.status_socket import StatusUnavailable, fetch_status  # noqa: E402
-from verifier.bundle import BundleWriter, apply_file, public_key_text  # noqa: E402
-from verifier.cache import GrantCache  # noqa: E402
-from verifier.credentials import parse  # noqa: E402
-from verifier.types import fingerprint  # noqa: E402
+from bridge.outbox import Outbox
+from bridge.status_socket import StatusUnavailable, fetch_status
+from verifier.bundle import BundleWriter, apply_file, public_key_text
+from verifier.cache import GrantCache
+from verifier.credentials import parse
+from verifier.types import fingerprint
 
 # BCM pins for the relays, one door per reader (MockFactory accepts any of these).
 RELAY_PINS = (5, 6, 12, 13, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27)
@@ -165,7 +166,7 @@ class LoadResult:
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def iso(t: datetime) -> str:
@@ -194,7 +195,7 @@ def build_site(state: Path, settings: LoadSettings, key: Ed25519PrivateKey) -> P
     JWT and one visitor invite.
     """
     n, readers = settings.grants, settings.readers
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cred_key = Ed25519PrivateKey.generate()
     w = BundleWriter(version=1, issued_at=now, not_after=now + timedelta(days=7))
     for z in range(readers):
@@ -335,7 +336,7 @@ class LogTail:
 class DaemonProcess:
     def __init__(self, work: Path, config: Path) -> None:
         self.log_path = work / "daemon.log"
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - the daemon writes it until stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "RUNTIME_DIRECTORY"):
             env.pop(name, None)
@@ -355,10 +356,10 @@ class DaemonProcess:
 
     def cpu_s(self) -> float:
         t = self.ps.cpu_times()
-        return t.user + t.system
+        return float(t.user + t.system)
 
     def rss_mb(self) -> float:
-        return self.ps.memory_info().rss / 2**20
+        return float(self.ps.memory_info().rss) / 2**20
 
     def stop(self, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:
@@ -466,7 +467,7 @@ def account(result: LoadResult, scans: list[PlannedScan], sent_at: list[float], 
             result.replays += 1
             result.replays_not_malformed += not str(d.get("cred", "")).startswith("malformed:")
         if pending.get(key) and "timestamp" in d:
-            logged = datetime.fromisoformat(d["timestamp"].replace("Z", "+00:00")).timestamp()
+            logged = datetime.fromisoformat(d["timestamp"]).timestamp()
             result.e2e_ms.append((logged - pending[key].popleft()) * 1000)
     for row in audit:
         key = (row.get("readerId", ""), row.get("credentialFingerprint", ""))
