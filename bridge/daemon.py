@@ -134,8 +134,9 @@ class Daemon:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.previous_exit: dict[str, Any] = {}
         self.status_server: Any = None
-        self.sync_state: Any = None
-        self.replication_state: Any = None
+        self.central: Any = None
+        self.sync: Any = None
+        self.replicator: Any = None
 
     @property
     def state_dir(self) -> Path:
@@ -261,19 +262,24 @@ class Daemon:
 
     def _start_central(self) -> None:
         """Bundle sync and audit replication with the central (bridge protocol), if configured."""
-        central = getattr(self.config.upstream, "central", None)
-        if central is None:
+        section = self.config.upstream.central
+        if section is None:
             return
-        from bridge import replicator, sync
+        from bridge.replicator import Replicator, run_replication
+        from bridge.sync import BundleSync, run_sync
+        from bridge.upstream.apikey import ApiKeyError
+        from bridge.upstream.central import build_central
 
-        self.sync_state = sync.SyncState() if hasattr(sync, "SyncState") else None
-        self._spawn_task(sync.run_sync(central, self.config.upstream.http, self.config.bridge.id,
-                                       self.state_dir, self.cache, public_key=self._public_key(),
-                                       state=self.sync_state, on_result=self._central_result), "sync")
-        self.replication_state = replicator.ReplicationState() if hasattr(replicator, "ReplicationState") else None
-        self._spawn_task(replicator.run_replication(central, self.config.upstream.http, self.config.bridge.id,
-                                                    self.outbox, state=self.replication_state,
-                                                    on_result=self._central_result), "replication")
+        settings = self.config.upstream.http
+        try:
+            self.central = build_central(section, settings, bridge_id=self.config.bridge.id)
+        except ApiKeyError as e:
+            raise ConfigError(f"upstream.central: {e}") from None
+        self.sync = BundleSync(self.central, section, settings, state_dir=self.state_dir,
+                               public_key=self._public_key(), clock=self.clock)
+        self.replicator = Replicator(self.central, self.outbox, section, settings, clock=self.clock)
+        self._spawn_task(run_sync(self.sync), "sync")
+        self._spawn_task(run_replication(self.replicator), "replication")
 
     def _public_key(self) -> Any:
         from verifier.bundle import load_public_key
@@ -285,9 +291,6 @@ class Daemon:
             return load_public_key(text)
         except ValueError as e:
             raise ConfigError(f"cache.public_key: {e}") from None
-
-    def _central_result(self, ok: bool, error: str | None = None) -> None:
-        self._mark_upstream(ok, error)
 
     async def _start_status_server(self) -> None:
         from bridge.status_socket import StatusServer
@@ -320,12 +323,23 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.replicator is not None and self.replicator.state.online:
+            # Flush: one bounded attempt to hand the central what is pending. Whatever does not
+            # make it stays in audit.db (already fsync'd) for the next start.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.replicator.drain(), timeout=1.5)
         if self.status_server is not None:
             with contextlib.suppress(Exception):
                 await self.status_server.stop()
         for adapter in self.adapters:
             with contextlib.suppress(Exception):
                 await adapter.aclose()
+        if self.central is not None:
+            with contextlib.suppress(Exception):
+                await self.central.aclose()
+        if self.sync is not None:
+            with contextlib.suppress(Exception):
+                self.sync.close()
         await asyncio.get_running_loop().run_in_executor(self._worker, self._close_storage)
         self._worker.shutdown(wait=True)
         for io in self.door_io.values():
@@ -519,6 +533,10 @@ class Daemon:
             await asyncio.sleep(every_s)
             with contextlib.suppress(Exception):
                 await self._refresh_storage()
+            if self.replicator is not None and not self.adapters:
+                rs = self.replicator.state
+                if rs.online is not None and rs.online != self.upstream.online:
+                    self._mark_upstream(rs.online, rs.last_error)
             self.notifier.status(self.status_line())
 
     async def _refresh_storage(self) -> None:
@@ -567,6 +585,8 @@ class Daemon:
                       "stale": meta.version == 0 or now.timestamp() * 1000 >= meta.not_after_ms},
             "outbox": {"depth": self.outbox.depth(),
                        "oldest_age_s": _age_s(datetime.fromisoformat(oldest.replace("Z", "+00:00")).timestamp(), now) if oldest else None},
+            "central": ({"sync": self.sync.state.as_status(), "replication": self.replicator.state.as_status(now)}
+                        if self.sync is not None else None),
             "decisions": {"total": self.stats.decisions, "granted": self.stats.grants, "online": self.stats.online_decisions},
             "readers": {rid: {"type": r.type, "last_scan_at": r.last_scan_at, "last_decision": r.last_decision,
                               "last_reason": r.last_reason, "scans": r.scans} for rid, r in self.stats.readers.items()},
