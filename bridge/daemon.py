@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +32,7 @@ from bridge.gpio import make_pin_factory
 from bridge.inputs.base import Input, Scan
 from bridge.inputs.registry import create_input
 from bridge.outbox import Outbox
+from bridge.worker import Worker
 from verifier.cache import GrantCache
 from verifier.credentials import parse
 from verifier.decide import Policy, Verifier
@@ -103,6 +103,19 @@ class StorageView:
     counted_version: int = -1
 
 
+# Scans accepted but not yet decided. A real door sees a few per minute; this only bounds memory
+# against a reader gone mad (each waiting scan is a task and a queue entry).
+MAX_SCANS_IN_FLIGHT = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class _ScanJob:
+    scan: Scan
+    credential: Credential
+    online: AccessDecision | None
+    started: float
+
+
 def needs_online(credential: Credential) -> bool:
     """Credentials the cache cannot judge at all (Digital ID tokens live only at Digital ID)."""
     return isinstance(credential, DigitalIdToken)
@@ -126,7 +139,8 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._scan_tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decide")
+        self._worker: Worker[_ScanJob] = Worker(self._decide_batch)
+        self.dropped_scans = 0
         self.doors: dict[str, Door] = {}
         self.door_io: dict[str, Any] = {}
         self.reader_door: dict[str, str] = {}
@@ -340,8 +354,8 @@ class Daemon:
         if self.sync is not None:
             with contextlib.suppress(Exception):
                 self.sync.close()
-        await asyncio.get_running_loop().run_in_executor(self._worker, self._close_storage)
-        self._worker.shutdown(wait=True)
+        await asyncio.wrap_future(self._worker.submit(self._close_storage))
+        self._worker.shutdown()
         for io in self.door_io.values():
             io.close()
         for door in self.doors.values():
@@ -359,7 +373,7 @@ class Daemon:
         await asyncio.sleep(0)
         while self._scan_tasks:
             await asyncio.wait(list(self._scan_tasks))
-        await asyncio.get_running_loop().run_in_executor(self._worker, lambda: None)
+        await asyncio.wrap_future(self._worker.submit(lambda: None))
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -414,6 +428,14 @@ class Daemon:
         self.loop.call_soon_threadsafe(self._spawn_scan, scan)
 
     def _spawn_scan(self, scan: Scan) -> None:
+        if len(self._scan_tasks) >= MAX_SCANS_IN_FLIGHT:
+            # Far beyond any real door's traffic: a stuck reader or an attack. Memory stays
+            # bounded, and the drop is counted into the audit log, never silent.
+            if self.dropped_scans == 0:
+                log.error("scans_dropped_overload", reader=scan.reader_id, in_flight=len(self._scan_tasks),
+                          check="a reader sending continuously (stuck scanner, loop in a QR)? door-bridge status")
+            self.dropped_scans += 1
+            return
         task = asyncio.create_task(self.handle(scan), name=f"scan-{scan.reader_id}")
         self._scan_tasks.add(task)
         task.add_done_callback(self._scan_tasks.discard)
@@ -427,8 +449,7 @@ class Daemon:
             adapter = next((a for a in self.adapters if a.accepts(credential, scan.source)), None)
             if adapter is not None:
                 online = await self._ask(adapter, credential, scan)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self._decide_and_act, scan, credential, online, started)
+        return await asyncio.wrap_future(self._worker.submit_batchable(_ScanJob(scan, credential, online, started)))
 
     async def _ask(self, adapter: Any, credential: Credential, scan: Scan) -> AccessDecision | None:
         from bridge.upstream.errors import UpstreamError
@@ -462,31 +483,34 @@ class Daemon:
                 up.online, up.since = False, self.clock()
             up.last_error = error
 
-    def _decide_and_act(self, scan: Scan, credential: Credential, online: AccessDecision | None,
-                        started: float) -> AccessDecision:
-        if online is not None:
-            decision = replace(online, cache_version=self.cache.meta.version)
-        else:
-            decision = self.verifier.decide(credential, scan.reader_id, scan.source, self.clock())
-            if decision.reason is Reason.UPSTREAM_UNAVAILABLE and self.upstream.configured:
-                pass  # the log line says upstream=offline; nothing more the door can do
-        door_name = self.reader_door.get(scan.reader_id, "")
-        door = self.doors.get(door_name)
-        self.outbox.append("VERIFY", {**decision.as_wire(), "bridgeId": self.config.bridge.id,
-                                      "door": door.name if door else None})
-        pulse = decision.granted and not decision.replay and door is not None
-        io = self.door_io.get(door_name)
-        if pulse:
-            assert door is not None
+    def _decide_batch(self, jobs: list[_ScanJob]) -> list[Any]:
+        """On the worker thread: decide each scan, commit all their audit rows at once, then act."""
+        decisions: list[AccessDecision] = []
+        for job in jobs:
+            if job.online is not None:
+                decisions.append(replace(job.online, cache_version=self.cache.meta.version))
+            else:
+                decisions.append(self.verifier.decide(job.credential, job.scan.reader_id, job.scan.source, self.clock()))
+        doors = [self.reader_door.get(job.scan.reader_id, "") for job in jobs]
+        # The rows that explain the relay go to disk before the relay moves; if they cannot be
+        # written, nothing moves (fail-secure) and every waiting scan gets the error.
+        self.outbox.append_many([("VERIFY", {**d.as_wire(), "bridgeId": self.config.bridge.id,
+                                             "door": name if name in self.doors else None})
+                                 for d, name in zip(decisions, doors)])
+        for job, decision, name in zip(jobs, decisions, doors):
+            door = self.doors.get(name)
+            pulse = decision.granted and not decision.replay and door is not None
+            io = self.door_io.get(name)
+            if pulse:
+                assert door is not None
+                if io is not None:
+                    io.authorised("grant")
+                door.pulse()
             if io is not None:
-                io.authorised("grant")
-            door.pulse()
-        if io is not None:
-            with contextlib.suppress(Exception):
-                io.feedback(decision)
-        latency_ms = (time.monotonic() - started) * 1000
-        self._account(decision, latency_ms, door, pulse)
-        return decision
+                with contextlib.suppress(Exception):
+                    io.feedback(decision)
+            self._account(decision, (time.monotonic() - job.started) * 1000, door, pulse)
+        return decisions
 
     def _account(self, d: AccessDecision, latency_ms: float, door: Door | None, pulsed: bool) -> None:
         s = self.stats
@@ -533,6 +557,11 @@ class Daemon:
             await asyncio.sleep(every_s)
             with contextlib.suppress(Exception):
                 await self._refresh_storage()
+            if self.dropped_scans:
+                dropped, self.dropped_scans = self.dropped_scans, 0
+                self._worker.submit(self.outbox.append, "SCANS_DROPPED",
+                                    {"bridgeId": self.config.bridge.id, "count": dropped,
+                                     "reason": f"more than {MAX_SCANS_IN_FLIGHT} scans waiting"})
             if self.replicator is not None and not self.adapters:
                 rs = self.replicator.state
                 if rs.online is not None and rs.online != self.upstream.online:

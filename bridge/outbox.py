@@ -92,26 +92,33 @@ class Outbox:
 
     def append(self, type_: str, body: dict[str, Any], *, at: datetime | None = None) -> Event:
         """Commit one event (fsync'd) and return it. Thread-safe."""
+        return self.append_many([(type_, body)], at=at)[0]
+
+    def append_many(self, items: list[tuple[str, dict[str, Any]]], *, at: datetime | None = None) -> list[Event]:
+        """Commit several events in ONE transaction (one fsync): all are durable, or none."""
         at_text = _iso(at or self._clock())
-        event_id = str(uuid.uuid4())
-        text = json.dumps(body, separators=(",", ":"), default=str)
+        rows = [(str(uuid.uuid4()), at_text, type_, json.dumps(body, separators=(",", ":"), default=str))
+                for type_, body in items]
+        events = []
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                if self._count >= self.max_events:
-                    self._make_room(at_text)
-                cur = self.conn.execute(
-                    "INSERT INTO events(id, at, type, body, acked) VALUES (?,?,?,?,0)", (event_id, at_text, type_, text)
-                )
+                for (event_id, _, type_, text), (_, body) in zip(rows, items):
+                    if self._count >= self.max_events:
+                        self._make_room(at_text)
+                    cur = self.conn.execute(
+                        "INSERT INTO events(id, at, type, body, acked) VALUES (?,?,?,?,0)", (event_id, at_text, type_, text)
+                    )
+                    self._count += 1
+                    self._pending += 1
+                    events.append(Event(cur.lastrowid or 0, event_id, at_text, type_, body, False))
                 self.conn.execute("COMMIT")
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 self._count = self.conn.execute("SELECT count(*) FROM events").fetchone()[0]
                 self._pending = self.conn.execute("SELECT count(*) FROM events WHERE acked = 0").fetchone()[0]
                 raise
-            self._count += 1
-            self._pending += 1
-        return Event(cur.lastrowid or 0, event_id, at_text, type_, body, False)
+        return events
 
     def _make_room(self, at_text: str) -> None:
         """Inside the append transaction: free a tenth of the store, acknowledged events first."""
