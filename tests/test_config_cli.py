@@ -66,3 +66,19 @@ def test_run_with_bad_config_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bridge.cli", "run", "--config", str(path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "bridge.id" in proc.stderr
+
+
+def test_every_commented_setting_in_the_example_is_a_real_key(tmp_path, capsys):
+    """Uncomment everything: the only complaints may be the documented either/or pairs."""
+    import re
+
+    out = []
+    for line in EXAMPLE.read_text().splitlines():
+        m = re.match(r"^# (\[\[?[a-z_.]+\]\]?|[a-z_0-9]+ = .*)$", line)
+        out.append(m.group(1) if m else line)
+    path = tmp_path / "all.toml"
+    path.write_text("\n".join(out) + "\n")
+    assert main(["check-config", str(path)]) == 2
+    errors = sorted(capsys.readouterr().err.strip().splitlines())
+    assert errors == [f"{path}: cache: set public_key or public_key_file, not both",
+                      f"{path}: upstream.frontelio: set api_key_file or api_key_credential, not both"]
