@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import tty
 from datetime import timedelta
 
 import pytest
 
 from tests.harness import T0, Site, door_records, ever_high, make_config, relay_pulses, running, wait_for
+from tests.service import Pty
 from verifier.types import Reason
 
 READER = "BRIDGE-serial"
-
-
-class Pty:
-    def __init__(self) -> None:
-        self.master, slave = os.openpty()
-        tty.setraw(slave)
-        self.path = os.ttyname(slave)
-        os.close(slave)
-
-    def type(self, line: str) -> None:
-        os.write(self.master, line.encode() + b"\r\n")
-
-    def close(self) -> None:
-        os.close(self.master)
 
 
 class Clock:
