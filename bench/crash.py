@@ -75,11 +75,31 @@ class CrashSettings:
     pulse_s: float = 0.2
     batch_size: int = 5
     replicate_idle_s: float = 0.05
-    warmup_s: tuple[float, float] = (0.3, 0.9)  # scans flow this long before the kill is armed
+    warmup_s: tuple[float, float] = (0.3, 0.9)  # range of KillPlan.warmup_s
     kill_fallback_s: float = 5.0  # an armed kill that found no moment by then happens anyway
     final_scans: int = 20
     drain_timeout_s: float = 30.0
     work_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class KillPlan:
+    """Drawn for every run before the first start, so a seed names the same kills whatever the timing."""
+
+    kind: str
+    warmup_s: float  # scans flow this long before the kill is armed
+    delay_s: float  # random: after the warm-up; mid-append: after the scan; mid-pulse: after the relay
+    # was seen energised; mid-batch: after the central stored the batch (0: before it answers)
+
+
+def kill_plans(settings: CrashSettings) -> list[KillPlan]:
+    rng = random.Random(settings.seed)
+    kinds = [KILL_KINDS[i % len(KILL_KINDS)] for i in range(settings.kills)]
+    rng.shuffle(kinds)
+    delays = {"random": lambda: rng.uniform(0.0, 1.0), "mid-append": lambda: rng.uniform(0.0, 0.006),
+              "mid-pulse": lambda: rng.uniform(0.0, settings.pulse_s / 2),
+              "mid-batch": lambda: rng.choice((0.0, rng.uniform(0.0, 0.005)))}
+    return [KillPlan(kind, rng.uniform(*settings.warmup_s), delays[kind]()) for kind in kinds]
 
 
 @dataclass(frozen=True)
@@ -92,12 +112,16 @@ class SentScan:
 @dataclass
 class Run:
     index: int
-    kill_kind: str | None  # None: the last run, stopped with SIGTERM after the drain
+    plan: KillPlan | None  # None: the last run, stopped with SIGTERM after the drain
     log_path: Path
     ready_status: dict[str, Any] = field(default_factory=dict)
     pulse_witness: int | None = None  # decisions.total when the status socket showed the relay energised
     killed_at_fallback: bool = False
     exit_code: int | None = None
+
+    @property
+    def kill_kind(self) -> str | None:
+        return self.plan.kind if self.plan else None
 
 
 @dataclass
@@ -284,11 +308,12 @@ def read_outbox(state: Path) -> list[tuple[int, str, str, str, dict[str, Any], i
     return [(seq, id_, at, type_, json.loads(body), acked) for seq, id_, at, type_, body, acked in rows]
 
 
-def audit(result: CrashResult, svc: Service, tap: IngestTap, finished: list[Run], final: bool) -> None:
+def audit(result: CrashResult, state: Path, central: Callable[[], CentralView], finished: list[Run],
+          final: bool) -> None:
     """Compare log lines, outbox rows and the central for every finished run; note what is wrong."""
     result.audits += 1
-    view = tap.view()  # first the central, then the outbox: whatever it holds was committed locally before
-    rows = read_outbox(svc.state)
+    view = central()  # first the central, then the outbox: whatever it holds was committed locally before
+    rows = read_outbox(state)
     tally = Tally(events_local=len(rows), pending_local=sum(not r[5] for r in rows))
     local = {r[1]: r for r in rows}
     boots = [i for i, r in enumerate(rows) if r[3] == "BOOT"]
@@ -391,35 +416,36 @@ def _audit_central(result: CrashResult, view: CentralView, rows: list[Any], loca
             result.note("central", "the central stored the events in another order than the outbox's")
 
 
-def _drive(svc: Service, run: Run, feed: ScanFeed, tap: IngestTap, rng: random.Random, s: CrashSettings) -> None:
+def _drive(svc: Service, run: Run, feed: ScanFeed, tap: IngestTap, s: CrashSettings) -> None:
     """Scans at a steady pace until the kill chosen for this run has landed."""
     assert svc.proc is not None
     kill = Killer(svc.proc)
     start = time.monotonic()
     next_scan = next_poll = start
-    armed_at = start + rng.uniform(*s.warmup_s)
-    random_at = armed_at + rng.uniform(0.0, 1.0)
+    plan = run.plan
+    assert plan is not None
+    armed_at = start + plan.warmup_s
     batch_armed = False
     while svc.proc.poll() is None:
         now = time.monotonic()
         if now >= next_scan:
             feed.send(run.index)
             next_scan += s.scan_interval_s
-            if run.kill_kind == "mid-append" and now >= armed_at:
-                time.sleep(rng.uniform(0.0, 0.006))
+            if plan.kind == "mid-append" and now >= armed_at:
+                time.sleep(plan.delay_s)
                 kill()
         if now >= armed_at and not kill.fired:
-            if run.kill_kind == "random" and now >= random_at:
+            if plan.kind == "random" and now >= armed_at + plan.delay_s:
                 kill()
-            elif run.kill_kind == "mid-pulse" and now >= next_poll:
+            elif plan.kind == "mid-pulse" and now >= next_poll:
                 next_poll = now + 0.01
                 snap = status(svc)
                 if snap and snap.get("doors", {}).get("main", {}).get("relay") == "energised":
                     run.pulse_witness = snap["decisions"]["total"]
-                    time.sleep(rng.uniform(0.0, s.pulse_s / 2))
+                    time.sleep(plan.delay_s)
                     kill()
-            elif run.kill_kind == "mid-batch" and not batch_armed:
-                tap.arm(kill, 0.0 if rng.random() < 0.5 else rng.uniform(0.0, 0.005))
+            elif plan.kind == "mid-batch" and not batch_armed:
+                tap.arm(kill, plan.delay_s)
                 batch_armed = True
         if now >= armed_at + s.kill_fallback_s and not kill.fired:
             run.killed_at_fallback = True
@@ -429,9 +455,9 @@ def _drive(svc: Service, run: Run, feed: ScanFeed, tap: IngestTap, rng: random.R
     run.exit_code = svc.proc.wait(10)
 
 
-def _start_run(result: CrashResult, svc: Service, kind: str | None) -> Run:
+def _start_run(result: CrashResult, svc: Service, plan: KillPlan | None) -> Run:
     svc.restart()
-    run = Run(len(result.runs), kind, svc.log)
+    run = Run(len(result.runs), plan, svc.log)
     run.ready_status = status(svc) or {}  # before any scan: nothing has been written to the pty yet
     result.runs.append(run)
     svc.wait_log("reader_connected")  # a pty discards what is written while no one holds its slave
@@ -441,7 +467,7 @@ def _start_run(result: CrashResult, svc: Service, kind: str | None) -> Run:
 def run_crash(settings: CrashSettings, progress: Callable[[str], None] = lambda _: None) -> CrashResult:
     started = time.monotonic()
     result = CrashResult(settings)
-    rng = random.Random(settings.seed)
+    plans = kill_plans(settings)
     tmp_ctx = tempfile.TemporaryDirectory(prefix="crash-") if settings.work_dir is None else None
     work = Path(tmp_ctx.name) if tmp_ctx else settings.work_dir
     assert work is not None
@@ -463,18 +489,16 @@ def run_crash(settings: CrashSettings, progress: Callable[[str], None] = lambda 
                                replicate_idle_s=settings.replicate_idle_s, poll_interval_s=1.0)
         tail += "[policy]\nrate_limit_denies = 1000000\n"  # unknown cards are the DENYs; none may turn into RATE_LIMITED
         write_config(svc.config, svc.state, site, svc.pty.path, pulse_s=str(settings.pulse_s), tail=tail)
-        feed = ScanFeed(svc, rng, settings)
+        feed = ScanFeed(svc, random.Random(settings.seed + 1), settings)
         result.sent = feed.sent
-        kinds = [KILL_KINDS[i % len(KILL_KINDS)] for i in range(settings.kills)]
-        rng.shuffle(kinds)
-        for kind in kinds:
-            run = _start_run(result, svc, kind)
-            audit(result, svc, tap, result.runs[:-1], final=False)
-            _drive(svc, run, feed, tap, rng, settings)
-            progress(f"kill {run.index + 1}/{settings.kills} {kind}: {len(feed.sent)} scans so far, "
+        for plan in plans:
+            run = _start_run(result, svc, plan)
+            audit(result, svc.state, tap.view, result.runs[:-1], final=False)
+            _drive(svc, run, feed, tap, settings)
+            progress(f"kill {run.index + 1}/{settings.kills} {plan.kind}: {len(feed.sent)} scans so far, "
                      f"{sum(len(v) for v in result.problems.values())} problems")
         last = _start_run(result, svc, None)
-        audit(result, svc, tap, result.runs[:-1], final=False)
+        audit(result, svc.state, tap.view, result.runs[:-1], final=False)
         for _ in range(settings.final_scans):
             feed.send(last.index)
             time.sleep(settings.scan_interval_s)
@@ -482,7 +506,7 @@ def run_crash(settings: CrashSettings, progress: Callable[[str], None] = lambda 
         result.drained = _wait_drained(svc, tap, settings.drain_timeout_s)
         svc.signal(signal.SIGTERM)
         result.exit_code = svc.wait(15)
-        audit(result, svc, tap, result.runs, final=True)
+        audit(result, svc.state, tap.view, result.runs, final=True)
     finally:
         if svc is not None:
             svc.close()
