@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import random
 import re
 import signal
@@ -42,22 +41,23 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge.status_socket import StatusUnavailable, fetch_status  # noqa: E402
-from tests.fakes.central import API_KEY, FakeCentral  # noqa: E402
-from tests.fakes.server import RecordedRequest, Reply  # noqa: E402
-from tests.harness import Site, iso  # noqa: E402
-from tests.service import READER, Service, central_section, write_config  # noqa: E402
-from verifier.credentials import parse  # noqa: E402
-from verifier.types import fingerprint  # noqa: E402
+from bridge.status_socket import StatusUnavailable, fetch_status
+from tests.fakes.central import API_KEY, FakeCentral
+from tests.fakes.server import RecordedRequest, Reply
+from tests.harness import Site, iso
+from tests.service import READER, Service, central_section, write_config
+from verifier.credentials import parse
+from verifier.types import fingerprint
 
 BRIDGE_ID = "BRIDGE-SVC"  # what tests/service.py writes as bridge.id
 KILL_KINDS = ("mid-append", "mid-pulse", "mid-batch", "random")
@@ -216,7 +216,7 @@ class IngestTap:
         with self._lock:
             reply = self._inner(request)
             if reply.status == 200 and isinstance(request.json, dict):
-                self._posted.update(e.get("id") for e in request.json["events"] if isinstance(e, dict))
+                self._posted.update(str(e.get("id")) for e in request.json["events"] if isinstance(e, dict))
                 self._stored.update(reply.body["stored"])
                 self._duplicate.update(reply.body["duplicates"])
             armed, self._armed = self._armed, None
@@ -328,7 +328,7 @@ def audit(result: CrashResult, state: Path, central: Callable[[], CentralView], 
     for k, run in enumerate(finished):
         end = boots[k + 1] if k + 1 < len(boots) else len(rows)
         verify = [r for r in rows[boots[k] + 1:end] if r[3] == "VERIFY"] if k < len(boots) else []
-        row_fps = [r[4].get("credentialFingerprint") for r in verify]
+        row_fps = [str(r[4].get("credentialFingerprint")) for r in verify]
         committed += [(k, fp) for fp in row_fps]
         tally.grants_committed += sum(r[4].get("decision") == "GRANT" for r in verify)
         log_fps = logged_fingerprints(run.log_path)
@@ -478,7 +478,7 @@ def run_crash(settings: CrashSettings, progress: Callable[[str], None] = lambda 
     central.server.start()
     svc: Service | None = None
     try:
-        site, now = Site(), datetime.now(timezone.utc)
+        site, now = Site(), datetime.now(UTC)
         (work / "state").mkdir(parents=True, exist_ok=True)
         site.install(work / "state", site_records(settings, now), now=now)
         key_file = work / "central.key"

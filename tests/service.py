@@ -31,15 +31,15 @@ def write_config(path: Path, state: Path, site: Site, port: str, **extra: str) -
     path.write_text("\n".join(lines) + "\n" + extra.get("tail", ""))
 
 
-def central_section(url: str, key_file: Path, **settings: float | int | str) -> str:
+def central_section(url: str, key_file: Path, **settings: float | str) -> str:
     """`[upstream.central]` (plus `[upstream.http]` for fast retries) as TOML, for `write_config(tail=...)`.
 
     Numbers and strings only: enough for poll, batch and idle settings of the bridge protocol."""
-    http = {"retry_max_wait_s": 0.2, "retry_deadline_s": 3.0}
-    central: dict[str, float | int | str] = {"base_url": url, "api_key_file": str(key_file), "poll_jitter": 0.0,
-                                             "apply_in": "thread", **settings}
+    http: dict[str, float | str] = {"retry_max_wait_s": 0.2, "retry_deadline_s": 3.0}
+    central: dict[str, float | str] = {"base_url": url, "api_key_file": str(key_file), "poll_jitter": 0.0,
+                                       "apply_in": "thread", **settings}
 
-    def table(name: str, values: dict[str, float | int | str]) -> str:
+    def table(name: str, values: dict[str, float | str]) -> str:
         return "\n".join([f"[{name}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]) + "\n"
 
     return table("upstream.http", http) + table("upstream.central", central)
@@ -117,7 +117,7 @@ class Service:
         self.notify.wait_for("READY=1")
         return self
 
-    def restart(self) -> "Service":
+    def restart(self) -> Service:
         """Start again after a kill or stop: a fresh output file per run, READY awaited anew."""
         if getattr(self, "_log", None) is not None:
             self._log.close()

@@ -22,7 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.crash import KILL_KINDS, CentralView, CrashResult, CrashSettings, audit, run_crash
+from bench.crash import (
+    KILL_KINDS,
+    CentralView,
+    CrashResult,
+    CrashSettings,
+    audit,
+    run_crash,
+)
 
 KILLS = 20
 
@@ -65,9 +72,10 @@ def test_nothing_stored_twice_centrally_and_every_resend_answered_as_duplicate(c
     assert figures["stored_twice"] == 0
     # A mid-batch kill with delay 0 dies after the central stored the batch and before it answered:
     # the batch must come again after the restart, and be answered as duplicates.
-    if any(r.plan is not None and r.plan.kind == "mid-batch" and r.plan.delay_s == 0 for r in crash.runs):
-        assert crash.central is not None and figures["resent_ids"] > 0
-        assert figures["duplicates_central"] == sum(n - 1 for n in crash.central.posted.values())
+    assert any(r.plan is not None and r.plan.kind == "mid-batch" and r.plan.delay_s == 0 for r in crash.runs), \
+        "the seed must plan at least one kill before the central answers"
+    assert crash.central is not None and figures["resent_ids"] > 0
+    assert figures["duplicates_central"] == sum(n - 1 for n in crash.central.posted.values())
 
 
 def test_relay_released_right_after_every_restart(crash: CrashResult) -> None:
