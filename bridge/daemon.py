@@ -323,6 +323,8 @@ class Daemon:
         return Path(runtime.split(":")[0]) / "status.sock" if runtime else self.state_dir / "status.sock"
 
     async def stop(self, reason: str = "requested") -> None:
+        if self._stopped.is_set():
+            return
         self.notifier.stopping("stopping")
         for door in self.doors.values():
             door.release()

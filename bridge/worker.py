@@ -46,10 +46,12 @@ class Worker(Generic[T]):
         self._thread.start()
         self.batches = 0
         self.largest_batch = 0
+        self._closing = False
 
     def submit_batchable(self, item: T) -> Future[Any]:
         job = Batchable(item)
         with self._cond:
+            self._refuse_if_stopped()
             self._jobs.append(job)
             self._cond.notify()
         return job.future
@@ -57,9 +59,15 @@ class Worker(Generic[T]):
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         job = _Call(fn, args)
         with self._cond:
+            self._refuse_if_stopped()
             self._jobs.append(job)
             self._cond.notify()
         return job.future
+
+    def _refuse_if_stopped(self) -> None:
+        """A job after shutdown would wait forever: say so instead (a programmer's error)."""
+        if self._closing:
+            raise RuntimeError("the decision worker has shut down")
 
     def pending(self) -> int:
         return len(self._jobs)
@@ -67,6 +75,7 @@ class Worker(Generic[T]):
     def shutdown(self, timeout: float = 10.0) -> None:
         """Finish what is queued, then stop."""
         with self._cond:
+            self._closing = True
             self._jobs.append(None)
             self._cond.notify()
         self._thread.join(timeout)

@@ -105,3 +105,22 @@ async def test_serial_reader_survives_device_loss(site_dir, tmp_path):
         finally:
             second.close()
     assert daemon.stats.readers[READER].last_reason == Reason.GRANT_REVOKED
+
+
+async def test_stopping_mid_pulse_releases_the_relay_at_once(site_dir):
+    """SIGTERM's path (Daemon.stop): the relay is released first, not when the pulse would end."""
+    from bridge.inputs.base import Scan
+    from verifier.types import Source
+
+    site, state = site_dir
+    config = make_config(state, site, [], doors={"main": {"relay_pin": 17, "pulse_s": 30.0}})
+    async with running(config, clock=Clock()) as (daemon, factory):
+        daemon.reader_door[READER] = "main"
+        assert (await daemon.handle(Scan(READER, Source.CARD, b"6B06C2A25E99C68EDCBE"))).granted
+        relay = factory.pin(17)
+        assert relay.state, "a 30 s pulse is under way"
+        await daemon.stop("SIGTERM")
+        assert relay.state is False
+        held = relay_pulses(relay)
+        assert len(held) == 1 and held[0] < 5.0, "released by the stop, long before 30 s"
+        # running() calls stop() again on exit: it must be harmless
