@@ -85,6 +85,31 @@ def build(path: Path, n: int, key_raw: bytes, cred_raw: bytes) -> tuple[float, i
     return time.perf_counter() - start, result.records
 
 
+def _lookup_paths(db_path: Path, numbers: list[str]) -> dict[str, float]:
+    """The same card look-up through sqlite-utils and through a plain prepared statement.
+
+    Why the hot path uses sqlite3 directly while schema and migrations use sqlite-utils."""
+    import sqlite3
+
+    import sqlite_utils
+
+    conn = sqlite3.connect(db_path)
+    table = sqlite_utils.Database(conn)["cards"]
+    t = time.perf_counter()
+    for number in numbers:
+        table.get(number)
+    via_utils = (time.perf_counter() - t) / len(numbers) * 1e6
+    t = time.perf_counter()
+    for number in numbers:
+        conn.execute("SELECT name, user_id, devices, starts_ms, ends_ms, revoked FROM cards WHERE number = ?",
+                     (number,)).fetchone()
+    prepared = (time.perf_counter() - t) / len(numbers) * 1e6
+    conn.close()
+    print(f"card look-up: sqlite-utils Table.get {via_utils:.1f} µs, prepared statement {prepared:.1f} µs",
+          file=sys.stderr)
+    return {"lookup_us_sqlite_utils": round(via_utils, 1), "lookup_us_prepared": round(prepared, 1)}
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return 0.0
@@ -151,6 +176,8 @@ def main() -> None:
             "rss_mb": round(rss_mb, 1), "build_s": round(build_s, 1),
             "db_mb": round((tmpdir / "grants.db").stat().st_size / 2**20, 1),
         }
+        result.update(_lookup_paths(tmpdir / "grants.db", [card_number(i - i % 5) for i in
+                                                          (rng.randrange(n) for _ in range(5000))]))
         for kind, values in sorted(lat.items()):
             print(f"{kind:<12} n={len(values):>6}  p50={statistics.median(values):7.1f} µs  "
                   f"p99={pct(values, 99):7.1f} µs  max={max(values):8.1f} µs", file=sys.stderr)
