@@ -49,15 +49,15 @@ from unittest.mock import patch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from structlog.testing import capture_logs  # noqa: E402
-from tenacity import AsyncRetrying, wait_exponential, wait_random_exponential  # noqa: E402
+from structlog.testing import capture_logs
+from tenacity import AsyncRetrying, wait_exponential, wait_random_exponential
 
-from bridge.upstream import retry  # noqa: E402
-from bridge.upstream.config import FrontelioSection, HttpSettings, UpstreamSection  # noqa: E402
-from bridge.upstream.errors import UpstreamError  # noqa: E402
-from bridge.upstream.factory import build_adapters  # noqa: E402
-from bridge.upstream.heartbeat import beat_once  # noqa: E402
-from tests.fakes.frontelio import API_KEY, FakeFrontelio  # noqa: E402
+from bridge.upstream import retry
+from bridge.upstream.config import FrontelioSection, HttpSettings, UpstreamSection
+from bridge.upstream.errors import UpstreamError
+from bridge.upstream.factory import build_adapters
+from bridge.upstream.heartbeat import beat_once
+from tests.fakes.frontelio import API_KEY, FakeFrontelio
 
 
 @dataclass(frozen=True)

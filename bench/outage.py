@@ -44,26 +44,26 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import structlog  # noqa: E402
-from gpiozero.pins.mock import MockFactory  # noqa: E402
+import structlog
+from gpiozero.pins.mock import MockFactory
 
-from bridge.config import Config, from_dict  # noqa: E402
-from bridge.daemon import Daemon  # noqa: E402
-from bridge.inputs.base import Scan  # noqa: E402
-from tests.fakes.central import API_KEY as CENTRAL_KEY  # noqa: E402
-from tests.fakes.central import FakeCentral  # noqa: E402
-from tests.fakes.frontelio import API_KEY as FRONTELIO_KEY  # noqa: E402
-from tests.fakes.frontelio import FakeFrontelio  # noqa: E402
-from verifier.types import AccessDecision, Decision, Reason, Source  # noqa: E402
+from bridge.config import Config, from_dict
+from bridge.daemon import Daemon
+from bridge.inputs.base import Scan
+from tests.fakes.central import API_KEY as CENTRAL_KEY
+from tests.fakes.central import FakeCentral
+from tests.fakes.frontelio import API_KEY as FRONTELIO_KEY
+from tests.fakes.frontelio import FakeFrontelio
+from verifier.types import AccessDecision, Decision, Reason, Source
 
-T0 = datetime(2026, 6, 1, 6, 0, tzinfo=timezone.utc)  # the WAN goes down
+T0 = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)  # the WAN goes down
 BRIDGE_ID = "BRIDGE-1"  # the fake central's registered bridge
 RELAY_PIN = 17
 REVOKED_CARD = "0A1B2C3D"
