@@ -23,6 +23,7 @@ Prints figures on stderr, then one JSON object as the last line. Not a test: not
 
     python bench/fleet.py                                  # 500 bridges, 60 s outage, production back-off
     python bench/fleet.py --bridges 200 --outage-s 5 --retry-max-wait-s 2
+    python bench/fleet.py --quick                          # the line above, plus breaker cool-down 1 s
 """
 
 from __future__ import annotations
@@ -311,7 +312,11 @@ def main() -> None:
     ap.add_argument("--start-spread-s", type=float, default=d.start_spread_s)
     ap.add_argument("--bucket-s", type=float, default=d.bucket_s)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--quick", action="store_true",
+                    help="200 bridges, 5 s outage, back-off capped at 2 s, breaker cool-down 1 s (bench/report.py --quick)")
     args = ap.parse_args()
+    if args.quick:
+        args.bridges, args.outage_s, args.retry_max_wait_s, args.breaker_cooldown_s = 200, 5.0, 2.0, 1.0
     s = FleetSettings(bridges=args.bridges, outage_s=args.outage_s, retry_max_wait_s=args.retry_max_wait_s,
                       retry_deadline_s=args.retry_deadline_s, breaker_failures=args.breaker_failures,
                       breaker_cooldown_s=args.breaker_cooldown_s, start_spread_s=args.start_spread_s,

@@ -27,6 +27,7 @@ Prints figures on stderr, then one JSON object as the last line. Not a test: not
 
     python bench/outage.py                         # 100,000 scans over 24 h, staleness deny
     python bench/outage.py --events 20000 --staleness warn
+    python bench/outage.py --quick                 # 5,000 scans
 """
 
 from __future__ import annotations
@@ -437,7 +438,10 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=24.0)
     ap.add_argument("--staleness", choices=("deny", "warn"), default="deny")
     ap.add_argument("--work-dir", type=Path, help="keep the state dir here (default: a temporary directory)")
+    ap.add_argument("--quick", action="store_true", help="5,000 scans (bench/report.py --quick)")
     args = ap.parse_args()
+    if args.quick:
+        args.events = 5_000
     with tempfile.TemporaryDirectory(prefix="door-bridge-outage-") as tmp:
         s = OutageSettings(work_dir=args.work_dir or Path(tmp), events=args.events, hours=args.hours,
                            staleness=args.staleness)
