@@ -141,6 +141,7 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._worker: Worker[_ScanJob] = Worker(self._decide_batch)
         self.dropped_scans = 0
+        self._stale = False
         self.doors: dict[str, Door] = {}
         self.door_io: dict[str, Any] = {}
         self.reader_door: dict[str, str] = {}
@@ -201,7 +202,7 @@ class Daemon:
         await self._refresh_storage()
         await self._start_status_server()
         meta = self.cache.meta
-        stale = self.verifier.is_stale(self.clock())
+        stale = self._stale = self.verifier.is_stale(self.clock())
         log.info("started", bridge=cfg.bridge.id, version=__version__, mode=cfg.bridge.mode,
                  readers=",".join(i.reader_id for i in self.inputs) or "-", doors=",".join(self.doors) or "-",
                  upstream=",".join(a.name for a in self.adapters) or "none", cache_version=meta.version,
@@ -493,6 +494,7 @@ class Daemon:
                 decisions.append(replace(job.online, cache_version=self.cache.meta.version))
             else:
                 decisions.append(self.verifier.decide(job.credential, job.scan.reader_id, job.scan.source, self.clock()))
+        self._note_staleness()
         doors = [self.reader_door.get(job.scan.reader_id, "") for job in jobs]
         # The rows that explain the relay go to disk before the relay moves; if they cannot be
         # written, nothing moves (fail-secure) and every waiting scan gets the error.
@@ -513,6 +515,24 @@ class Daemon:
                     io.feedback(decision)
             self._account(decision, (time.monotonic() - job.started) * 1000, door, pulse)
         return decisions
+
+    def _note_staleness(self) -> None:
+        """One warning when the cache goes stale while running (the clock passes the bundle's
+        not_after), one info line when a fresh bundle ends it — with either staleness policy."""
+        stale = self.verifier.is_stale(self.clock())
+        if stale == self._stale:
+            return
+        self._stale = stale
+        meta = self.cache.meta
+        if stale:
+            from verifier.timeutil import from_ms, iso
+
+            log.warning("cache_stale", cache_version=meta.version, not_after=iso(from_ms(meta.not_after_ms)),
+                        policy=self.config.cache.staleness,
+                        effect="every decision is CACHE_STALE" if self.config.cache.staleness == "deny" else "still deciding",
+                        check="is the central reachable (door-bridge status)? is the clock right (timedatectl)?")
+        else:
+            log.info("cache_fresh", cache_version=meta.version)
 
     def _account(self, d: AccessDecision, latency_ms: float, door: Door | None, pulsed: bool) -> None:
         s = self.stats
@@ -559,6 +579,7 @@ class Daemon:
             await asyncio.sleep(every_s)
             with contextlib.suppress(Exception):
                 await self._refresh_storage()
+            self._worker.submit(self._note_staleness)  # an idle door also notices not_after passing
             if self.dropped_scans:
                 dropped, self.dropped_scans = self.dropped_scans, 0
                 self._worker.submit(self.outbox.append, "SCANS_DROPPED",

@@ -106,8 +106,6 @@ def test_warn_policy_keeps_deciding_past_not_after(warn_day: OutageResult) -> No
     assert r.central_ids == r.local_ids
 
 
-@pytest.mark.xfail(strict=True, reason="the daemon warns about a stale cache only at start; a cache that goes "
-                                       "stale while it runs (staleness=warn) leaves no line in the journal")
 def test_warn_policy_says_so_in_the_journal_once_the_cache_goes_stale(warn_day: OutageResult) -> None:
     during = [w for w in warn_day.warnings if w["phase"] == "outage" and "stale" in w["event"]]
     assert during, "a warning when the clock passes not_after"
