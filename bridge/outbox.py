@@ -167,17 +167,23 @@ class Outbox:
 
     # --- reading ------------------------------------------------------------------------------
 
+    # Reads take the lock too: on the one shared connection a SELECT during another thread's open
+    # append transaction would see rows that are not committed yet (and might never be).
+
     def pending(self, limit: int = 500, after_seq: int = 0) -> list[Event]:
-        rows = self.conn.execute(
-            "SELECT seq, id, at, type, body, acked FROM events WHERE acked = 0 AND seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit),
-        ).fetchall()
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT seq, id, at, type, body, acked FROM events WHERE acked = 0 AND seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
         return [_event(r) for r in rows]
 
     def recent(self, limit: int = 20, after_seq: int = 0) -> list[Event]:
-        rows = self.conn.execute(
-            "SELECT seq, id, at, type, body, acked FROM events WHERE seq > ? ORDER BY seq DESC LIMIT ?", (after_seq, limit)
-        ).fetchall()
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT seq, id, at, type, body, acked FROM events WHERE seq > ? ORDER BY seq DESC LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
         return [_event(r) for r in reversed(rows)]
 
     def depth(self) -> int:
@@ -185,7 +191,8 @@ class Outbox:
         return self._pending
 
     def oldest_pending_at(self) -> str | None:
-        row = self.conn.execute("SELECT at FROM events WHERE acked = 0 ORDER BY seq LIMIT 1").fetchone()
+        with self._lock:
+            row = self.conn.execute("SELECT at FROM events WHERE acked = 0 ORDER BY seq LIMIT 1").fetchone()
         return row[0] if row else None
 
     def count(self) -> int:

@@ -64,3 +64,35 @@ def test_newer_schema_is_refused_not_overwritten(tmp_path):
     conn.close()
     with pytest.raises(RuntimeError, match="newer"):
         Outbox(path)
+
+
+def test_readers_never_see_a_batch_that_is_still_being_written(tmp_path):
+    """pending() from the replication thread while the worker holds an open append transaction."""
+    import threading
+
+    box = Outbox(tmp_path / "audit.db")
+    box.append("VERIFY", {"n": 0})
+    inside = threading.Event()
+    release = threading.Event()
+    original = box._make_room
+
+    def slow_room(at_text):
+        inside.set()
+        release.wait(5)
+        return original(at_text)
+
+    box.max_events = 1  # the next append calls _make_room inside its transaction
+    box._make_room = slow_room  # type: ignore[method-assign]
+    writer = threading.Thread(target=box.append_many, args=([("VERIFY", {"n": 1})],))
+    writer.start()
+    assert inside.wait(5)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(e.id for e in box.pending()))
+    reader.start()
+    reader.join(0.3)
+    assert reader.is_alive(), "a read must wait for the open transaction"
+    release.set()
+    writer.join(5)
+    reader.join(5)
+    # what the reader saw is exactly the committed state after the append, not a half-way view
+    assert seen == [e.id for e in box.pending()]
