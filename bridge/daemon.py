@@ -393,27 +393,29 @@ class Daemon:
     # --- reload ----------------------------------------------------------------------------------
 
     def reload(self, new: Config) -> list[str]:
-        """Apply what can change without touching hardware; return what needs a restart."""
+        """Apply what can change without touching hardware or connections (policy, staleness,
+        JWT settings, log level, relay pulse lengths, mode); return the sections that need a
+        restart. Scans keep flowing: nothing here stops an input."""
         old = self.config
-        restart = [name for name in ("doors", "readers", "upstream", "gpio", "audit")
-                   if getattr(old, name) != getattr(new, name) and name != "doors"]
-        for name, door in self.doors.items():
-            new_door = new.doors.get(name)
-            if new_door is None or new_door.model_copy(update={"pulse_s": door.cfg.pulse_s}) != door.cfg:
+        restart = [name for name in ("readers", "upstream", "gpio", "audit") if getattr(old, name) != getattr(new, name)]
+        if old.bridge.state_dir != new.bridge.state_dir or old.bridge.id != new.bridge.id:
+            restart.append("bridge")
+        for name in sorted(set(old.doors) | set(new.doors)):
+            before, after = old.doors.get(name), new.doors.get(name)
+            if before is None or after is None or before.model_copy(update={"pulse_s": after.pulse_s}) != after:
                 restart.append(f"doors.{name}")
-            elif new_door.pulse_s != door.cfg.pulse_s:
-                door.cfg = new_door
-        if set(new.doors) - set(old.doors):
-            restart.append("doors")
-        if old.bridge.state_dir != new.bridge.state_dir:
-            restart.append("bridge.state_dir")
-        new_policy = policy_from(new)
-        self._worker.submit(self._swap_policy, new_policy)
+            elif before.pulse_s != after.pulse_s:
+                self.doors[name].cfg = after
+        self._worker.submit(self._swap_policy, policy_from(new))
         from bridge import logsetup
 
         logsetup.configure(new.bridge.log_level, new.bridge.log_format)
-        self.config = new.model_copy(update={k: getattr(old, k) for k in ("readers", "upstream", "gpio", "audit")})
-        return sorted(set(restart))
+        # Keep what needs a restart as it runs now, so `status` tells the truth.
+        kept = {k: getattr(old, k) for k in ("readers", "upstream", "gpio", "audit")}
+        kept["doors"] = {name: self.doors[name].cfg for name in old.doors}
+        kept["bridge"] = new.bridge.model_copy(update={"state_dir": old.bridge.state_dir, "id": old.bridge.id})
+        self.config = new.model_copy(update=kept)
+        return restart
 
     def _swap_policy(self, policy: Policy) -> None:
         old = self.verifier.policy
@@ -441,7 +443,16 @@ class Daemon:
             return
         task = asyncio.create_task(self.handle(scan), name=f"scan-{scan.reader_id}")
         self._scan_tasks.add(task)
-        task.add_done_callback(self._scan_tasks.discard)
+        task.add_done_callback(self._scan_done)
+
+    def _scan_done(self, task: asyncio.Task[Any]) -> None:
+        self._scan_tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        # Nothing was pulsed (the relay moves only after the batch's audit rows are committed).
+        e = task.exception()
+        log.error("decision_failed", reader=task.get_name().removeprefix("scan-"), error=f"{type(e).__name__}: {e}"[:200],
+                  relay="not pulsed", check="disk space and permissions of the state dir (audit.db); door-bridge doctor")
 
     async def handle(self, scan: Scan) -> AccessDecision:
         started = scan.at_monotonic or time.monotonic()

@@ -124,3 +124,27 @@ async def test_stopping_mid_pulse_releases_the_relay_at_once(site_dir):
         held = relay_pulses(relay)
         assert len(held) == 1 and held[0] < 5.0, "released by the stop, long before 30 s"
         # running() calls stop() again on exit: it must be harmless
+
+
+async def test_when_the_audit_row_cannot_be_written_the_relay_stays_released(site_dir, monkeypatch):
+    """Fail-secure: no committed row, no pulse; the technician gets an error line."""
+    from structlog.testing import capture_logs
+
+    from bridge.inputs.base import Scan
+    from verifier.types import Source
+
+    site, state = site_dir
+    config = make_config(state, site, [])
+    with capture_logs() as logs:
+        async with running(config, clock=Clock()) as (daemon, factory):
+            daemon.reader_door[READER] = "main"
+
+            def disk_full(*a, **k):
+                raise OSError(28, "No space left on device")
+
+            monkeypatch.setattr(daemon.outbox, "append_many", disk_full)
+            daemon.emit(Scan(READER, Source.CARD, b"6B06C2A25E99C68EDCBE"))
+            await wait_for(lambda: any(e["event"] == "decision_failed" for e in logs), what="error line")
+            assert not ever_high(factory.pin(17))
+    failed = next(e for e in logs if e["event"] == "decision_failed")
+    assert failed["log_level"] == "error" and "No space left" in failed["error"] and failed["relay"] == "not pulsed"
