@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import copy
 import json
 import os
 import shutil
@@ -621,10 +622,12 @@ def _mutated_config(draw: st.DrawFn) -> Any:
         op = draw(st.sampled_from(["delete", "retype", "add"]))
         if op == "delete":
             del parent[path[-1]]
+        # Copies: `sampled_from` hands out the same list objects every time, and a later mutation in
+        # this loop must not change the strategy's constants (hypothesis calls that flaky data).
         elif op == "retype":
-            parent[path[-1]] = draw(_field_values)
+            parent[path[-1]] = copy.deepcopy(draw(_field_values))
         elif isinstance(parent, dict):
-            parent[draw(st.text(max_size=8))] = draw(_field_values)
+            parent[draw(st.text(max_size=8))] = copy.deepcopy(draw(_field_values))
     return data
 
 
