@@ -43,3 +43,12 @@ class UpstreamProtocolError(UpstreamError):
 
 class UpstreamNotApplicable(UpstreamError):
     """This upstream cannot judge this credential or source (call `accepts` first)."""
+
+
+def status_error(upstream: str, what: str, status: int, rejections: dict[int, tuple[str, str]]) -> UpstreamError:
+    """An HTTP status the adapter's table names → UpstreamRejected with its hint; any other →
+    UpstreamProtocolError. The tables (label, hint per status) live with each adapter."""
+    if status in rejections:
+        label, hint = rejections[status]
+        return UpstreamRejected(upstream, f"{what}: {label} ({status})", hint=hint, status=status)
+    return UpstreamProtocolError(upstream, f"{what}: unexpected HTTP {status}", status=status)

@@ -15,11 +15,23 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from bridge import __version__
 from bridge.upstream.adapter import online_decision
 from bridge.upstream.apikey import ApiKey
-from bridge.upstream.errors import UpstreamNotApplicable, UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable
+from bridge.upstream.errors import (
+    UpstreamNotApplicable,
+    UpstreamUnavailable,
+    status_error,
+)
 from bridge.upstream.http import Answer, UpstreamHttp
 from bridge.upstream.netinfo import source_address_towards
 from bridge.upstream.wire import parse_body
-from verifier.types import AccessDecision, CardNumber, Credential, CredentialJwt, Decision, Reason, Source
+from verifier.types import (
+    AccessDecision,
+    CardNumber,
+    Credential,
+    CredentialJwt,
+    Decision,
+    Reason,
+    Source,
+)
 
 NAME = "frontelio"
 VERIFY_PATH = "/access/verify"
@@ -127,29 +139,14 @@ class FrontelioAdapter:
         await self._http.aclose()
 
 
+_REJECTIONS = {
+    401: ("API key refused", "check that api_key_file / api_key_credential holds a current, unrevoked mk_ key of this tenant"),
+    402: ("plan-gated, Payment Required",
+          "the tenant's plan lacks the accessControl feature (GROWTH and above); upgrade it in the Frontelio admin"),
+    403: ("forbidden", "check the API key's outlet scope covers this reader, and that the key is a reader (mk_) key"),
+    404: ("not found", "check upstream.frontelio.base_url (the documented prefix is /api/v1)"),
+}
+
+
 def _status_error(what: str, status: int) -> Exception:
-    if status == 401:
-        return UpstreamRejected(
-            NAME, f"{what}: API key refused (401)",
-            hint="check that api_key_file / api_key_credential holds a current, unrevoked mk_ key of this tenant",
-            status=status,
-        )
-    if status == 402:
-        return UpstreamRejected(
-            NAME, f"{what}: plan-gated (402 Payment Required)",
-            hint="the tenant's plan lacks the accessControl feature (GROWTH and above); upgrade it in the Frontelio admin",
-            status=status,
-        )
-    if status == 403:
-        return UpstreamRejected(
-            NAME, f"{what}: forbidden (403)",
-            hint="check the API key's outlet scope covers this reader, and that the key is a reader (mk_) key",
-            status=status,
-        )
-    if status == 404:
-        return UpstreamRejected(
-            NAME, f"{what}: not found (404)",
-            hint="check upstream.frontelio.base_url (the documented prefix is /api/v1)",
-            status=status,
-        )
-    return UpstreamProtocolError(NAME, f"{what}: unexpected HTTP {status}", status=status)
+    return status_error(NAME, what, status, _REJECTIONS)

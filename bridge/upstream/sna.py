@@ -22,11 +22,22 @@ from pydantic import BaseModel, ConfigDict
 
 from bridge.upstream.adapter import online_decision
 from bridge.upstream.config import SnaSection
-from bridge.upstream.errors import UpstreamNotApplicable, UpstreamProtocolError, UpstreamRejected
+from bridge.upstream.errors import (
+    UpstreamNotApplicable,
+    UpstreamProtocolError,
+    status_error,
+)
 from bridge.upstream.http import UpstreamHttp
 from bridge.upstream.wire import parse_body
 from verifier.timeutil import TimeFormatError, parse_instant
-from verifier.types import AccessDecision, CardNumber, Credential, Decision, Reason, Source
+from verifier.types import (
+    AccessDecision,
+    CardNumber,
+    Credential,
+    Decision,
+    Reason,
+    Source,
+)
 
 NAME = "sna"
 
@@ -114,19 +125,14 @@ class SnaAdapter:
         await self._http.aclose()
 
 
+_REFUSED = ("refused", "the terminal endpoint is documented as unauthenticated; check upstream.sna.base_url and identify_path")
+_REJECTIONS = {
+    400: ("bad request", "check upstream.sna.environment (sent as X-Environment)"),
+    401: _REFUSED,
+    403: _REFUSED,
+    404: ("not found", "check upstream.sna.base_url and upstream.sna.identify_path"),
+}
+
+
 def _status_error(what: str, status: int) -> Exception:
-    if status == 400:
-        return UpstreamRejected(
-            NAME, f"{what}: bad request (400)", hint="check upstream.sna.environment (sent as X-Environment)", status=status
-        )
-    if status in (401, 403):
-        return UpstreamRejected(
-            NAME, f"{what}: refused ({status})",
-            hint="the terminal endpoint is documented as unauthenticated; check upstream.sna.base_url and identify_path",
-            status=status,
-        )
-    if status == 404:
-        return UpstreamRejected(
-            NAME, f"{what}: not found (404)", hint="check upstream.sna.base_url and upstream.sna.identify_path", status=status
-        )
-    return UpstreamProtocolError(NAME, f"{what}: unexpected HTTP {status}", status=status)
+    return status_error(NAME, what, status, _REJECTIONS)
