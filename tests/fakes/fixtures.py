@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import pytest
 
@@ -18,61 +18,53 @@ from tests.fakes.frontelio import API_KEY, FakeFrontelio
 from tests.fakes.sna import FakeSna
 
 
-@pytest.fixture
-def fake_frontelio() -> Iterator[FakeFrontelio]:
-    fake = FakeFrontelio()
-    fake.server.start()
+T = TypeVar("T")
+
+
+def _serving(fake: T) -> Iterator[T]:
+    """Start the fake's loopback server for one test, stop it after."""
+    fake.server.start()  # type: ignore[attr-defined]
     try:
         yield fake
     finally:
-        fake.server.stop()
+        fake.server.stop()  # type: ignore[attr-defined]
+
+
+def _key_file(path: Path, key: str) -> Path:
+    """A key in a mode-0600 file, with a trailing newline like `echo` leaves."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return path
+
+
+@pytest.fixture
+def fake_frontelio() -> Iterator[FakeFrontelio]:
+    yield from _serving(FakeFrontelio())
 
 
 @pytest.fixture
 def fake_sna() -> Iterator[FakeSna]:
-    fake = FakeSna()
-    fake.server.start()
-    try:
-        yield fake
-    finally:
-        fake.server.stop()
+    yield from _serving(FakeSna())
 
 
 @pytest.fixture
 def fake_digital_id() -> Iterator[FakeDigitalId]:
-    fake = FakeDigitalId()
-    fake.server.start()
-    try:
-        yield fake
-    finally:
-        fake.server.stop()
+    yield from _serving(FakeDigitalId())
 
 
 @pytest.fixture
 def frontelio_key_file(tmp_path: Path) -> Path:
     """The fake's accepted `mk_` key in a mode-0600 file, with a trailing newline like `echo` leaves."""
-    path = tmp_path / "frontelio.key"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(API_KEY + "\n")
-    return path
+    return _key_file(tmp_path / "frontelio.key", API_KEY)
 
 
 @pytest.fixture
 def fake_central() -> Iterator[FakeCentral]:
-    fake = FakeCentral()
-    fake.server.start()
-    try:
-        yield fake
-    finally:
-        fake.server.stop()
+    yield from _serving(FakeCentral())
 
 
 @pytest.fixture
 def central_key_file(tmp_path: Path) -> Path:
     """The fake central's accepted bridge key in a mode-0600 file."""
-    path = tmp_path / "central.key"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(CENTRAL_API_KEY + "\n")
-    return path
+    return _key_file(tmp_path / "central.key", CENTRAL_API_KEY)
