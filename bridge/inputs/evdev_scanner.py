@@ -26,12 +26,21 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Literal, Protocol
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Literal,
+    Protocol,
+)
 
 import structlog
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
-from bridge.config_base import ReaderId, Seconds, StrictModel
+from bridge.config_base import EvdevDeviceConfig, Seconds
 from bridge.inputs import keymap
 from bridge.inputs.base import Emit, Scan
 from verifier.credentials import MAX_SCAN_BYTES
@@ -57,18 +66,11 @@ KEY_UP, KEY_DOWN = 0, 1  # 2 is autorepeat
 UNKNOWN_KEY_CHAR = "\ufffd"
 
 
-class EvdevScannerConfig(StrictModel):
+class EvdevScannerConfig(EvdevDeviceConfig):
     type: Literal["evdev"]
-    id: ReaderId
-    door: str = "main"
-    # `/dev/input/eventN`, a stable `/dev/input/by-id/...` link, the device name as `door-bridge
-    # doctor` prints it, or USB `vendor:product` in hex (`0c2e:0b61`).
-    device: str = Field(min_length=1)
     # Must match the scanner's "keyboard country" setting.
     layout: str = "us"
-    grab: bool = True
     inter_key_timeout_s: Seconds = 0.5
-    reconnect_s: Seconds = 2.0
 
     @field_validator("layout")
     @classmethod
@@ -268,24 +270,30 @@ def find_device_path(selector: str, needs_any: Iterable[str] = SCANNER_DEVICE_KE
         return selector
     wanted = key_codes(needs_any)
     vendor_product = _VENDOR_PRODUCT.match(selector)
+    for path, device in _each_device():
+        if vendor_product:
+            matches = (device.info.vendor, device.info.product) == (
+                int(vendor_product[1], 16),
+                int(vendor_product[2], 16),
+            )
+        else:
+            matches = device.name == selector
+        if matches and wanted & set(device.capabilities().get(ecodes.EV_KEY, [])):
+            return path
+    raise DeviceNotFound(selector)
+
+
+def _each_device() -> Iterator[tuple[str, Any]]:
+    """Every input device this user can open, in event-number order; each closed after use."""
     for path in sorted(evdev.list_devices(writable=False), key=_by_event_number):
         try:
             device = evdev.InputDevice(path)
         except OSError:
             continue
         try:
-            if vendor_product:
-                matches = (device.info.vendor, device.info.product) == (
-                    int(vendor_product[1], 16),
-                    int(vendor_product[2], 16),
-                )
-            else:
-                matches = device.name == selector
-            if matches and wanted & set(device.capabilities().get(ecodes.EV_KEY, [])):
-                return path
+            yield path, device
         finally:
             device.close()
-    raise DeviceNotFound(selector)
 
 
 def open_evdev_device(selector: str, needs_any: Iterable[str] = SCANNER_DEVICE_KEYS) -> KeyDevice:
@@ -311,26 +319,19 @@ def list_key_devices() -> list[FoundDevice]:
         links.setdefault(os.path.realpath(link), []).append(link)
     enter, digits = key_codes(SCANNER_DEVICE_KEYS), key_codes(KEYPAD_DEVICE_KEYS)
     found = []
-    for path in sorted(evdev.list_devices(writable=False), key=_by_event_number):
-        try:
-            device = evdev.InputDevice(path)
-        except OSError:
-            continue
-        try:
-            keys = set(device.capabilities().get(ecodes.EV_KEY, []))
-            if keys:
-                found.append(
-                    FoundDevice(
-                        path=path,
-                        name=device.name,
-                        vendor_product=f"{device.info.vendor:04x}:{device.info.product:04x}",
-                        by_id=tuple(sorted(links.get(os.path.realpath(path), []))),
-                        types_enter=bool(keys & enter),
-                        has_digits=bool(keys & digits),
-                    )
+    for path, device in _each_device():
+        keys = set(device.capabilities().get(ecodes.EV_KEY, []))
+        if keys:
+            found.append(
+                FoundDevice(
+                    path=path,
+                    name=device.name,
+                    vendor_product=f"{device.info.vendor:04x}:{device.info.product:04x}",
+                    by_id=tuple(sorted(links.get(os.path.realpath(path), []))),
+                    types_enter=bool(keys & enter),
+                    has_digits=bool(keys & digits),
                 )
-        finally:
-            device.close()
+            )
     return found
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Literal
 import structlog
 from pydantic import Field
 
-from bridge.config_base import ReaderId, Seconds, StrictModel
+from bridge.config_base import EvdevDeviceConfig, Seconds
 from bridge.inputs import keymap
 from bridge.inputs.base import Emit, Scan
 from verifier.types import Source
@@ -32,16 +32,12 @@ SUBMIT = "#"
 CLEAR = "*"
 
 
-class KeypadConfig(StrictModel):
+class KeypadConfig(EvdevDeviceConfig):
+    """Selected like an evdev scanner: event path, by-id link, device name or `vendor:product`."""
+
     type: Literal["keypad"]
-    id: ReaderId
-    door: str = "main"
-    # Selected like an evdev scanner: event path, by-id link, device name or `vendor:product`.
-    device: str = Field(min_length=1)
-    grab: bool = True
     max_length: Annotated[int, Field(ge=1, le=64)] = 12
     entry_timeout_s: Seconds = 10.0
-    reconnect_s: Seconds = 2.0
 
 
 class KeypadBuffer:
