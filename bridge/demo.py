@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -103,7 +103,7 @@ def _print_intro(out: TextIO, tries: list[Try], public_key: str, state: Path) ->
     out.flush()
 
 
-def _printer(out: TextIO, daemon: Daemon):
+def _printer(out: TextIO) -> Callable[[AccessDecision, float], None]:
     def show(d: AccessDecision, latency_ms: float) -> None:
         who = " @ ".join(x for x in (d.user_name or d.user_id, d.zone_name) if x) or "-"
         reason = d.reason.value if d.reason else "-"
@@ -139,8 +139,7 @@ async def run_demo(stdin=None, out: TextIO = sys.stdout) -> int:
         eof = asyncio.Event()
         console = ConsoleInput(READER, stream=stdin, on_eof=eof.set)
         daemon = Daemon(config, inputs=[console])
-        daemon.reader_door[READER] = "main"
-        daemon.decision_listeners.append(_printer(out, daemon))
+        daemon.decision_listeners.append(_printer(out))  # the console reader opens the only door
         await daemon.start()
         rows = 0
         try:
