@@ -359,7 +359,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
         return 1
     print(json.dumps(status, indent=2, sort_keys=True) if args.json else format_status(status))
-    return 0
+    # 0 healthy, 1 no answer from the daemon, 3 running but degraded (a reader failed; docs/operations.md).
+    health = status.get("health")
+    return 3 if isinstance(health, dict) and health.get("state") not in (None, "ok") else 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -71,6 +71,15 @@ class AuditSection(_Strict):
 class GpioSection(_Strict):
     # "mock" on a laptop or in tests; "auto" lets gpiozero pick (lgpio on a Pi 5 / bookworm).
     pin_factory: Literal["auto", "mock", "lgpio", "rpigpio", "pigpio", "native"] = "auto"
+    # With pin_factory = "lgpio": use /dev/gpiochip<chip> without Raspberry Pi board detection;
+    # pins are the chip's line offsets 0..27 (docs/door-io.md).
+    chip: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _chip_needs_lgpio(self) -> "GpioSection":
+        if self.chip is not None and self.pin_factory != "lgpio":
+            raise ValueError('chip needs pin_factory = "lgpio"')
+        return self
 
 
 class DoorSection(_Strict):

@@ -66,6 +66,14 @@ class ReaderState:
     last_decision: str | None = None
     last_reason: str | None = None
     scans: int = 0
+    # Reader health (docs/operations.md, "When a reader fails"): set when its input raised or ended,
+    # cleared once a retry has run READER_HEALTHY_AFTER_S without failing.
+    last_error: str | None = None
+    failures: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.last_error is not None
 
 
 @dataclass
@@ -106,6 +114,12 @@ class StorageView:
 # Scans accepted but not yet decided. A real door sees a few per minute; this only bounds memory
 # against a reader gone mad (each waiting scan is a task and a queue entry).
 MAX_SCANS_IN_FLIGHT = 5000
+
+# A reader whose input raised (or returned) is started again after a back-off that doubles from
+# the first to the last value; it counts as working again once a run has lasted this long.
+READER_RETRY_FIRST_S = 5.0
+READER_RETRY_MAX_S = 300.0
+READER_HEALTHY_AFTER_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +179,7 @@ class Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         # Doors first: every relay line is driven inactive before anything else can fail.
         if self._pin_factory is None and (cfg.doors or any(r.type == "wiegand" for r in cfg.readers)):
-            self._pin_factory = make_pin_factory(cfg.gpio.pin_factory)
+            self._pin_factory = make_pin_factory(cfg.gpio.pin_factory, cfg.gpio.chip)
         for name, door_cfg in cfg.doors.items():
             self.doors[name] = Door(name, door_cfg, self._pin_factory)
         self.previous_exit = lifecycle.previous_exit(self.state_dir)
@@ -382,13 +396,55 @@ class Daemon:
         await self._stopped.wait()
 
     async def _run_input(self, inp: Input) -> None:
-        try:
-            await inp.run(self.emit)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.error("reader_failed", reader=inp.reader_id, error=f"{type(e).__name__}: {e}"[:200],
-                      check="reader configuration and device; door-bridge doctor")
+        """Run a reader for ever: a failure is an error in the journal and in `status`/STATUS=,
+        then a retry with back-off (a cable or driver may come back; a bug keeps failing, loudly)."""
+        state = self.stats.readers.setdefault(inp.reader_id, ReaderState())
+        delay = READER_RETRY_FIRST_S
+        while True:
+            healthy = asyncio.get_running_loop().call_later(READER_HEALTHY_AFTER_S, self._reader_recovered, inp.reader_id)
+            try:
+                await inp.run(self.emit)
+                error = "the reader stopped reading (its input ended)"
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                error = f"{type(e).__name__}: {e}"[:200]
+            finally:
+                healthy.cancel()
+            if not state.failed:
+                delay = READER_RETRY_FIRST_S
+            state.last_error, state.failures = error, state.failures + 1
+            log.error("reader_failed", reader=inp.reader_id, error=error, failures=state.failures, retry_s=delay,
+                      check="reader configuration, cable and device permissions; door-bridge doctor lists the devices it can open")
+            working = [r for r, st in self.stats.readers.items() if not st.failed]
+            if not working:
+                log.error("no_reader_working", failed=",".join(sorted(self.stats.readers)),
+                          effect="no credential can be read; REX, door monitoring and the audit trail go on; the relay stays released",
+                          check="journalctl -u door-bridge -p err for each reader_failed; door-bridge doctor")
+            self.notifier.status(self.status_line())
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, READER_RETRY_MAX_S)
+
+    def _reader_recovered(self, reader_id: str) -> None:
+        state = self.stats.readers.get(reader_id)
+        if state is not None and state.failed:
+            state.last_error = None
+            log.info("reader_recovered", reader=reader_id, failures=state.failures)
+            self.notifier.status(self.status_line())
+
+    def health(self) -> dict[str, Any]:
+        """What makes this door degraded (docs/operations.md): `status` exits 3 when not ok."""
+        failed = sorted(r for r, st in self.stats.readers.items() if st.failed)
+        problems = [f"reader {r} failed" for r in failed]
+        return {"state": "degraded" if problems else "ok", "problems": problems}
+
+    def _health_prefix(self) -> str:
+        failed = sorted(r for r, st in self.stats.readers.items() if st.failed)
+        if not failed:
+            return ""
+        if len(failed) == len(self.stats.readers):
+            return f"DEGRADED: no reader working ({', '.join(failed)} failed); "
+        return f"DEGRADED: reader {', '.join(failed)} failed; "
 
     # --- reload ----------------------------------------------------------------------------------
 
@@ -625,7 +681,7 @@ class Daemon:
     def status_line(self) -> str:
         meta = self.cache.meta
         age = _age_s(meta.issued_at_ms / 1000, self.clock()) if meta.version else None
-        return (f"{self.config.bridge.mode}; upstream {self.upstream.label}; cache v{meta.version}"
+        return (f"{self._health_prefix()}{self.config.bridge.mode}; upstream {self.upstream.label}; cache v{meta.version}"
                 f"{f' age {_human(age)}' if age is not None else ''}; outbox {self.outbox.depth()}; "
                 f"{self.stats.decisions} decisions")
 
@@ -639,7 +695,7 @@ class Daemon:
         return {
             "bridge_id": self.config.bridge.id, "version": __version__, "mode": self.config.bridge.mode,
             "started_at": self.stats.started_at.isoformat(timespec="seconds"), "now": now.isoformat(timespec="seconds"),
-            "previous_exit": self.previous_exit.get("reason"),
+            "previous_exit": self.previous_exit.get("reason"), "health": self.health(),
             "upstream": ({"online": bool(up.online), "since": _iso(up.since), "last_heartbeat": _iso(up.last_heartbeat),
                           "last_error": up.last_error} if up.configured else {"state": "none (standalone)"}),
             "cache": {"version": meta.version, "issued_at": iso(from_ms(meta.issued_at_ms)) if meta.version else None,
@@ -652,7 +708,8 @@ class Daemon:
                         if self.sync is not None else None),
             "decisions": {"total": self.stats.decisions, "granted": self.stats.grants, "online": self.stats.online_decisions},
             "readers": {rid: {"type": r.type, "last_scan_at": r.last_scan_at, "last_decision": r.last_decision,
-                              "last_reason": r.last_reason, "scans": r.scans} for rid, r in self.stats.readers.items()},
+                              "last_reason": r.last_reason, "scans": r.scans, "state": "failed" if r.failed else "ok",
+                              "last_error": r.last_error, "failures": r.failures} for rid, r in self.stats.readers.items()},
             "doors": {name: (self.door_io[name].state() if name in self.door_io else
                              {"relay": "energised" if door.energised else "released", "position": "unknown", "alarm": None})
                       for name, door in self.doors.items()},

@@ -302,6 +302,8 @@ def _reader(state: Mapping[str, Any], r: _Renderer) -> str:
     parts = []
     if "type" in state:
         parts.append(str(state["type"]))
+    if state.get("state") == "failed":
+        parts.append("FAILED")
     if "connected" in state:
         parts.append("connected" if state["connected"] else "DISCONNECTED")
     if "last_scan_at" in state:
@@ -311,7 +313,9 @@ def _reader(state: Mapping[str, Any], r: _Renderer) -> str:
         parts.append(f"{decision} {state['last_reason']}" if state.get("last_reason") else decision)
     if state.get("last_error"):
         parts.append(f"error: {state['last_error']}")
-    parts += _others(state, {"type", "connected", "last_scan_at", "last_decision", "last_reason", "last_error"})
+    if state.get("failures"):
+        parts.append(f"{state['failures']} failures")
+    parts += _others(state, {"type", "connected", "last_scan_at", "last_decision", "last_reason", "last_error", "state", "failures"})
     return ", ".join(parts) or "-"
 
 
@@ -344,7 +348,7 @@ def _table(title: str, items: Any, render: Callable[[Mapping[str, Any], _Rendere
 
 _SECTIONS: dict[str, Callable[[Mapping[str, Any], _Renderer], str]] = {"upstream": _upstream, "cache": _cache, "outbox": _outbox}
 _TABLES: dict[str, Callable[[Mapping[str, Any], _Renderer], str]] = {"readers": _reader, "doors": _door}
-_HEADER_KEYS = {"bridge_id", "version", "mode", "started_at", "now"}
+_HEADER_KEYS = {"bridge_id", "version", "mode", "started_at", "now", "health"}
 
 
 def format_status(document: Mapping[str, Any]) -> str:
@@ -357,6 +361,9 @@ def format_status(document: Mapping[str, Any]) -> str:
         lines.append(header)
     if document.get("error"):
         lines.append(f"ERROR      {document['error']}")
+    health = document.get("health")
+    if isinstance(health, Mapping) and health.get("state") not in (None, "ok"):
+        lines.append(f"DEGRADED   {'; '.join(map(str, health.get('problems') or [])) or health.get('state')}")
     for key, render in _SECTIONS.items():
         if key in document:
             value = document[key]

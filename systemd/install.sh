@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install or upgrade door-bridge as a systemd service on Raspberry Pi OS (Debian bookworm).
+# Install or upgrade door-bridge as a systemd service on Raspberry Pi OS or plain Debian 12 (bookworm).
 #
 #   sudo systemd/install.sh             install from this checkout, or upgrade to it
 #   systemd/install.sh --dry-run        print every change it would make; changes nothing
@@ -19,7 +19,10 @@ readonly CONF_DIR=/etc/door-bridge
 readonly UNIT_DEST=/etc/systemd/system/$SERVICE.service
 readonly UDEV_DEST=/etc/udev/rules.d/99-door-bridge.rules
 readonly MODPROBE_DEST=/etc/modprobe.d/door-bridge-nfc.conf
-readonly APT_PACKAGES=(python3-venv python3-lgpio libusb-1.0-0)
+APT_PACKAGES=(python3-venv libusb-1.0-0)
+# lgpio (gpiozero's bookworm pin factory): Raspberry Pi OS packages it as python3-lgpio; plain Debian
+# does not, so there the venv gets it from PyPI (cp311 wheels for x86_64 and aarch64).
+PIP_EXTRAS=()
 
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 SRC=$(dirname -- "$HERE")
@@ -57,6 +60,12 @@ say "installing door-bridge from $SRC"
 
 # --- OS packages: venv support, lgpio (gpiozero's bookworm pin factory), libusb for nfcpy ---------
 if command -v dpkg-query >/dev/null && command -v apt-get >/dev/null; then
+    if apt-cache show python3-lgpio >/dev/null 2>&1; then
+        APT_PACKAGES+=(python3-lgpio)
+    else
+        say "python3-lgpio is not in this system's apt archive (plain Debian): lgpio comes from PyPI"
+        PIP_EXTRAS+=(lgpio)
+    fi
     missing=()
     for pkg in "${APT_PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -65,7 +74,8 @@ if command -v dpkg-query >/dev/null && command -v apt-get >/dev/null; then
         run apt-get install -y --no-install-recommends "${missing[@]}"
     fi
 else
-    say "not a Debian system: make sure python3-venv, lgpio and libusb-1.0 are installed"
+    say "not a Debian system: make sure python3-venv and libusb-1.0 are installed; lgpio comes from PyPI"
+    PIP_EXTRAS+=(lgpio)
 fi
 
 # --- groups and the service user -------------------------------------------------------------------
@@ -84,11 +94,12 @@ fi
 # --- the program: a venv under /opt, the project pip-installed from this checkout ------------------
 # --system-site-packages so the distribution's lgpio (python3-lgpio) is importable: it has no wheel
 # for every Pi. A local directory is always rebuilt and reinstalled by pip, so this upgrades too.
+# The distribution's python3-evdev (1.6.1 on bookworm) satisfies pyproject's floor and stays in use.
 if [[ ! -x $VENV/bin/python ]]; then
     run install -d -m 0755 "$PREFIX"
     run python3 -m venv --system-site-packages "$VENV"
 fi
-run "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir --upgrade "$SRC"
+run "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir --upgrade "$SRC" "${PIP_EXTRAS[@]}"
 run install -d -m 0755 "$PREFIX/share/doc"
 if [[ -f $SRC/docs/operations.md ]]; then
     run install -m 0644 "$SRC/docs/operations.md" "$PREFIX/share/doc/operations.md"

@@ -82,3 +82,11 @@ def test_every_commented_setting_in_the_example_is_a_real_key(tmp_path, capsys):
     errors = sorted(capsys.readouterr().err.strip().splitlines())
     assert errors == [f"{path}: cache: set public_key or public_key_file, not both",
                       f"{path}: upstream.frontelio: set api_key_file or api_key_credential, not both"]
+
+
+def test_gpio_chip_needs_the_lgpio_factory() -> None:
+    from bridge.config import ConfigError, from_dict
+
+    assert from_dict({"gpio": {"pin_factory": "lgpio", "chip": 3}}).gpio.chip == 3
+    with pytest.raises(ConfigError, match=r"<config>: gpio: chip needs pin_factory = \"lgpio\""):
+        from_dict({"gpio": {"pin_factory": "mock", "chip": 3}})

@@ -3,7 +3,7 @@
 The mocks here stand in for `evdev.InputDevice` because CI has no /dev/input and no /dev/uinput
 to create a virtual keyboard: `FakeKeyboard` hands the real input class real `InputEvent`s and
 then raises OSError(ENODEV) exactly as python-evdev does when the device is unplugged, and
-`FakeNode` (with a patched `evdev.list_devices`) lets the device-selector search run. Expected characters come from hand-written tables below (what a person types on that
+`FakeNode` (with a patched `readable_event_nodes`) lets the device-selector search run. Expected characters come from hand-written tables below (what a person types on that
 keyboard), not from `bridge.inputs.keymap`, so a wrong layout table fails these tests.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from pathlib import Path
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import pytest
@@ -22,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from bridge.inputs import evdev_scanner
 from bridge.inputs.base import Input, Scan
 from bridge.inputs.evdev_scanner import (
     UNKNOWN_KEY_CHAR,
@@ -472,7 +474,7 @@ def input_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     FakeNode.opened = []
     paths = [*FakeNode.nodes, "/dev/input/event3"]  # event3: not readable by us
-    monkeypatch.setattr(evdev, "list_devices", lambda *a, **k: list(paths))
+    monkeypatch.setattr(evdev_scanner, "readable_event_nodes", lambda: list(paths))
     monkeypatch.setattr(evdev, "InputDevice", FakeNode)
 
 
@@ -503,4 +505,28 @@ def test_listing_for_doctor_shows_every_readable_key_device_in_event_order() -> 
         ("/dev/input/event10", "0c2e:0b61", True, False),
         ("/dev/input/event11", "1c4f:0002", True, True),
     ]
+    assert FakeNode.opened == []
+
+
+def test_device_search_works_with_the_python3_evdev_debian_and_raspberry_pi_os_ship(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian 12 and Raspberry Pi OS ship python3-evdev 1.6.1, whose list_devices() takes no
+    `writable=`; install.sh's venv keeps it (--system-site-packages). With evdev 2.0's call every
+    search raised TypeError and the reader died. (The guest suite runs the real 1.6.1.)"""
+
+    def list_devices_1_6_1(input_device_dir: str = "/dev/input") -> list[str]:  # evdev 1.6.1's signature
+        return [str(p) for p in Path(input_device_dir).glob("event*")]
+
+    for name in ("event2", "event10", "event9", "mouse0"):
+        (tmp_path / name).touch()
+    FakeNode.nodes = {
+        f"{tmp_path}/event2": ("Power Button", 0, 1, [ecodes.KEY_POWER]),
+        f"{tmp_path}/event10": ("Honeywell 2D Scanner", 0x0C2E, 0x0B61, [ecodes.KEY_A, ecodes.KEY_ENTER]),
+        f"{tmp_path}/event9": ("Honeywell 2D Scanner", 0x0C2E, 0x0B61, [ecodes.KEY_VOLUMEUP]),
+    }
+    FakeNode.opened = []
+    monkeypatch.setattr(evdev, "list_devices", list_devices_1_6_1)
+    monkeypatch.setattr(evdev, "InputDevice", FakeNode)
+    monkeypatch.setattr(evdev_scanner, "INPUT_DIR", str(tmp_path), raising=False)
+    assert find_device_path("0c2e:0b61") == f"{tmp_path}/event10"
+    assert [d.path for d in list_key_devices()] == [f"{tmp_path}/event2", f"{tmp_path}/event9", f"{tmp_path}/event10"]
     assert FakeNode.opened == []

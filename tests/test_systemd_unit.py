@@ -343,3 +343,44 @@ def test_usb_nfc_readers_go_to_plugdev() -> None:
     nfc = [rule for rule in udev_rules() if 'SUBSYSTEM=="usb"' in rule]
     assert len(nfc) >= 2
     assert all('GROUP="plugdev"' in rule and 'MODE="0660"' in rule for rule in nfc)
+
+
+# --- install.sh on plain Debian 12 and on Raspberry Pi OS ------------------------------------------------
+
+
+def _fake_apt(tmp_path: Path, known: set[str]) -> dict[str, str]:
+    """PATH with an apt-cache that knows only `known` and a dpkg-query that reports nothing installed."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-cache").write_text(
+        "#!/bin/sh\n[ \"$1\" = show ] || exit 100\ncase \" " + " ".join(sorted(known)) + " \" in *\" $2 \"*) echo \"Package: $2\"; exit 0;; esac\n"
+        "echo \"E: No packages found\" >&2; exit 100\n")
+    (bin_dir / "dpkg-query").write_text("#!/bin/sh\nexit 1\n")
+    for tool in ("apt-cache", "dpkg-query"):
+        (bin_dir / tool).chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def _apt_and_pip_lines(out: str) -> tuple[str, str]:
+    apt = next((line for line in out.splitlines() if line.startswith("+ apt-get install")), "")
+    pip = next(line for line in out.splitlines() if "/bin/pip install " in line)
+    return apt, pip
+
+
+def test_install_on_plain_debian_takes_lgpio_from_pypi_not_from_a_missing_apt_package(checkout: Path, tmp_path: Path) -> None:
+    # Debian 12 has no python3-lgpio (only the Raspberry Pi OS archive does): apt-get would fail.
+    env = _fake_apt(tmp_path, {"python3-venv", "libusb-1.0-0"})
+    done = subprocess.run([str(checkout / "systemd/install.sh"), "--dry-run", "--no-start"], capture_output=True, text=True, check=False, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    apt, pip = _apt_and_pip_lines(done.stdout)
+    assert apt.split()[2:] == ["install", "-y", "--no-install-recommends", "python3-venv", "libusb-1.0-0"], apt
+    assert pip.endswith(f"--upgrade {checkout} lgpio"), pip
+
+
+def test_install_on_raspberry_pi_os_keeps_the_distributions_python3_lgpio(checkout: Path, tmp_path: Path) -> None:
+    env = _fake_apt(tmp_path, {"python3-venv", "libusb-1.0-0", "python3-lgpio"})
+    done = subprocess.run([str(checkout / "systemd/install.sh"), "--dry-run", "--no-start"], capture_output=True, text=True, check=False, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    apt, pip = _apt_and_pip_lines(done.stdout)
+    assert "python3-lgpio" in apt.split(), apt
+    assert pip.endswith(f"--upgrade {checkout}"), pip

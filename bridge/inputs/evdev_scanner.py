@@ -283,9 +283,22 @@ def find_device_path(selector: str, needs_any: Iterable[str] = SCANNER_DEVICE_KE
     raise DeviceNotFound(selector)
 
 
+INPUT_DIR = "/dev/input"
+
+
+def readable_event_nodes() -> list[str]:
+    """`/dev/input/event*` this user may read (reading and the exclusive grab need no more).
+
+    Not `evdev.list_devices()`: its `writable=False` exists only from evdev 2.0, and the
+    python3-evdev that Debian 12 and Raspberry Pi OS ship (1.6.1, kept by install.sh's venv) has
+    no such argument and lists only nodes the user may also write.
+    """
+    return [path for path in glob.glob(os.path.join(INPUT_DIR, "event*")) if os.access(path, os.R_OK)]
+
+
 def _each_device() -> Iterator[tuple[str, Any]]:
     """Every input device this user can open, in event-number order; each closed after use."""
-    for path in sorted(evdev.list_devices(writable=False), key=_by_event_number):
+    for path in sorted(readable_event_nodes(), key=_by_event_number):
         try:
             device = evdev.InputDevice(path)
         except OSError:
