@@ -140,6 +140,7 @@ from bridge.inputs.evdev_scanner import EvdevScannerConfig  # noqa: E402
 from bridge.inputs.keypad import KeypadConfig  # noqa: E402
 from bridge.inputs.nfc import NfcReaderConfig  # noqa: E402
 from bridge.inputs.wiegand import WiegandReaderConfig  # noqa: E402
+from bridge.observe_config import MetricsSection, MqttSection  # noqa: E402
 from bridge.upstream.config import UpstreamSection  # noqa: E402
 
 ReaderConfig = Annotated[
@@ -157,6 +158,8 @@ class Config(_Strict):
     doors: dict[str, DoorSection] = Field(default_factory=dict)
     readers: list[ReaderConfig] = Field(default_factory=list)
     upstream: UpstreamSection = UpstreamSection()
+    metrics: MetricsSection = MetricsSection()
+    mqtt: MqttSection = MqttSection()
 
     @model_validator(mode="after")
     def _cross_check(self) -> "Config":

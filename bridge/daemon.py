@@ -85,12 +85,20 @@ class UpstreamState:
     since: datetime | None = None
     last_error: str | None = None
     last_heartbeat: datetime | None = None
+    # Per adapter (by its name), for metrics: is it answering, and when did it last.
+    by_name: dict[str, "UpstreamSeen"] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         if not self.configured:
             return "none"
         return {True: "online", False: "offline", None: "unknown"}[self.online]
+
+
+@dataclass
+class UpstreamSeen:
+    online: bool
+    last_success: datetime | None = None
 
 
 @dataclass
@@ -150,6 +158,9 @@ class Daemon:
         self.upstream = UpstreamState()
         self.storage = StorageView()
         self.decision_listeners: list[Callable[[AccessDecision, float], None]] = []
+        # (door, event type) after the event's audit row: metrics and MQTT (bridge/outward.py).
+        self.door_event_listeners: list[Callable[[str, str], None]] = []
+        self.outward: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._scan_tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
@@ -215,6 +226,9 @@ class Daemon:
         self._start_central()
         await self._refresh_storage()
         await self._start_status_server()
+        from bridge.outward import Outward
+
+        self.outward = Outward.start(self)
         meta = self.cache.meta
         stale = self._stale = self.verifier.is_stale(self.clock())
         log.info("started", bridge=cfg.bridge.id, version=__version__, mode=cfg.bridge.mode,
@@ -275,7 +289,9 @@ class Daemon:
         except Exception as e:  # the outbox failing must be loud, never silent
             log.error("audit_append_failed", door=door, event=kind, error=str(e)[:200],
                       check="disk space and permissions of the state dir")
-        log.info("door_event", door=door, event=kind)
+        log.info("door_event", door=door, type=kind)
+        for listener in self.door_event_listeners:
+            listener(door, kind)
 
     def _build_adapters(self) -> list[Any]:
         section = self.config.upstream
@@ -343,6 +359,9 @@ class Daemon:
         self.notifier.stopping("stopping")
         for door in self.doors.values():
             door.release()
+        if self.outward is not None:
+            with contextlib.suppress(Exception):
+                await self.outward.stop()
         for task in self._tasks + list(self._scan_tasks):
             if task.get_name().startswith("scan"):
                 continue
@@ -529,15 +548,20 @@ class Daemon:
             # The adapter enforces the budget itself; this outer bound is a belt to its braces.
             decision = await asyncio.wait_for(adapter.verify(credential, scan.reader_id, scan.source), budget + 0.25)
         except (UpstreamError, asyncio.TimeoutError) as e:
-            self._mark_upstream(False, f"{adapter.name}: {type(e).__name__}: {e}"[:200])
+            self._mark_upstream(False, f"{adapter.name}: {type(e).__name__}: {e}"[:200], name=adapter.name)
             return None
-        self._mark_upstream(True)
+        self._mark_upstream(True, name=adapter.name)
         return decision
 
-    def _mark_upstream(self, ok: bool, error: str | None = None) -> None:
+    def _mark_upstream(self, ok: bool, error: str | None = None, name: str | None = None) -> None:
         """State changes are logged once: one warning when the central is lost, one info on return."""
         up = self.upstream
         up.configured = True
+        if name is not None:
+            seen = up.by_name.setdefault(name, UpstreamSeen(ok))
+            seen.online = ok
+            if ok:
+                seen.last_success = self.clock()
         if ok != up.online:
             for io in self.door_io.values():
                 with contextlib.suppress(Exception):
@@ -636,9 +660,9 @@ class Daemon:
                     error = await beat_once(adapter, reader_id, settings)
                     if error is None:
                         self.upstream.last_heartbeat = self.clock()
-                        self._mark_upstream(True)
+                        self._mark_upstream(True, name=adapter.name)
                     else:
-                        self._mark_upstream(False, f"{adapter.name} heartbeat: {error}"[:200])
+                        self._mark_upstream(False, f"{adapter.name} heartbeat: {error}"[:200], name=adapter.name)
             await asyncio.sleep(settings.heartbeat_interval_s)
 
     async def _refresh_storage_forever(self, every_s: float = 2.0) -> None:

@@ -264,6 +264,11 @@ class DoorIo:
             return {"relay": "energised" if self.door.energised else "released",
                     "position": position, "alarm": alarm}
 
+    def alarms(self) -> list[str]:
+        """Every alarm raised now (`state()` names the most serious one): a forced door left open is both."""
+        with self._lock:
+            return [_ALARM_STATE[a] for a in (FORCED_OPEN, HELD_OPEN) if a in self._alarms]
+
     def close(self) -> None:
         """Release both relays and silence the LED and buzzer; later callbacks do nothing. Idempotent."""
         with self._lock:
