@@ -325,6 +325,29 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
         events = outbox.recent(1000, after_seq=last)
 
 
+def cmd_events_export(args: argparse.Namespace) -> int:
+    from bridge.export import SinceError, export_events, is_offline_decision, parse_since
+    from bridge.outbox import Outbox
+
+    config = _load(args)
+    try:
+        since = parse_since(args.since, datetime.now(timezone.utc))
+    except SinceError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_CONFIG
+    path = Path(config.bridge.state_dir) / "audit.db"
+    if not path.exists():
+        print(f"{path}: no audit database yet (has the daemon run?)", file=sys.stderr)
+        return 1
+    outbox = Outbox(path, config.audit.max_events)
+    try:
+        n = export_events(outbox, since, sys.stdout, keep=is_offline_decision if args.offline else lambda e: True)
+    finally:
+        outbox.close()
+    print(f"{n} events since {since.isoformat(timespec='seconds')}", file=sys.stderr)
+    return 0
+
+
 def _event_line(e) -> str:
     b = e.body
     parts = [e.at, e.type]
@@ -461,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     et.add_argument("--follow", "-f", action="store_true")
     et.add_argument("--json", action="store_true")
     et.set_defaults(func=cmd_events_tail)
+    ex = with_config(events.add_parser("export", help="audit events as NDJSON on stdout (offline decisions for SNA)"))
+    ex.add_argument("--since", required=True, help="ISO 8601 instant (no offset = UTC) or an age: 90m, 24h, 7d")
+    ex.add_argument("--offline", action="store_true", help="only decisions the door took without its upstream")
+    ex.set_defaults(func=cmd_events_export)
     return p
 
 

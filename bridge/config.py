@@ -141,6 +141,7 @@ from bridge.inputs.keypad import KeypadConfig  # noqa: E402
 from bridge.inputs.nfc import NfcReaderConfig  # noqa: E402
 from bridge.inputs.wiegand import WiegandReaderConfig  # noqa: E402
 from bridge.observe_config import MetricsSection, MqttSection  # noqa: E402
+from bridge.offline_config import OfflineSection  # noqa: E402
 from bridge.upstream.config import UpstreamSection  # noqa: E402
 
 ReaderConfig = Annotated[
@@ -160,6 +161,7 @@ class Config(_Strict):
     upstream: UpstreamSection = UpstreamSection()
     metrics: MetricsSection = MetricsSection()
     mqtt: MqttSection = MqttSection()
+    offline: OfflineSection = OfflineSection()
 
     @model_validator(mode="after")
     def _cross_check(self) -> "Config":
@@ -171,6 +173,8 @@ class Config(_Strict):
             if reader.door not in self.doors:
                 known = ", ".join(sorted(self.doors)) or "none"
                 raise _KeyError(f"readers.{i}.door", f"no door {reader.door!r} (doors: {known})")
+        if self.offline.webhook is not None and self.upstream.frontelio is None:
+            raise _KeyError("offline.webhook", "hands offline decisions back to Frontelio: needs [upstream.frontelio]")
         return self
 
 

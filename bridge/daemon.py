@@ -107,6 +107,7 @@ class Stats:
     decisions: int = 0
     grants: int = 0
     online_decisions: int = 0
+    learned_decisions: int = 0
     readers: dict[str, ReaderState] = field(default_factory=dict)
 
 
@@ -117,6 +118,7 @@ class StorageView:
     oldest_pending_at: str | None = None
     grants: int = 0
     counted_version: int = -1
+    learned: dict[str, Any] = field(default_factory=dict)  # per upstream: entries, oldest
 
 
 # Scans accepted but not yet decided. A real door sees a few per minute; this only bounds memory
@@ -136,6 +138,7 @@ class _ScanJob:
     credential: Credential
     online: AccessDecision | None
     started: float
+    upstream: str | None = None  # the adapter that gave `online`
 
 
 def needs_online(credential: Credential) -> bool:
@@ -177,6 +180,8 @@ class Daemon:
         self.central: Any = None
         self.sync: Any = None
         self.replicator: Any = None
+        self.learned: Any = None
+        self.handback: Any = None
 
     @property
     def state_dir(self) -> Path:
@@ -202,7 +207,9 @@ class Daemon:
         self.outbox = Outbox(self.state_dir / "audit.db", cfg.audit.max_events, clock=self.clock)
         for q in quarantined:
             self.outbox.append("STATE_DB_QUARANTINED", {"bridgeId": cfg.bridge.id, **q})
-        self.verifier = Verifier(self.cache, policy_from(cfg), offline_codes=self._offline_codes())
+        self.learned = self._start_learned()
+        self.verifier = Verifier(self.cache, policy_from(cfg), offline_codes=self._offline_codes(),
+                                 learned=self.learned.recall if self.learned is not None else None)
         self._start_door_io()
         if not self._adapters_given:
             self.adapters = self._build_adapters()
@@ -224,6 +231,7 @@ class Daemon:
         if self.adapters:
             self._spawn_task(self._heartbeats_forever(), "heartbeats")
         self._start_central()
+        self._start_handback()
         await self._refresh_storage()
         await self._start_status_server()
         from bridge.outward import Outward
@@ -268,6 +276,43 @@ class Daemon:
         from verifier.passcode import offline_code_check
 
         return offline_code_check(doors)
+
+    def _start_learned(self) -> Any:
+        """The learned offline cache (bridge/learned.py), for sites whose central ships no bundles."""
+        section = self.config.upstream
+        if section.frontelio is None and section.sna is None:
+            return None
+        from bridge.learned import LearnedCache, LearnedKeyError, load_secret
+
+        try:
+            secret = load_secret(self.state_dir, self.config.offline)
+        except LearnedKeyError as e:
+            raise ConfigError(f"offline.key_file: {e}") from None
+        sna = section.sna
+        identities = {"sna": frozenset(v for v in (sna.device_sn, sna.device_id, sna.mac) if v)} if sna else {}
+        bridge_id = self.config.bridge.id
+        learned = LearnedCache(self.state_dir, self.config.offline, secret=secret, identities=identities,
+                               on_refused=lambda r: self.outbox.append("LEARNED_ENTRY_REFUSED", {
+                                   "bridgeId": bridge_id, "upstream": r.upstream, "readerId": r.reader_id, "why": r.why}))
+        swept = learned.sweep(self.clock())
+        log.info("learned_cache", entries=swept.kept, expired_dropped=swept.expired, refused=swept.refused,
+                 learn=self.config.offline.learn, max_age_s=self.config.offline.max_age_s)
+        return learned
+
+    def _start_handback(self) -> None:
+        """Offline decisions to Frontelio's integration webhook, if configured (bridge/handback.py)."""
+        section = self.config.offline.webhook
+        if section is None:
+            return
+        from bridge.handback import WebhookHandback, build_handback
+        from bridge.upstream.apikey import ApiKeyError
+
+        try:
+            self.handback = build_handback(section, self.config.upstream, self.outbox, self.state_dir, clock=self.clock)
+        except ApiKeyError as e:
+            raise ConfigError(f"offline.webhook: {e}") from None
+        assert isinstance(self.handback, WebhookHandback)
+        self._spawn_task(self.handback.run(), "handback")
 
     def _start_door_io(self) -> None:
         for name, door_cfg in self.config.doors.items():
@@ -387,6 +432,9 @@ class Daemon:
         if self.central is not None:
             with contextlib.suppress(Exception):
                 await self.central.aclose()
+        if self.handback is not None:
+            with contextlib.suppress(Exception):
+                await self.handback.aclose()
         if self.sync is not None:
             with contextlib.suppress(Exception):
                 self.sync.close()
@@ -403,6 +451,8 @@ class Daemon:
     def _close_storage(self) -> None:
         self.outbox.close()
         self.cache.close()
+        if self.learned is not None:
+            self.learned.close()
 
     async def quiesce(self) -> None:
         """Wait until every scan handed to the daemon so far has been decided and recorded."""
@@ -533,12 +583,14 @@ class Daemon:
         started = scan.at_monotonic or time.monotonic()
         credential = parse(scan.raw, scan.hint)
         online: AccessDecision | None = None
+        asked: str | None = None
         mode = self.config.bridge.mode
         if mode != "local-only" and (mode == "online-first" or needs_online(credential)):
             adapter = next((a for a in self.adapters if a.accepts(credential, scan.source)), None)
             if adapter is not None:
                 online = await self._ask(adapter, credential, scan)
-        return await asyncio.wrap_future(self._worker.submit_batchable(_ScanJob(scan, credential, online, started)))
+                asked = adapter.name
+        return await asyncio.wrap_future(self._worker.submit_batchable(_ScanJob(scan, credential, online, started, asked)))
 
     async def _ask(self, adapter: Any, credential: Credential, scan: Scan) -> AccessDecision | None:
         from bridge.upstream.errors import UpstreamError
@@ -583,6 +635,8 @@ class Daemon:
         for job in jobs:
             if job.online is not None:
                 decisions.append(replace(job.online, cache_version=self.cache.meta.version))
+                if self.learned is not None and job.upstream is not None:
+                    self.learned.observe(job.upstream, job.credential, decisions[-1], list(self.reader_door), self.clock())
             else:
                 decisions.append(self.verifier.decide(job.credential, job.scan.reader_id, job.scan.source, self.clock()))
         self._note_staleness()
@@ -630,6 +684,7 @@ class Daemon:
         s.decisions += 1
         s.grants += d.granted
         s.online_decisions += d.online
+        s.learned_decisions += d.learned
         r = s.readers.setdefault(d.reader_id, ReaderState())
         r.scans += 1
         r.last_scan_at = self.clock().isoformat(timespec="seconds")
@@ -637,9 +692,9 @@ class Daemon:
         log.info(
             "decision", reader=d.reader_id, source=d.source.value, decision=d.decision.value,
             reason=d.reason.value if d.reason else "-", latency_ms=round(latency_ms, 2),
-            cache_version=d.cache_version, decided="online" if d.online else "cache",
+            cache_version=d.cache_version, decided=d.decided,
             upstream=self.upstream.label, replay=d.replay, cred=d.fingerprint, user=d.user_id or "-",
-            zone=d.zone_id or "-", relay=("pulsed" if pulsed else "idle") if door else "none",
+            zone=d.zone_id or d.zone_name or "-", relay=("pulsed" if pulsed else "idle") if door else "none",
         )
         if d.reason is Reason.RATE_LIMITED:
             log.warning("reader_rate_limited", reader=d.reader_id,
@@ -699,6 +754,9 @@ class Daemon:
                 view.grants = c.execute("SELECT count(*) FROM grants").fetchone()[0]
                 view.grants += c.execute("SELECT count(*) FROM cards").fetchone()[0]
             view.counted_version = version
+        if self.learned is not None:
+            view.learned = {name: {"entries": u.entries, "oldest_learned_at": _iso_ms(u.oldest_learned_ms)}
+                            for name, u in sorted(self.learned.summary().items())}
 
     # --- status ----------------------------------------------------------------------------------
 
@@ -730,7 +788,13 @@ class Daemon:
                        "oldest_age_s": _age_s(datetime.fromisoformat(oldest.replace("Z", "+00:00")).timestamp(), now) if oldest else None},
             "central": ({"sync": self.sync.state.as_status(), "replication": self.replicator.state.as_status(now)}
                         if self.sync is not None else None),
-            "decisions": {"total": self.stats.decisions, "granted": self.stats.grants, "online": self.stats.online_decisions},
+            "decisions": {"total": self.stats.decisions, "granted": self.stats.grants, "online": self.stats.online_decisions,
+                          "learned": self.stats.learned_decisions},
+            "learned": ({"enabled": self.config.offline.learn, "entries": self.learned.store.count(),
+                         "max_entries": self.config.offline.max_entries, "refused": self.learned.refused,
+                         "upstreams": self.storage.learned}
+                        if self.learned is not None else None),
+            "handback": self.handback.state.as_status() if self.handback is not None else None,
             "readers": {rid: {"type": r.type, "last_scan_at": r.last_scan_at, "last_decision": r.last_decision,
                               "last_reason": r.last_reason, "scans": r.scans, "state": "failed" if r.failed else "ok",
                               "last_error": r.last_error, "failures": r.failures} for rid, r in self.stats.readers.items()},
@@ -742,6 +806,10 @@ class Daemon:
 
 def _iso(t: datetime | None) -> str | None:
     return t.isoformat(timespec="seconds") if t else None
+
+
+def _iso_ms(ms: int | None) -> str | None:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds") if ms is not None else None
 
 
 def _age_s(epoch_s: float, now: datetime) -> float:

@@ -186,6 +186,21 @@ class Outbox:
             ).fetchall()
         return [_event(r) for r in reversed(rows)]
 
+    def after(self, after_seq: int = 0, limit: int = 500, *, since_at: str | None = None) -> list[Event]:
+        """Events (acknowledged or not) with seq > `after_seq` — and, if given, `at >= since_at` —
+        oldest first: for consumers with a cursor of their own (the webhook hand-back, an export)."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT seq, id, at, type, body, acked FROM events WHERE seq > ? AND at >= ? ORDER BY seq LIMIT ?",
+                (after_seq, since_at or "", limit),
+            ).fetchall()
+        return [_event(r) for r in rows]
+
+    def last_seq(self) -> int:
+        with self._lock:
+            row = self.conn.execute("SELECT max(seq) FROM events").fetchone()
+        return row[0] or 0
+
     def depth(self) -> int:
         """Unsent events, kept in memory (exact: every write goes through this object)."""
         return self._pending

@@ -15,6 +15,7 @@ from verifier import jwtcheck
 from verifier.cache import GrantCache, Window, Zone
 from verifier.guard import RateLimiter, ReplayMemory
 from verifier.hashing import hash_invite, hash_pin
+from verifier.learned import LearnedLookup, Recalled, signed_cache_silent
 from verifier.timeutil import to_ms, within
 from verifier.types import (
     AccessDecision,
@@ -60,8 +61,12 @@ class _Outcome:
 
 
 class Verifier:
-    def __init__(self, cache: GrantCache, policy: Policy = Policy(), offline_codes: OfflineCodeCheck | None = None) -> None:
+    def __init__(self, cache: GrantCache, policy: Policy = Policy(), offline_codes: OfflineCodeCheck | None = None,
+                 learned: LearnedLookup | None = None) -> None:
         self.cache = cache
+        # Answers from the central remembered by the daemon (bridge/learned.py), asked only when
+        # the signed cache has no verdict of its own: a bundle stays the authority it is.
+        self.learned = learned
         self.policy = policy
         self.replays = ReplayMemory(int(policy.replay_window_s * 1000))
         self.limiter = RateLimiter(policy.rate_limit_denies, int(policy.rate_limit_window_s * 1000),
@@ -97,11 +102,19 @@ class Verifier:
             credential_kind=credential.kind,
             fingerprint=fp,
         )
-        if outcome.reason is not None and outcome.reason not in _NOT_GUESSES:
+        if (self.learned is not None and outcome.reason is not Reason.RATE_LIMITED
+                and signed_cache_silent(credential, decision, self._jwt_has_key)):
+            recalled = self.learned(credential, reader_id, now)
+            if recalled is not None:
+                decision = _from_recalled(decision, recalled)
+        if decision.reason is not None and decision.reason not in _NOT_GUESSES:
             self.limiter.record_deny(reader_id, keypad, now_ms)
-        if outcome.reason is not Reason.RATE_LIMITED:
+        if decision.reason is not Reason.RATE_LIMITED:
             self.replays.remember(reader_id, fp, now_ms, decision)
         return decision
+
+    def _jwt_has_key(self, token: str) -> bool:
+        return jwtcheck.has_key(token, self.cache.jwks(), self.policy.jwt_algorithms)
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -213,6 +226,12 @@ class Verifier:
                 if _rank(why) < best[0]:
                     best = (_rank(why), why, zone)
         return _Outcome(best[1], user_id, name, best[2])
+
+
+def _from_recalled(decision: AccessDecision, recalled: Recalled) -> AccessDecision:
+    return replace(decision, decision=Decision.GRANT if recalled.reason is None else Decision.DENY,
+                   reason=recalled.reason, user_id=recalled.user_id, user_name=recalled.user_name,
+                   zone_id=None, zone_name=recalled.zone_name, learned=True)
 
 
 def _window_reason(w: Window, now_ms: int) -> Reason | None:

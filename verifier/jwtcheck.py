@@ -49,14 +49,10 @@ def verify(token: str, jwks: dict[str, dict[str, Any]], allowed: frozenset[str],
     header = jwt_header(token)
     if header is None:
         return JwtOutcome(None, Reason.MALFORMED_CREDENTIAL)
-    alg, kid = header.get("alg"), header.get("kid")
+    alg = header.get("alg")
     if not isinstance(alg, str) or alg not in allowed:
         return JwtOutcome(None, Reason.SIGNATURE_INVALID)
-    if isinstance(kid, str):
-        candidates = [(kid, jwks[kid])] if kid in jwks else []
-    else:
-        candidates = list(jwks.items())
-    candidates = [(k, j) for k, j in candidates if _ALG_FOR_KTY.get(j.get("kty")) == alg]
+    candidates = _candidates(header, jwks)
     if len(candidates) != 1:
         return JwtOutcome(None, Reason.SIGNATURE_INVALID)
     try:
@@ -75,6 +71,26 @@ def verify(token: str, jwks: dict[str, dict[str, Any]], allowed: frozenset[str],
     if nbf is not None and (not _number(nbf) or now_s + leeway_s < nbf):
         return JwtOutcome(claims, Reason.OUT_OF_DATE_WINDOW)
     return JwtOutcome(claims, None)
+
+
+def _candidates(header: dict[str, Any], jwks: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    alg, kid = header.get("alg"), header.get("kid")
+    if isinstance(kid, str):
+        found = [(kid, jwks[kid])] if kid in jwks else []
+    else:
+        found = list(jwks.items())
+    return [(k, j) for k, j in found if _ALG_FOR_KTY.get(j.get("kty")) == alg]
+
+
+def has_key(token: str, jwks: dict[str, dict[str, Any]], allowed: frozenset[str]) -> bool:
+    """True when the cache holds exactly the one key `verify` would check this token with: then a
+    SIGNATURE_INVALID is a verdict; without it, the cache simply cannot judge the token."""
+    if len(token) > MAX_TOKEN_BYTES:
+        return False
+    header = jwt_header(token)
+    if header is None or header.get("alg") not in allowed:
+        return False
+    return len(_candidates(header, jwks)) == 1
 
 
 def _number(v: object) -> bool:

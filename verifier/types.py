@@ -128,6 +128,20 @@ def fingerprint(credential: Credential) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class OnlineTerms:
+    """What an upstream's answer says about how long (and where) its GRANT holds.
+
+    Filled by adapters whose answer carries it (SNA's `card`: `start_at`/`end_at`, `devices`);
+    the learned offline cache keeps it so an offline decision follows the same window and device
+    rules as the online one. Milliseconds since the epoch, UTC; None = the answer says nothing.
+    """
+
+    starts_ms: int | None = None
+    ends_ms: int | None = None
+    devices: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AccessDecision:
     """What the door does, and why. Field names map 1:1 onto Frontelio's verify/audit JSON."""
 
@@ -144,10 +158,20 @@ class AccessDecision:
     online: bool = False
     credential_kind: str = "unknown"
     fingerprint: str = ""
+    # True when the learned offline cache answered (a GRANT the central gave this credential
+    # before, replayed while it is unreachable); see bridge/learned.py.
+    learned: bool = False
+    terms: OnlineTerms | None = field(default=None, repr=False, compare=False)
 
     @property
     def granted(self) -> bool:
         return self.decision is Decision.GRANT
+
+    @property
+    def decided(self) -> str:
+        """Where the answer came from: `online` (the central now), `learned` (the central
+        before, remembered), `cache` (the signed grant cache or the door's own rules)."""
+        return "online" if self.online else "learned" if self.learned else "cache"
 
     def as_wire(self) -> dict[str, Any]:
         """Frontelio's spelling (`userId`, `zoneName`, …) plus our edge fields."""
@@ -163,6 +187,7 @@ class AccessDecision:
             "replay": self.replay,
             "cacheVersion": self.cache_version,
             "online": self.online,
+            "decided": self.decided,
             "credentialKind": self.credential_kind,
             "credentialFingerprint": self.fingerprint,
         }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from verifier.types import AccessDecision, Credential, Decision, Reason, Source, fingerprint
+from verifier.types import AccessDecision, Credential, Decision, OnlineTerms, Reason, Source, fingerprint
 
 
 class UpstreamAdapter(Protocol):
@@ -38,6 +38,7 @@ def online_decision(
     user_name: str | None = None,
     zone_name: str | None = None,
     replay: bool = False,
+    terms: OnlineTerms | None = None,
 ) -> AccessDecision:
     """An upstream's verdict in our own type: the credential only as kind and fingerprint."""
     return AccessDecision(
@@ -52,4 +53,5 @@ def online_decision(
         online=True,
         credential_kind=credential.kind,
         fingerprint=fingerprint(credential),
+        terms=terms,
     )

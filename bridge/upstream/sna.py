@@ -9,7 +9,7 @@ fake in tests/fakes/sna.py speaks the same):
     POST /card/identify   X-Environment: standard
     {"number": "6B06…", "device_sn": "…", "device_id": "…", "mac": "AA:BB:…"}   (identity: those set)
     200 {"command": "unlock" | "deny",
-         "card": {"number", "name", "start_at", "end_at"} | null}
+         "card": {"number", "name", "start_at", "end_at", "devices"?} | null}
 Datetimes follow the SNA rule: ISO 8601, and one without an offset is UTC.
 """
 
@@ -29,12 +29,13 @@ from bridge.upstream.errors import (
 )
 from bridge.upstream.http import UpstreamHttp
 from bridge.upstream.wire import parse_body
-from verifier.timeutil import TimeFormatError, parse_instant
+from verifier.timeutil import TimeFormatError, parse_instant, to_ms
 from verifier.types import (
     AccessDecision,
     CardNumber,
     Credential,
     Decision,
+    OnlineTerms,
     Reason,
     Source,
 )
@@ -49,6 +50,8 @@ class SnaCard(BaseModel):
     name: str | None = None
     start_at: str | None = None
     end_at: str | None = None
+    # The devices the card is bound to, when SNA says (kept so offline follows the same rule).
+    devices: list[str] | None = None
 
 
 class IdentifyAnswer(BaseModel):
@@ -100,19 +103,32 @@ class SnaAdapter:
         card = parsed.card
         user_name = card.name if card else None
         if parsed.command == "unlock":
-            return online_decision(credential, reader_id, source, Decision.GRANT, None, user_name=user_name)
+            return online_decision(credential, reader_id, source, Decision.GRANT, None, user_name=user_name,
+                                   terms=self._terms(what, card))
         return online_decision(credential, reader_id, source, Decision.DENY, self._deny_reason(what, card), user_name=user_name)
+
+    def _terms(self, what: str, card: SnaCard | None) -> OnlineTerms | None:
+        """The window and devices of an unlocked card, for the learned offline cache."""
+        if card is None:
+            return None
+        start, end = self._window(what, card)
+        return OnlineTerms(to_ms(start) if start else None, to_ms(end) if end else None,
+                           tuple(card.devices) if card.devices is not None else None)
+
+    def _window(self, what: str, card: SnaCard) -> tuple[datetime | None, datetime | None]:
+        try:
+            start = parse_instant(card.start_at, "card.start_at") if card.start_at is not None else None
+            end = parse_instant(card.end_at, "card.end_at") if card.end_at is not None else None
+        except TimeFormatError as e:
+            raise UpstreamProtocolError(NAME, f"{what}: {e}") from None
+        return start, end
 
     def _deny_reason(self, what: str, card: SnaCard | None) -> Reason:
         """SNA gives a command, not a reason: unknown card → NO_GRANT; a known card outside its
         `[start_at, end_at)` → OUT_OF_DATE_WINDOW; otherwise (not bound to this device) NO_GRANT."""
         if card is None:
             return Reason.NO_GRANT
-        try:
-            start = parse_instant(card.start_at, "card.start_at") if card.start_at is not None else None
-            end = parse_instant(card.end_at, "card.end_at") if card.end_at is not None else None
-        except TimeFormatError as e:
-            raise UpstreamProtocolError(NAME, f"{what}: {e}") from None
+        start, end = self._window(what, card)
         now = self._now()
         if (start is not None and now < start) or (end is not None and now >= end):
             return Reason.OUT_OF_DATE_WINDOW

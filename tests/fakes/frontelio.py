@@ -85,3 +85,39 @@ class FakeFrontelio:
             return Reply(400, {"statusCode": 400, "message": "readerId, firmwareVersion and ipAddress are required"})
         self.heartbeats.append(body)
         return Reply(200, {"ok": True})
+
+
+@dataclass
+class Webhook:
+    """`POST /access/webhooks/:integrationId` as documented: public, `X-Signature` = hex
+    HMAC-SHA256 of the raw body keyed by the integration's webhook secret, 200 even for events it
+    drops. Keeps what a careful receiver would: events deduplicated by `id`, in arrival order,
+    and the counts of repeats and of bodies whose signature did not verify."""
+
+    secret: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: int = 0
+    bad_signatures: int = 0
+
+    def handle(self, request: RecordedRequest) -> Reply:
+        import hashlib
+        import hmac
+
+        expected = hmac.new(self.secret.encode(), request.body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, request.headers.get("x-signature", "")):
+            self.bad_signatures += 1
+            return Reply(200, {"received": False})
+        body = request.json
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            return Reply(200, {"received": False})
+        if any(e["id"] == body["id"] for e in self.events):
+            self.duplicates += 1
+        else:
+            self.events.append(body)
+        return Reply(200, {"received": True})
+
+
+def add_webhook(fake: FakeFrontelio, integration_id: str, secret: str) -> Webhook:
+    hook = Webhook(secret)
+    fake.server.routes[("POST", f"/access/webhooks/{integration_id}")] = hook.handle
+    return hook

@@ -61,7 +61,7 @@ class FakeSna:
         card = self.cards.get(body["number"])
         if card is None:
             return Reply(200, {"command": "deny", "card": None})
-        public = {k: card.get(k) for k in ("number", "name", "start_at", "end_at")}
+        public = {k: card.get(k) for k in ("number", "name", "start_at", "end_at", "devices")}
         now = self.now()
         in_window = (card.get("start_at") is None or parse_sna_time(card["start_at"]) <= now) and (
             card.get("end_at") is None or now < parse_sna_time(card["end_at"])
