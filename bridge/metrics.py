@@ -49,7 +49,7 @@ class Metrics:
     def __init__(self, daemon: "Daemon", mqtt: "MqttPublisher | None" = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.decisions = Counter(f"{PREFIX}_decisions", "Access decisions taken, by decision, reason, reader and how "
-                                 "they were decided (mode: cache or online).",
+                                 "they were decided (mode: online, cache or learned).",
                                  ["decision", "reason", "reader", "mode"], registry=self.registry)
         self.latency = Histogram(f"{PREFIX}_scan_to_relay_seconds", "From the last byte of a scan to after the relay "
                                  "pulse (or to the decision, when nothing pulses).", ["reader"],
@@ -62,7 +62,7 @@ class Metrics:
     def on_decision(self, d: AccessDecision, latency_ms: float) -> None:
         """A decision listener: on the worker thread, after the pulse."""
         self.decisions.labels(d.decision.value, d.reason.value if d.reason else "none", d.reader_id,
-                              "online" if d.online else "cache").inc()
+                              d.decided).inc()
         self.latency.labels(d.reader_id).observe(latency_ms / 1000)
 
     def on_door_event(self, door: str, kind: str) -> None:

@@ -155,7 +155,7 @@ class MqttPublisher:
             "at": self._clock().isoformat(timespec="milliseconds"), "reader": d.reader_id,
             "door": self._reader_door.get(d.reader_id), "decision": d.decision.value,
             "reason": d.reason.value if d.reason else None, "source": d.source.value,
-            "mode": "online" if d.online else "cache", "cacheVersion": d.cache_version,
+            "mode": d.decided, "cacheVersion": d.cache_version,
             "replay": d.replay, "latencyMs": round(latency_ms, 2),
         }
         if self.section.publish_identities:
