@@ -207,7 +207,7 @@ def test_a_stuck_line_is_counted_not_stored() -> None:
 
 
 def reader_config(**overrides: object) -> WiegandReaderConfig:
-    data: dict[str, object] = {"type": "wiegand", "id": "W-1", "d0_pin": 5, "d1_pin": 6, "frame_gap_ms": 80}
+    data: dict[str, object] = {"type": "wiegand", "id": "W-1", "d0_pin": 5, "d1_pin": 6, "frame_gap_ms": 250}
     data.update(overrides)
     return WiegandReaderConfig.model_validate(data)
 
