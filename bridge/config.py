@@ -143,6 +143,7 @@ from bridge.inputs.wiegand import WiegandReaderConfig  # noqa: E402
 from bridge.observe_config import MetricsSection, MqttSection  # noqa: E402
 from bridge.offline_config import OfflineSection  # noqa: E402
 from bridge.upstream.config import UpstreamSection  # noqa: E402
+from bridge.wiegand_config import CONTEXT_KEY, SiteFormat, build_site_formats, prebuild  # noqa: E402
 
 ReaderConfig = Annotated[
     Union[ConsoleReader, SerialReader, EvdevScannerConfig, KeypadConfig, NfcReaderConfig, WiegandReaderConfig],
@@ -162,9 +163,19 @@ class Config(_Strict):
     metrics: MetricsSection = MetricsSection()
     mqtt: MqttSection = MqttSection()
     offline: OfflineSection = OfflineSection()
+    # Site-defined Wiegand card formats, named in a reader's `formats` (docs: hardware/readers.md).
+    wiegand_formats: dict[str, SiteFormat] = Field(default_factory=dict)
+
+    def site_wiegand_formats(self) -> dict[str, Any]:
+        return build_site_formats(self.wiegand_formats)
 
     @model_validator(mode="after")
     def _cross_check(self) -> "Config":
+        for name, spec in self.wiegand_formats.items():
+            try:
+                spec.build(name)
+            except ValueError as e:
+                raise _KeyError(f"wiegand_formats.{name}", str(e)) from None
         seen: set[str] = set()
         for i, reader in enumerate(self.readers):
             if reader.id in seen:
@@ -218,7 +229,8 @@ def load(path: str | Path) -> Config:
 
 def from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
     try:
-        return Config.model_validate(data)
+        # Site formats first: reader models check their `formats` against them.
+        return Config.model_validate(data, context={CONTEXT_KEY: prebuild(data.get("wiegand_formats") if isinstance(data, dict) else None)})
     except ValidationError as e:
         lines = []
         for err in e.errors(include_url=False):

@@ -214,10 +214,11 @@ class Daemon:
         if not self._adapters_given:
             self.adapters = self._build_adapters()
         self.upstream.configured = bool(self.adapters) or getattr(cfg.upstream, "central", None) is not None
+        site_formats = cfg.site_wiegand_formats()
         for reader in cfg.readers:
             self.reader_door[reader.id] = reader.door
             self.stats.readers[reader.id] = ReaderState(type=reader.type)
-            self.inputs.append(create_input(reader, pin_factory=self._pin_factory))
+            self.inputs.append(create_input(reader, pin_factory=self._pin_factory, site_formats=site_formats))
         for extra in self._extra_inputs:
             self.inputs.append(extra)
             self.reader_door.setdefault(extra.reader_id, next(iter(self.doors), ""))

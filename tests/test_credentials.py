@@ -47,6 +47,7 @@ def _b64(obj: object) -> str:
         ("3054721", "3054721"),  # Sifely decimal card number
         ("123:45678", "123:45678"),  # Wiegand facility:card
         ("0123:0045678", "123:45678"),  # leading zeros are the same card
+        ("4194303:8388607", "4194303:8388607"),  # HID Corporate 1000 48-bit: 22-bit company ID (7 digits)
     ],
 )
 def test_card_numbers_normalise_to_one_spelling(scan: str, number: str) -> None:
@@ -55,7 +56,7 @@ def test_card_numbers_normalise_to_one_spelling(scan: str, number: str) -> None:
     assert card_key(scan) == number
 
 
-@pytest.mark.parametrize("scan", ["04:A2-2C:1A", "04:A:2C", "hello", "12:", "GHIJKL", "123", "1234567:1"])
+@pytest.mark.parametrize("scan", ["04:A2-2C:1A", "04:A:2C", "hello", "12:", "GHIJKL", "123", "12345678:1"])
 def test_not_a_card_number_is_malformed(scan: str) -> None:
     assert isinstance(parse(scan.encode(), hint="card"), Malformed)
     assert card_key(scan) is None

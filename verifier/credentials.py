@@ -33,7 +33,7 @@ _DIGITAL_ID_TOKEN = re.compile(rf"^{_B64URL}{{8,512}}$")
 _PIN = re.compile(r"^[0-9]{4,12}$")
 _HEX = re.compile(r"^[0-9A-F]{4,40}$")
 _HEX_GROUPS = re.compile(r"^[0-9A-F]{2,4}(?:([:\- ])[0-9A-F]{2,4})+$")
-_FACILITY_CARD = re.compile(r"^([0-9]{1,6}):([0-9]{1,12})$")
+_FACILITY_CARD = re.compile(r"^([0-9]{1,7}):([0-9]{1,12})$")
 _ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

@@ -22,21 +22,21 @@ from typing import Annotated, Literal
 import structlog
 from gpiozero import DigitalInputDevice
 from gpiozero.pins import Factory
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from bridge.config_base import GpioPin, ReaderId, Seconds, StrictModel
 from bridge.inputs.base import Emit, Scan
 from bridge.inputs.keypad import KeypadBuffer
 from verifier.types import Source
+from bridge.wiegand_config import check_reader_formats, format_table
 from verifier.wiegand_formats import (
     DEFAULT_FORMATS,
-    FormatName,
     WiegandCard,
     WiegandError,
+    WiegandFormat,
     WiegandKey,
     card_key,
     decode,
-    formats_by_length,
 )
 
 log = structlog.get_logger()
@@ -62,15 +62,20 @@ class WiegandReaderConfig(StrictModel):
     pin_timeout_s: Seconds = 10.0
     # The reader has a keypad (4- or 8-bit key bursts). Off: key bursts are logged and dropped.
     keypad: bool = False
-    # Card formats this site issues, at most one per frame length (H10304 and H10302 are both
-    # 37 bits and cannot be told apart by their bits).
-    formats: list[FormatName] = Field(default_factory=lambda: list(DEFAULT_FORMATS), min_length=1)
+    # Card formats this site issues, built-in or defined under [wiegand_formats.NAME], at most
+    # one per frame length (H10304 and H10302 are both 37 bits and cannot be told apart).
+    formats: list[str] = Field(default_factory=lambda: list(DEFAULT_FORMATS), min_length=1)
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, formats: list[str], info: ValidationInfo) -> list[str]:
+        check_reader_formats(formats, info)  # ValueError names the unknown or clashing formats
+        return formats
 
     @model_validator(mode="after")
     def _check(self) -> WiegandReaderConfig:
         if self.d0_pin == self.d1_pin:
             raise ValueError("d0_pin and d1_pin must be different GPIO lines")
-        formats_by_length(self.formats)  # ValueError names the two formats that clash
         return self
 
 
@@ -127,9 +132,11 @@ class FrameAssembler:
 class WiegandInput:
     """Implements `bridge.inputs.base.Input` for one reader on two GPIO lines."""
 
-    def __init__(self, cfg: WiegandReaderConfig, pin_factory: Factory | None = None) -> None:
+    def __init__(self, cfg: WiegandReaderConfig, pin_factory: Factory | None = None,
+                 site_formats: dict[str, WiegandFormat] | None = None) -> None:
         self.reader_id = cfg.id
         self._cfg = cfg
+        self._formats = format_table(cfg.formats, site_formats or {})
         self._pin_factory = pin_factory
         self._frames = FrameAssembler(cfg.frame_gap_ms / 1000)
         self._entry = KeypadBuffer(MAX_PIN_DIGITS, cfg.pin_timeout_s)
@@ -186,7 +193,7 @@ class WiegandInput:
             self.close()
 
     def _handle(self, bits: tuple[int, ...], length: int, at: float, emit: Emit) -> None:
-        frame = decode(bits, self._cfg.formats) if length == len(bits) else WiegandError(length, f"longer than {MAX_FRAME_BITS} bits: line noise or a stuck line")
+        frame = decode(bits, self._formats) if length == len(bits) else WiegandError(length, f"longer than {MAX_FRAME_BITS} bits: line noise or a stuck line")
         match frame:
             case WiegandCard():
                 self._log.debug("wiegand.card", format=frame.format, bits=length)
@@ -207,6 +214,7 @@ class WiegandInput:
                 )
 
 
-def create(cfg: WiegandReaderConfig, pin_factory: Factory | None = None) -> WiegandInput:
+def create(cfg: WiegandReaderConfig, pin_factory: Factory | None = None,
+           site_formats: dict[str, WiegandFormat] | None = None) -> WiegandInput:
     """Build the input; `pin_factory` None means gpiozero's default (`Device.pin_factory`)."""
-    return WiegandInput(cfg, pin_factory)
+    return WiegandInput(cfg, pin_factory, site_formats)
