@@ -81,6 +81,7 @@ def test_every_commented_setting_in_the_example_is_a_real_key(tmp_path, capsys):
     assert main(["check-config", str(path)]) == 2
     errors = sorted(capsys.readouterr().err.strip().splitlines())
     assert errors == [f"{path}: cache: set public_key or public_key_file, not both",
+                      f"{path}: offline: set key_file or key_credential, not both",
                       f"{path}: upstream.frontelio: set api_key_file or api_key_credential, not both"]
 
 
