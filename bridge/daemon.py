@@ -533,6 +533,13 @@ class Daemon:
             elif before.pulse_s != after.pulse_s:
                 self.doors[name].cfg = after
         self._worker.submit(self._swap_policy, policy_from(new))
+        # [offline]: the limits (learn, max_age_s, card_ttl_s) apply at once; key, bound and webhook need a restart.
+        fixed = ("key_file", "key_credential", "max_entries", "webhook")
+        if any(getattr(old.offline, k) != getattr(new.offline, k) for k in fixed):
+            restart.append("offline")
+        offline = new.offline.model_copy(update={k: getattr(old.offline, k) for k in fixed})
+        if self.learned is not None:
+            self._worker.submit(setattr, self.learned, "section", offline)
         from bridge import logsetup
 
         logsetup.configure(new.bridge.log_level, new.bridge.log_format)
@@ -540,6 +547,7 @@ class Daemon:
         kept = {k: getattr(old, k) for k in ("readers", "upstream", "gpio", "audit")}
         kept["doors"] = {name: self.doors[name].cfg for name in old.doors}
         kept["bridge"] = new.bridge.model_copy(update={"state_dir": old.bridge.state_dir, "id": old.bridge.id})
+        kept["offline"] = offline
         self.config = new.model_copy(update=kept)
         return restart
 
@@ -637,7 +645,7 @@ class Daemon:
             if job.online is not None:
                 decisions.append(replace(job.online, cache_version=self.cache.meta.version))
                 if self.learned is not None and job.upstream is not None:
-                    self.learned.observe(job.upstream, job.credential, decisions[-1], list(self.reader_door), self.clock())
+                    self._learn(job.upstream, job.credential, decisions[-1])
             else:
                 decisions.append(self.verifier.decide(job.credential, job.scan.reader_id, job.scan.source, self.clock()))
         self._note_staleness()
@@ -661,6 +669,16 @@ class Daemon:
                     io.feedback(decision)
             self._account(decision, (time.monotonic() - job.started) * 1000, door, pulse)
         return decisions
+
+    def _learn(self, upstream: str, credential: Credential, decision: AccessDecision) -> None:
+        """Never in the way of the online answer: a learned-cache write that fails is logged."""
+        try:
+            self.learned.observe(upstream, credential, decision, list(self.reader_door), self.clock())
+        except Exception as e:
+            log.error("learned_write_failed", upstream=upstream, decision=decision.decision.value,
+                      error=f"{type(e).__name__}: {e}"[:200],
+                      check="disk space and permissions of learned.db in the state dir; a DENY not written "
+                            "means an earlier learned GRANT may still open offline until its max_age")
 
     def _note_staleness(self) -> None:
         """One warning when the cache goes stale while running (the clock passes the bundle's

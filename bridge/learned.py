@@ -17,10 +17,12 @@ to keep the key off the card with an encrypted systemd credential.)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -122,7 +124,12 @@ class LearnedCache:
         if not isinstance(credential, (CardNumber, CredentialJwt)):
             return None
         lookup = self._lookup(credential, reader_id)
-        row = self.store.get(lookup)
+        try:
+            row = self.store.get(lookup)
+        except sqlite3.Error as e:
+            log.error("learned_read_failed", reader=reader_id, error=f"{type(e).__name__}: {e}"[:200],
+                      effect="decided as if nothing was learned", check="learned.db in the state dir; door-bridge doctor")
+            return None
         if row is None:
             return None
         entry = self._open(row)
@@ -132,7 +139,8 @@ class LearnedCache:
         if not settings.learn:
             return None
         now_ms = to_ms(now)
-        self.store.touch(lookup, now_ms)
+        with contextlib.suppress(sqlite3.Error):  # the LRU stamp is a hint; a failed write changes no decision
+            self.store.touch(lookup, now_ms)
         return recall(entry, now_ms, self._identities.get(entry.upstream, frozenset()), int(settings.max_age_s * 1000))
 
     def sweep(self, now: datetime) -> SweepResult:

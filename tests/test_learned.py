@@ -230,3 +230,48 @@ def test_events_export_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "bridge.cli", "events", "export", "-c", str(cfg), "--since", "soon"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+# --- the webhook hand-back -----------------------------------------------------------------------
+
+
+async def test_the_hand_back_resumes_from_its_cursor_none_lost_none_doubled(tmp_path):
+    from bridge.handback import WebhookHandback
+    from bridge.upstream.apikey import ApiKey
+    from bridge.upstream.config import HttpSettings
+    from bridge.upstream.errors import UpstreamUnavailable
+    from bridge.upstream.http import build_client
+    from tests.fakes.frontelio import FakeFrontelio, add_webhook
+
+    fake = FakeFrontelio()
+    hook = add_webhook(fake, "integ_abc", "whsec_abc")
+    fake.server.start()
+    outbox = Outbox(tmp_path / "audit.db", clock=lambda: NOW)
+    ids = []
+    for i in range(6):
+        kind, source = ("pin", "KEYPAD") if i == 4 else ("card", "CARD")
+        e = outbox.append("VERIFY", {"online": i == 2, "decided": "learned", "source": source, "credentialKind": kind})
+        if i not in (2, 4):
+            ids.append(e.id)
+
+    def handback() -> WebhookHandback:
+        return WebhookHandback(build_client(fake.server.url, HttpSettings()), "/access/webhooks/integ_abc",
+                               ApiKey("whsec_abc"), outbox, tmp_path / "handback.cursor", HttpSettings(),
+                               idle_s=0.05, clock=lambda: NOW)
+
+    try:
+        first = handback()
+        fake.server.drop_connections()
+        with pytest.raises(UpstreamUnavailable):
+            await first.deliver_pending()
+        assert first.state.cursor_seq == 0
+        fake.server.heal()
+        assert await first.deliver_pending() == 4
+        await first.aclose()
+        again = handback()  # a restart: the fsync'd cursor says everything went
+        assert await again.deliver_pending() == 0
+        await again.aclose()
+    finally:
+        fake.server.stop()
+    assert [e["id"] for e in hook.events] == ids
+    assert hook.duplicates == 0 and hook.bad_signatures == 0

@@ -285,3 +285,32 @@ async def test_offline_decisions_reach_the_webhook_signed_in_order_once(tmp_path
     assert first["decision"] == "GRANT" and first["userName"] == "Layla Hassan"
     assert CARD not in str(hook.events), "no credential in the payload"
     assert status["handback"]["delivered"] == 12
+
+
+async def test_lowering_max_age_on_reload_applies_to_entries_already_learned(tmp_path, fake_frontelio, frontelio_key_file):
+    fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
+    clock = Clock()
+    cfg = _cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file))
+    async with running(cfg, clock=clock) as (daemon, _):
+        assert (await _scan(daemon, CARD)).online
+        fake_frontelio.server.stop()
+        clock.advance(minutes=20)
+        before = await _scan(daemon, CARD)
+        restart = daemon.reload(cfg.model_copy(update={"offline": cfg.offline.model_copy(update={"max_age_s": 600.0})}))
+        clock.advance(seconds=3)
+        after = await _scan(daemon, CARD)
+    assert before.granted and "offline" not in restart
+    assert (after.reason, after.decided) == (Reason.CACHE_STALE, "learned")
+
+
+async def test_a_learned_cache_that_cannot_write_never_blocks_the_online_answer(tmp_path, fake_frontelio, frontelio_key_file):
+    fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
+    async with running(_cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file)), clock=Clock()) as (daemon, factory):
+        daemon.learned.store.conn.execute("PRAGMA query_only = 1")  # every write now fails inside SQLite
+        with capture_logs() as logs:
+            decision = await _scan(daemon, CARD)
+            await daemon.quiesce()
+        relay = factory.pin(17)
+    assert decision.granted and decision.online
+    assert any(s.state for s in relay.states), "the relay pulsed for the online GRANT"
+    assert [e["event"] for e in logs if e["event"].startswith("learned_")] == ["learned_write_failed"]
