@@ -314,3 +314,35 @@ async def test_a_learned_cache_that_cannot_write_never_blocks_the_online_answer(
     assert decision.granted and decision.online
     assert any(s.state for s in relay.states), "the relay pulsed for the online GRANT"
     assert [e["event"] for e in logs if e["event"].startswith("learned_")] == ["learned_write_failed"]
+
+
+def test_a_sigkilled_daemon_keeps_what_it_learned(tmp_path, fake_frontelio, frontelio_key_file):
+    """A real `door-bridge run` process: the online GRANT's row is on disk (fsync'd) before the
+    relay moves, so a SIGKILL right after it loses nothing; the restarted daemon, its central
+    gone, grants the same card from what it learned."""
+    import stat
+
+    from tests.service import Service
+
+    fake_frontelio.credentials[OTHER] = Holder("user_abc", "Layla Hassan", "Stockroom")
+    svc = Service(tmp_path)
+    text = svc.config.read_text().replace("[bridge]\n", '[bridge]\nmode = "online-first"\n', 1)
+    svc.config.write_text(text + "[upstream.http]\nverify_budget_s = 0.5\nretry_deadline_s = 1.0\n"
+                          f'[upstream.frontelio]\nbase_url = "{fake_frontelio.server.url}"\n'
+                          f'api_key_file = "{frontelio_key_file}"\n')
+    try:
+        svc.start()
+        svc.pty.type(OTHER)
+        svc.wait_log("decided=online")
+        svc.kill()
+        fake_frontelio.server.stop()
+        svc.restart()
+        svc.pty.type(OTHER)
+        svc.wait_log("decided=learned")
+        line = next(x for x in svc.output().splitlines() if "decided=learned" in x)
+        status = svc.status()
+    finally:
+        svc.close()
+    assert "decision=GRANT" in line and "relay=pulsed" in line and OTHER not in svc.output()
+    assert status["learned"]["entries"] == 1 and status["decisions"]["learned"] == 1
+    assert stat.S_IMODE((svc.state / "learned.key").stat().st_mode) == 0o600
