@@ -74,6 +74,12 @@ def _frontelio(fake, key_file):
     return {"frontelio": {"base_url": fake.server.url, "api_key_file": str(key_file)}}
 
 
+def _frontelio_granting(tmp_path, fake, key_file, **kw):
+    """A Frontelio site (no bundle) whose central grants CARD; the config and a test clock."""
+    fake.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
+    return _cfg(tmp_path, _frontelio(fake, key_file), **kw), Clock()
+
+
 async def _scan(daemon, text, source=Source.CARD):
     daemon.reader_door.setdefault(READER, "main")
     return await daemon.handle(Scan(READER, source, text.encode()))
@@ -129,9 +135,7 @@ async def test_sna_card_offline_follows_its_end_at(tmp_path, fake_sna):
 
 
 async def test_frontelio_card_is_capped_by_max_age(tmp_path, fake_frontelio, frontelio_key_file):
-    fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
-    clock = Clock()
-    cfg = _cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file), offline={"frontelio": {"max_age_s": 600}})
+    cfg, clock = _frontelio_granting(tmp_path, fake_frontelio, frontelio_key_file, offline={"frontelio": {"max_age_s": 600}})
     async with running(cfg, clock=clock) as (daemon, _):
         assert (await _scan(daemon, CARD)).online
         fake_frontelio.server.stop()
@@ -144,9 +148,8 @@ async def test_frontelio_card_is_capped_by_max_age(tmp_path, fake_frontelio, fro
 
 
 async def test_an_online_deny_after_a_learned_grant_wins_at_once(tmp_path, fake_frontelio, frontelio_key_file):
-    fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
-    clock = Clock()
-    async with running(_cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file)), clock=clock) as (daemon, _):
+    cfg, clock = _frontelio_granting(tmp_path, fake_frontelio, frontelio_key_file)
+    async with running(cfg, clock=clock) as (daemon, _):
         assert (await _scan(daemon, CARD)).granted
         assert daemon.learned.store.count() == 1
         fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom", "GRANT_REVOKED")
@@ -161,9 +164,7 @@ async def test_an_online_deny_after_a_learned_grant_wins_at_once(tmp_path, fake_
 
 
 async def test_learned_entries_survive_a_restart(tmp_path, fake_frontelio, frontelio_key_file):
-    fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
-    clock = Clock()
-    cfg = _cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file))
+    cfg, clock = _frontelio_granting(tmp_path, fake_frontelio, frontelio_key_file)
     async with running(cfg, clock=clock) as (daemon, _):
         assert (await _scan(daemon, CARD)).online
     fake_frontelio.server.stop()
@@ -184,9 +185,7 @@ async def test_learned_entries_survive_a_restart(tmp_path, fake_frontelio, front
     "learned_ms, expires_ms, expires_reason, starts_ms, devices, used_ms, seal FROM learned",
 ])
 async def test_a_hand_edited_learned_entry_is_refused(tmp_path, fake_frontelio, frontelio_key_file, edit):
-    fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
-    clock = Clock()
-    cfg = _cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file))
+    cfg, clock = _frontelio_granting(tmp_path, fake_frontelio, frontelio_key_file)
     async with running(cfg, clock=clock) as (daemon, _):
         assert (await _scan(daemon, CARD)).online
     with sqlite3.connect(tmp_path / "learned.db") as db:
@@ -288,9 +287,7 @@ async def test_offline_decisions_reach_the_webhook_signed_in_order_once(tmp_path
 
 
 async def test_lowering_max_age_on_reload_applies_to_entries_already_learned(tmp_path, fake_frontelio, frontelio_key_file):
-    fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
-    clock = Clock()
-    cfg = _cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file))
+    cfg, clock = _frontelio_granting(tmp_path, fake_frontelio, frontelio_key_file)
     async with running(cfg, clock=clock) as (daemon, _):
         assert (await _scan(daemon, CARD)).online
         fake_frontelio.server.stop()
@@ -341,8 +338,10 @@ def test_a_sigkilled_daemon_keeps_what_it_learned(tmp_path, fake_frontelio, fron
         svc.wait_log("decided=learned")
         line = next(x for x in svc.output().splitlines() if "decided=learned" in x)
         status = svc.status()
+        secret = (svc.state / "learned.key").read_text().strip()
     finally:
         svc.close()
     assert "decision=GRANT" in line and "relay=pulsed" in line and OTHER not in svc.output()
     assert status["learned"]["entries"] == 1 and status["decisions"]["learned"] == 1
     assert stat.S_IMODE((svc.state / "learned.key").stat().st_mode) == 0o600
+    assert len(secret) == 64 and secret not in svc.output() and secret[:16] not in svc.output()
