@@ -186,6 +186,10 @@ class Config(_Strict):
                 raise _KeyError(f"readers.{i}.door", f"no door {reader.door!r} (doors: {known})")
         if self.offline.webhook is not None and self.upstream.frontelio is None:
             raise _KeyError("offline.webhook", "hands offline decisions back to Frontelio: needs [upstream.frontelio]")
+        if self.upstream.sna is not None and self.bridge.mode == "local-only":
+            raise _KeyError("bridge.mode", 'SNA decides every card itself (its terminals do no local verification), '
+                            'but "local-only" never asks it: set mode = "local-first" or "online-first", '
+                            "or remove [upstream.sna]")
         return self
 
 

@@ -36,7 +36,9 @@ from bridge.worker import Worker
 from verifier.cache import GrantCache
 from verifier.credentials import parse
 from verifier.decide import Policy, Verifier
-from verifier.types import AccessDecision, Credential, DigitalIdToken, Reason
+from verifier.sources import presented_source
+from verifier.timeutil import to_ms
+from verifier.types import AccessDecision, Credential, DigitalIdToken, InviteCode, Reason, Source
 
 log = structlog.get_logger()
 
@@ -136,6 +138,7 @@ READER_HEALTHY_AFTER_S = 60.0
 class _ScanJob:
     scan: Scan
     credential: Credential
+    source: Source  # what was presented × how it was read (verifier.sources)
     online: AccessDecision | None
     started: float
     upstream: str | None = None  # the adapter that gave `online`
@@ -182,6 +185,10 @@ class Daemon:
         self.replicator: Any = None
         self.learned: Any = None
         self.handback: Any = None
+        from bridge.late_denials import LateDenials
+
+        self.late_denials = LateDenials()
+        self._late_tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def state_dir(self) -> Path:
@@ -229,7 +236,7 @@ class Daemon:
             self._spawn_task(self._run_input(inp), f"input-{inp.reader_id}")
         self._spawn_task(self._refresh_storage_forever(), "storage-view")
         self._spawn_task(self.notifier.watchdog_loop(), "watchdog")
-        if self.adapters:
+        if any(getattr(a, "has_heartbeat", True) for a in self.adapters):
             self._spawn_task(self._heartbeats_forever(), "heartbeats")
         self._start_central()
         self._start_handback()
@@ -408,7 +415,7 @@ class Daemon:
         if self.outward is not None:
             with contextlib.suppress(Exception):
                 await self.outward.stop()
-        for task in self._tasks + list(self._scan_tasks):
+        for task in self._tasks + list(self._scan_tasks) + list(self._late_tasks):
             if task.get_name().startswith("scan"):
                 continue
             task.cancel()
@@ -591,31 +598,87 @@ class Daemon:
     async def handle(self, scan: Scan) -> AccessDecision:
         started = scan.at_monotonic or time.monotonic()
         credential = parse(scan.raw, scan.hint)
+        source = presented_source(credential, scan.source)
         online: AccessDecision | None = None
         asked: str | None = None
-        mode = self.config.bridge.mode
-        if mode != "local-only" and (mode == "online-first" or needs_online(credential)):
-            adapter = next((a for a in self.adapters if a.accepts(credential, scan.source)), None)
-            if adapter is not None:
-                online = await self._ask(adapter, credential, scan)
-                asked = adapter.name
-        return await asyncio.wrap_future(self._worker.submit_batchable(_ScanJob(scan, credential, online, started, asked)))
+        adapter = await self._adapter_to_ask(credential, source)
+        if adapter is not None:
+            online = await self._ask(adapter, credential, scan.reader_id, source)
+            asked = adapter.name
+        job = _ScanJob(scan, credential, source, online, started, asked)
+        return await asyncio.wrap_future(self._worker.submit_batchable(job))
 
-    async def _ask(self, adapter: Any, credential: Credential, scan: Scan) -> AccessDecision | None:
+    async def _adapter_to_ask(self, credential: Credential, source: Source) -> Any:
+        """The upstream this scan goes to, or None for the cache alone. `online-first` asks for
+        everything an adapter accepts; `local-first` asks for what the cache cannot judge (Digital ID
+        tokens, an invite code the cache does not hold) and whatever an upstream decides alone (SNA)."""
+        mode = self.config.bridge.mode
+        if mode == "local-only":
+            return None
+        adapter = next((a for a in self.adapters if a.accepts(credential, source)), None)
+        if adapter is None or mode == "online-first" or getattr(adapter, "decides_alone", False) or needs_online(credential):
+            return adapter
+        if isinstance(credential, InviteCode):
+            knows = await asyncio.wrap_future(self._worker.submit(self._cache_holds_invite, credential))
+            return None if knows else adapter
+        return None
+
+    def _cache_holds_invite(self, credential: InviteCode) -> bool:
+        """On the worker: can the (fresh) cache judge this invite code itself?"""
+        from verifier.hashing import hash_invite
+
+        return not self.verifier.is_stale(self.clock()) and self.cache.visitor(hash_invite(credential.code)) is not None
+
+    async def _ask(self, adapter: Any, credential: Credential, reader_id: str, source: Source) -> AccessDecision | None:
+        """One attempt within the budget. A request still running when the budget ends is left to
+        finish (up to `late_answer_s`, the adapter's own bound): a late DENY is still recorded."""
         from bridge.upstream.errors import UpstreamError
 
         budget = self.config.upstream.http.verify_budget_s
+        task = asyncio.ensure_future(adapter.verify(credential, reader_id, source))
+        done, _ = await asyncio.wait({task}, timeout=budget)
+        if not done:
+            self._late_tasks.add(task)
+            task.add_done_callback(lambda t: self._late_answer(t, credential))
+            self._mark_upstream(False, f"{adapter.name}: no answer within the {budget} s verify budget",
+                                check="the central is slow or unreachable from the Pi; decisions continue from the "
+                                      "cache (raise upstream.http.verify_budget_s if the central is always this slow)")
+            return None
         try:
-            # The adapter enforces the budget itself; this outer bound is a belt to its braces.
-            decision = await asyncio.wait_for(adapter.verify(credential, scan.reader_id, scan.source), budget + 0.25)
-        except (UpstreamError, asyncio.TimeoutError) as e:
-            self._mark_upstream(False, f"{adapter.name}: {type(e).__name__}: {e}"[:200], name=adapter.name)
+            decision = task.result()
+        except UpstreamError as e:
+            self._mark_upstream(False, str(e), check=_check_for(e), name=adapter.name)
             return None
         self._mark_upstream(True, name=adapter.name)
         return decision
 
-    def _mark_upstream(self, ok: bool, error: str | None = None, name: str | None = None) -> None:
-        """State changes are logged once: one warning when the central is lost, one info on return."""
+    def _late_answer(self, task: asyncio.Task[Any], credential: Credential) -> None:
+        """On the loop: the answer to a request the scan stopped waiting for. A late GRANT changes
+        nothing (the cache has decided); a late DENY is recorded and held against the credential."""
+        self._late_tasks.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            return
+        decision: AccessDecision = task.result()
+        if not decision.granted:
+            self._worker.submit(self._record_late_denial, credential, decision)
+
+    def _record_late_denial(self, credential: Credential, denial: AccessDecision) -> None:
+        from bridge.late_denials import credential_key
+        from verifier.timeutil import from_ms, iso
+
+        until = self.late_denials.note(credential_key(credential), denial, to_ms(self.clock()))
+        held = iso(from_ms(until)) if until is not None else None
+        self.outbox.append("LATE_UPSTREAM_DENY", {**denial.as_wire(), "bridgeId": self.config.bridge.id,
+                                                  "heldUntil": held})
+        log.warning("upstream_late_deny", reader=denial.reader_id, reason=denial.reason.value if denial.reason else "-",
+                    cred=denial.fingerprint, held_until=held or "not held (the reason may change)",
+                    check="the central denied after the verify budget, so the cache decided that scan; "
+                          "see door-bridge events tail; raise upstream.http.verify_budget_s if this repeats")
+
+    def _mark_upstream(self, ok: bool, error: str | None = None, check: str | None = None,
+                      name: str | None = None) -> None:
+        """Logged on every change: one warning when the upstream is lost, one more whenever the
+        cause of failure changes (401 → 500, DNS → refused), one info line when it is back."""
         up = self.upstream
         up.configured = True
         if name is not None:
@@ -632,22 +695,22 @@ class Daemon:
                 log.info("upstream_restored", offline_since=up.since.isoformat(timespec="seconds") if up.since else "-")
             up.online, up.since, up.last_error = True, self.clock(), None
         elif not ok:
+            check = check or "network/DNS from the Pi, the upstream URL and TLS; decisions continue from the cache"
             if up.online is not False:
-                log.warning("upstream_lost", error=error or "-", mode=self.config.bridge.mode,
-                            check="network/DNS from the Pi, the upstream URL and TLS; decisions continue from the cache")
+                log.warning("upstream_lost", error=error or "-", mode=self.config.bridge.mode, check=check)
                 up.online, up.since = False, self.clock()
+            elif error != up.last_error:
+                log.warning("upstream_error_changed", error=error or "-", previous=up.last_error or "-", check=check)
             up.last_error = error
 
     def _decide_batch(self, jobs: list[_ScanJob]) -> list[Any]:
         """On the worker thread: decide each scan, commit all their audit rows at once, then act."""
         decisions: list[AccessDecision] = []
+        decided: list[str] = []
         for job in jobs:
-            if job.online is not None:
-                decisions.append(replace(job.online, cache_version=self.cache.meta.version))
-                if self.learned is not None and job.upstream is not None:
-                    self._learn(job.upstream, job.credential, decisions[-1])
-            else:
-                decisions.append(self.verifier.decide(job.credential, job.scan.reader_id, job.scan.source, self.clock()))
+            decision, how = self._decide_one(job)
+            decisions.append(decision)
+            decided.append(how)
         self._note_staleness()
         doors = [self.reader_door.get(job.scan.reader_id, "") for job in jobs]
         # The rows that explain the relay go to disk before the relay moves; if they cannot be
@@ -655,7 +718,7 @@ class Daemon:
         self.outbox.append_many([("VERIFY", {**d.as_wire(), "bridgeId": self.config.bridge.id,
                                              "door": name if name in self.doors else None})
                                  for d, name in zip(decisions, doors)])
-        for job, decision, name in zip(jobs, decisions, doors):
+        for job, decision, name, how in zip(jobs, decisions, doors, decided):
             door = self.doors.get(name)
             pulse = decision.granted and not decision.replay and door is not None
             io = self.door_io.get(name)
@@ -667,7 +730,7 @@ class Daemon:
             if io is not None:
                 with contextlib.suppress(Exception):
                     io.feedback(decision)
-            self._account(decision, (time.monotonic() - job.started) * 1000, door, pulse)
+            self._account(decision, (time.monotonic() - job.started) * 1000, door, pulse, how)
         return decisions
 
     def _learn(self, upstream: str, credential: Credential, decision: AccessDecision) -> None:
@@ -679,6 +742,31 @@ class Daemon:
                       error=f"{type(e).__name__}: {e}"[:200],
                       check="disk space and permissions of learned.db in the state dir; a DENY not written "
                             "means an earlier learned GRANT may still open offline until its max_age")
+
+    def _decide_one(self, job: _ScanJob) -> tuple[AccessDecision, str]:
+        """(decision, how it was decided: online | late_deny | cache). Whoever answers, the
+        verifier's replay window and rate limiter judge the presentation too."""
+        from bridge.late_denials import credential_key
+
+        now = self.clock()
+        key = credential_key(job.credential)
+        if job.online is not None:
+            self._online_answered(key, job)
+            late = None
+        else:
+            late = self.late_denials.verdict(key, to_ms(now))
+        decision = self.verifier.decide(job.credential, job.scan.reader_id, job.source, now, verdict=job.online or late)
+        held = late is not None and not decision.online and decision.upstream_reason == late.upstream_reason
+        return decision, "late_deny" if held else decision.decided
+
+    def _online_answered(self, key: str, job: _ScanJob) -> None:
+        """The one place an online answer is taken in (worker thread), before the door's own
+        guards judge the presentation: the central has spoken again, so an older late denial for
+        this credential no longer stands, and the learned cache hears the central's word."""
+        assert job.online is not None
+        self.late_denials.forget(key)
+        if self.learned is not None and job.upstream is not None:
+            self._learn(job.upstream, job.credential, replace(job.online, cache_version=self.cache.meta.version))
 
     def _note_staleness(self) -> None:
         """One warning when the cache goes stale while running (the clock passes the bundle's
@@ -698,7 +786,7 @@ class Daemon:
         else:
             log.info("cache_fresh", cache_version=meta.version)
 
-    def _account(self, d: AccessDecision, latency_ms: float, door: Door | None, pulsed: bool) -> None:
+    def _account(self, d: AccessDecision, latency_ms: float, door: Door | None, pulsed: bool, how: str = "cache") -> None:
         s = self.stats
         s.decisions += 1
         s.grants += d.granted
@@ -711,7 +799,7 @@ class Daemon:
         log.info(
             "decision", reader=d.reader_id, source=d.source.value, decision=d.decision.value,
             reason=d.reason.value if d.reason else "-", latency_ms=round(latency_ms, 2),
-            cache_version=d.cache_version, decided=d.decided,
+            cache_version=d.cache_version, decided=how,
             upstream=self.upstream.label, replay=d.replay, cred=d.fingerprint, user=d.user_id or "-",
             zone=d.zone_id or d.zone_name or "-", relay=("pulsed" if pulsed else "idle") if door else "none",
         )
@@ -730,13 +818,16 @@ class Daemon:
         reader_ids = [r.id for r in self.config.readers] or [self.config.bridge.id]
         while True:
             for adapter in self.adapters:
+                if not getattr(adapter, "has_heartbeat", True):
+                    continue  # the seed has no heartbeat: a no-op is no proof the upstream is there
                 for reader_id in reader_ids:
                     error = await beat_once(adapter, reader_id, settings)
                     if error is None:
                         self.upstream.last_heartbeat = self.clock()
                         self._mark_upstream(True, name=adapter.name)
                     else:
-                        self._mark_upstream(False, f"{adapter.name} heartbeat: {error}"[:200], name=adapter.name)
+                        self._mark_upstream(False, f"{adapter.name} heartbeat: {error}", check=_check_for(error),
+                                            name=adapter.name)
             await asyncio.sleep(settings.heartbeat_interval_s)
 
     async def _refresh_storage_forever(self, every_s: float = 2.0) -> None:
@@ -821,6 +912,19 @@ class Daemon:
                              {"relay": "energised" if door.energised else "released", "position": "unknown", "alarm": None})
                       for name, door in self.doors.items()},
         }
+
+
+def _check_for(error: Exception) -> str:
+    """What a technician checks for this upstream failure: the adapter's own hint for a refusal,
+    the answer's shape for a protocol error, the network for the rest."""
+    from bridge.upstream.errors import UpstreamProtocolError, UpstreamRejected
+
+    if isinstance(error, UpstreamRejected):
+        return error.hint
+    if isinstance(error, UpstreamProtocolError):
+        return ("the upstream answered, but not in its documented format: check base_url and the path point at "
+                "that service (not a proxy or captive portal); decisions continue from the cache")
+    return "network/DNS from the Pi, the upstream URL and TLS; decisions continue from the cache"
 
 
 def _iso(t: datetime | None) -> str | None:

@@ -124,6 +124,8 @@ def test_a_day_of_scans_and_failures_leaves_no_secret_in_logs_or_audit(
         stdlib_debug: io.StringIO, log_format: str) -> None:
     fake_frontelio.credentials[JWT] = Holder("user_layla", "Layla Hassan", "Stockroom")
     fake_frontelio.credentials[USER_CARD] = Holder("user_layla", "Layla Hassan", "Stockroom")
+    # online-first sends a visitor's invite code to /access/verify as VISITOR
+    fake_frontelio.credentials[INVITE] = Holder("", "ACME Pest Control — Ahmed", "Stockroom")
     fake_digital_id.api_key = DIGITAL_ID_KEY
     fake_digital_id.tokens[DIGITAL_ID_TOKEN] = ("valid", employee(7, "Jane Doe"))
 
@@ -174,6 +176,7 @@ def test_a_day_of_scans_and_failures_leaves_no_secret_in_logs_or_audit(
     assert "down:jwt:GRANT:-" in decisions  # from the cache
     sent = [r.json for r in fake_frontelio.server.requests_to("/access/verify")]
     assert {"credentialId": JWT, "readerId": READER, "source": "PHONE_QR"} in sent  # the secrets were really used
+    assert {"credentialId": INVITE, "readerId": READER, "source": "VISITOR"} in sent
 
     logs = structlog_out.getvalue() + stdlib_debug.getvalue()
     assert logs.count("decision") >= len(decisions)

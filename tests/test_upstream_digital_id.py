@@ -130,7 +130,6 @@ def test_key_required_but_not_configured_is_rejected(fake_digital_id: FakeDigita
 @pytest.mark.parametrize(
     "status, body, problem",
     [
-        (403, {"success": False, "valid": False, "error": "banned_forever"}, "undocumented error code"),
         (200, {"success": "true", "valid": True}, "success"),
         (200, {"success": True}, "valid"),
         (403, {"success": True, "valid": True}, "success with HTTP 403"),
@@ -143,6 +142,14 @@ def test_answers_off_the_documented_format_are_protocol_errors(
     fake_digital_id.server.respond_raw(json.dumps(body).encode(), status=status)
     with pytest.raises(UpstreamProtocolError, match=problem):
         verify(adapter_for(fake_digital_id))
+
+
+def test_an_undocumented_code_is_still_a_denial_with_the_code_kept(fake_digital_id: FakeDigitalId) -> None:
+    fake_digital_id.server.respond_raw(json.dumps({"success": False, "valid": False, "error": "banned_forever"}).encode(),
+                                       status=403)
+    decision = verify(adapter_for(fake_digital_id))
+    assert (decision.decision, decision.reason, decision.online) == (Decision.DENY, Reason.NO_GRANT, True)
+    assert decision.as_wire()["upstreamReason"] == "banned_forever"
 
 
 def test_failure_without_a_code_still_denies(fake_digital_id: FakeDigitalId) -> None:

@@ -77,7 +77,10 @@ class Verifier:
         self.cache.refresh()
         return self.cache.meta.version == 0 or to_ms(now) >= self.cache.meta.not_after_ms
 
-    def decide(self, credential: Credential, reader_id: str, source: Source, now: datetime) -> AccessDecision:
+    def decide(self, credential: Credential, reader_id: str, source: Source, now: datetime,
+               verdict: AccessDecision | None = None) -> AccessDecision:
+        """`verdict`: a decision made elsewhere (the central's answer, a late denial) that takes
+        the cache's place. The door's own replay window and rate limiter apply to it all the same."""
         now_ms = to_ms(now)
         fp = fingerprint(credential)
         previous = self.replays.recall(reader_id, fp, now_ms)
@@ -85,32 +88,34 @@ class Verifier:
             return replace(previous, replay=True)
         keypad = isinstance(credential, Pin)
         self.cache.refresh()
-        if self.limiter.limited(reader_id, keypad, now_ms):
-            outcome = _Outcome(Reason.RATE_LIMITED)
+        limited = self.limiter.limited(reader_id, keypad, now_ms)
+        if verdict is not None and not limited:
+            decision = replace(verdict, reader_id=reader_id, source=source, cache_version=self.cache.meta.version,
+                               credential_kind=credential.kind, fingerprint=fp)
         else:
-            outcome = self._evaluate(credential, reader_id, now, now_ms)
-        decision = AccessDecision(
-            decision=Decision.GRANT if outcome.reason is None else Decision.DENY,
-            reason=outcome.reason,
-            reader_id=reader_id,
-            source=source,
-            user_id=outcome.user_id,
-            user_name=outcome.user_name,
-            zone_id=outcome.zone.id if outcome.zone else None,
-            zone_name=outcome.zone.name if outcome.zone else None,
-            cache_version=self.cache.meta.version,
-            credential_kind=credential.kind,
-            fingerprint=fp,
-        )
-        if (self.learned is not None and outcome.reason is not Reason.RATE_LIMITED
-                and signed_cache_silent(credential, decision, self._jwt_has_key)):
-            recalled = self.learned(credential, reader_id, now)
-            if recalled is not None:
-                decision = _from_recalled(decision, recalled)
+            outcome = _Outcome(Reason.RATE_LIMITED) if limited else self._evaluate(credential, reader_id, now, now_ms)
+            decision = AccessDecision(
+                decision=Decision.GRANT if outcome.reason is None else Decision.DENY,
+                reason=outcome.reason,
+                reader_id=reader_id,
+                source=source,
+                user_id=outcome.user_id,
+                user_name=outcome.user_name,
+                zone_id=outcome.zone.id if outcome.zone else None,
+                zone_name=outcome.zone.name if outcome.zone else None,
+                cache_version=self.cache.meta.version,
+                credential_kind=credential.kind,
+                fingerprint=fp,
+            )
+            if (self.learned is not None and outcome.reason is not Reason.RATE_LIMITED
+                    and signed_cache_silent(credential, decision, self._jwt_has_key)):
+                recalled = self.learned(credential, reader_id, now)
+                if recalled is not None:
+                    decision = _from_recalled(decision, recalled)
         if decision.reason is not None and decision.reason not in _NOT_GUESSES:
             self.limiter.record_deny(reader_id, keypad, now_ms)
         if decision.reason is not Reason.RATE_LIMITED:
-            self.replays.remember(reader_id, fp, now_ms, decision)
+            self.replays.remember(reader_id, fp, now_ms, replace(decision, replay=False))
         return decision
 
     def _jwt_has_key(self, token: str) -> bool:

@@ -162,6 +162,9 @@ class AccessDecision:
     # before, replayed while it is unreachable); see bridge/learned.py.
     learned: bool = False
     terms: OnlineTerms | None = field(default=None, repr=False, compare=False)
+    # The central's own reason word when it is not one of ours (kept for the audit record), or
+    # what a late denial said; None when `reason` is the central's word exactly.
+    upstream_reason: str | None = None
 
     @property
     def granted(self) -> bool:
@@ -175,7 +178,7 @@ class AccessDecision:
 
     def as_wire(self) -> dict[str, Any]:
         """Frontelio's spelling (`userId`, `zoneName`, …) plus our edge fields."""
-        return {
+        wire = {
             "decision": self.decision.value,
             "reason": self.reason.value if self.reason else None,
             "userId": self.user_id,
@@ -191,3 +194,6 @@ class AccessDecision:
             "credentialKind": self.credential_kind,
             "credentialFingerprint": self.fingerprint,
         }
+        if self.upstream_reason is not None:
+            wire["upstreamReason"] = self.upstream_reason
+        return wire

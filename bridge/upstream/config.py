@@ -26,6 +26,10 @@ class HttpSettings(StrictModel):
     pool_timeout_s: Seconds = 1.0
     # The whole online decision on the scan path (one attempt, no retry); then the cache decides.
     verify_budget_s: Annotated[float, Field(gt=0, le=10)] = 0.4
+    # After the budget the cache decides, but the request may run this much longer: a late DENY
+    # is recorded and held against the credential for a while (docs/upstreams.md). 0: cancel at
+    # the budget.
+    late_answer_s: Annotated[float, Field(ge=0, le=30)] = 5.0
     # PEM bundle of CAs to trust instead of the system store (a site CA, a TLS-inspecting proxy).
     ca_bundle: FilePath | None = None
     # Explicit proxy URL; environment proxies are ignored so a stray HTTPS_PROXY cannot reroute doors.
@@ -34,6 +38,7 @@ class HttpSettings(StrictModel):
     max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
     breaker_failures: Annotated[int, Field(ge=1, le=1000)] = 5
     breaker_cooldown_s: Seconds = 30.0
+    # At least 10 s: a fleet of doors must not hammer the central (Frontelio's cadence is 5 min).
     heartbeat_interval_s: Annotated[float, Field(ge=10)] = 300.0
     # Background work (heartbeat, sync, replication): jittered exponential back-off up to this cap.
     retry_max_wait_s: Seconds = 60.0

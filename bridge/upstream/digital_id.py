@@ -1,15 +1,15 @@
 """Digital ID building access: `verify-token` by GET (query) or POST (JSON).
 
 Access is granted iff `success` and `valid` are both true. Every documented error code maps onto
-our reasons or errors; an undocumented one is a protocol error (the daemon falls back to the
-cache, which cannot check Digital ID tokens and so denies).
+our reasons or errors; an undocumented one is still a denial (NO_GRANT, the code kept in the
+audit row), as the seed's step 3 says of any `success: false`.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from bridge.upstream.adapter import online_decision
+from bridge.upstream.adapter import online_decision, safe_word
 from bridge.upstream.apikey import ApiKey
 from bridge.upstream.config import DigitalIdSection
 from bridge.upstream.errors import (
@@ -70,6 +70,8 @@ class VerifyTokenAnswer(BaseModel):
 
 class DigitalIdAdapter:
     name = NAME
+    decides_alone = False
+    has_heartbeat = False
 
     def __init__(
         self, http: UpstreamHttp, section: DigitalIdSection, api_key: ApiKey | None, verify_budget_s: float
@@ -110,21 +112,24 @@ class DigitalIdAdapter:
             if answer.status != 200:
                 raise UpstreamProtocolError(NAME, f"{what}: success with HTTP {answer.status}", status=answer.status)
             return online_decision(credential, reader_id, source, Decision.GRANT, None, user_id=user_id, user_name=user_name)
-        reason = self._reason(what, parsed.error, answer.status)
-        return online_decision(credential, reader_id, source, Decision.DENY, reason, user_id=user_id, user_name=user_name)
+        reason, raw = self._reason(what, parsed.error, answer.status)
+        return online_decision(credential, reader_id, source, Decision.DENY, reason, user_id=user_id,
+                               user_name=user_name, upstream_reason=raw)
 
-    def _reason(self, what: str, error: str | None, status: int) -> Reason:
+    def _reason(self, what: str, error: str | None, status: int) -> tuple[Reason, str | None]:
+        """(our reason, the raw code when it is not one the seed documents)."""
         if error is None:
             # The seed: "If success: false or valid: false: Deny access", code or not.
-            return Reason.NO_GRANT
+            return Reason.NO_GRANT, None
         if error == "unauthorized":
             raise _unauthorized(what)
         if error == "server_error":
             raise UpstreamUnavailable(NAME, f"{what}: server_error (HTTP {status})", status=status)
         reason = ERROR_REASONS.get(error)
         if reason is None:
-            raise UpstreamProtocolError(NAME, f"{what}: undocumented error code {error[:40]!r}", status=status)
-        return reason
+            # A denial is a denial whatever its code: NO_GRANT, the code kept for the audit row.
+            return Reason.NO_GRANT, safe_word(error)
+        return reason, None
 
     async def heartbeat(self, reader_id: str) -> None:
         """The seed documents no heartbeat: nothing to send."""

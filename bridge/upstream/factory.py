@@ -27,6 +27,8 @@ def build_adapters(
     `accepts` a credential. Raises `ApiKeyError` for a key the operator must fix. `clock` drives
     the circuit breakers, `now` the SNA date windows; both are injectable for tests."""
     settings = section.http
+    # The adapter's own bound: the scan waits `verify_budget_s`, the request may finish later.
+    bound_s = settings.verify_budget_s + settings.late_answer_s
     frontelio_key: ApiKey | None = None
     digital_id_key: ApiKey | None = None
     # Keys first: a bad key fails start-up before any client exists.
@@ -47,13 +49,13 @@ def build_adapters(
     adapters: list[UpstreamAdapter] = []
     if section.frontelio and frontelio_key:
         http = _http("frontelio", section.frontelio.base_url, settings, clock)
-        adapters.append(FrontelioAdapter(http, frontelio_key, settings.verify_budget_s))
+        adapters.append(FrontelioAdapter(http, frontelio_key, bound_s))
     if section.sna:
         http = _http("sna", section.sna.base_url, settings, clock)
-        adapters.append(SnaAdapter(http, section.sna, settings.verify_budget_s, now=now))
+        adapters.append(SnaAdapter(http, section.sna, bound_s, now=now))
     if section.digital_id:
         http = _http("digital_id", section.digital_id.base_url, settings, clock)
-        adapters.append(DigitalIdAdapter(http, section.digital_id, digital_id_key, settings.verify_budget_s))
+        adapters.append(DigitalIdAdapter(http, section.digital_id, digital_id_key, bound_s))
     return adapters
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from bridge import __version__
-from bridge.upstream.adapter import online_decision
+from bridge.upstream.adapter import central_deny_reason, online_decision
 from bridge.upstream.apikey import ApiKey
 from bridge.upstream.errors import (
     UpstreamNotApplicable,
@@ -29,8 +29,9 @@ from verifier.types import (
     Credential,
     CredentialJwt,
     Decision,
-    Reason,
+    InviteCode,
     Source,
+    secret_of,
 )
 
 NAME = "frontelio"
@@ -46,18 +47,6 @@ FRONTELIO_SOURCE: dict[Source, str | None] = {
     Source.KEYPAD: None,
 }
 
-FrontelioReason = Literal[
-    "NO_GRANT",
-    "GRANT_REVOKED",
-    "OUT_OF_SHIFT_WINDOW",
-    "OUT_OF_DATE_WINDOW",
-    "CREDENTIAL_EXPIRED",
-    "SIGNATURE_INVALID",
-    "UNKNOWN_READER",
-    "RATE_LIMITED",
-]
-
-
 class VerifyAnswer(BaseModel):
     """The documented 200 body of /access/verify; unknown extra fields are tolerated."""
 
@@ -67,20 +56,21 @@ class VerifyAnswer(BaseModel):
     userId: str | None = None
     userName: str | None = None
     zoneName: str | None = None
-    reason: FrontelioReason | None = None
+    # Any word: a DENY is a DENY whatever its reason (`central_deny_reason` maps it).
+    reason: str | None = None
     replay: bool = False
 
     @model_validator(mode="after")
     def _reason_matches_decision(self) -> "VerifyAnswer":
         if self.decision == "GRANT" and self.reason is not None:
             raise ValueError("a GRANT must carry reason null")
-        if self.decision == "DENY" and self.reason is None:
-            raise ValueError("a DENY must carry a reason")
         return self
 
 
 class FrontelioAdapter:
     name = NAME
+    decides_alone = False
+    has_heartbeat = True
 
     def __init__(self, http: UpstreamHttp, api_key: ApiKey, verify_budget_s: float) -> None:
         self._http = http
@@ -90,29 +80,34 @@ class FrontelioAdapter:
     def accepts(self, credential: Credential, source: Source) -> bool:
         if FRONTELIO_SOURCE.get(source) is None:
             return False
+        if isinstance(credential, InviteCode):
+            return source is Source.VISITOR
         return isinstance(credential, (CredentialJwt, CardNumber))
 
     async def verify(self, credential: Credential, reader_id: str, source: Source) -> AccessDecision:
         wire_source = FRONTELIO_SOURCE.get(source)
-        if wire_source is None or not isinstance(credential, (CredentialJwt, CardNumber)):
+        if wire_source is None or not self.accepts(credential, source):
             raise UpstreamNotApplicable(NAME, f"cannot verify a {credential.kind} credential from {source.value}")
-        credential_id = credential.token if isinstance(credential, CredentialJwt) else credential.number
+        assert isinstance(credential, (CredentialJwt, CardNumber, InviteCode))
+        credential_id = secret_of(credential)
         answer = await self._post(
             VERIFY_PATH,
             {"credentialId": credential_id, "readerId": reader_id, "source": wire_source},
             budget_s=self._budget_s,
         )
         parsed = parse_body(NAME, f"POST {VERIFY_PATH}", VerifyAnswer, answer.body)
+        reason, raw = central_deny_reason(parsed.reason) if parsed.decision == "DENY" else (None, None)
         return online_decision(
             credential,
             reader_id,
             source,
             Decision(parsed.decision),
-            Reason(parsed.reason) if parsed.reason else None,
+            reason,
             user_id=parsed.userId,
             user_name=parsed.userName,
             zone_name=parsed.zoneName,
             replay=parsed.replay,
+            upstream_reason=raw,
         )
 
     async def heartbeat(self, reader_id: str) -> None:

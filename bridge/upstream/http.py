@@ -150,10 +150,27 @@ class UpstreamHttp:
                 hint="check base_url's host name, the system clock, and upstream.http.ca_bundle",
             )
         kind = "timed out" if isinstance(error, httpx.TimeoutException) else type(error).__name__
-        return UpstreamUnavailable(self.upstream, f"{method} {path}: {kind}")
+        # The cause a technician acts on ("Temporary failure in name resolution", "Connection
+        # refused") is the innermost error's text; httpx's own text never carries the URL.
+        cause = _innermost_text(error)
+        return UpstreamUnavailable(self.upstream, f"{method} {path}: {kind}" + (f" ({cause})" if cause else ""))
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _innermost_text(error: BaseException) -> str:
+    """The deepest non-empty message in the cause chain (socket.gaierror's, ConnectionRefusedError's)."""
+    seen: set[int] = set()
+    text = ""
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        message = current.strerror if isinstance(current, OSError) and current.strerror else str(current)
+        if message:
+            text = message
+        current = current.__cause__ or current.__context__
+    return " ".join(text.split())[:300]
 
 
 def _is_certificate_error(error: BaseException) -> bool:

@@ -63,6 +63,10 @@ class IdentifyAnswer(BaseModel):
 
 class SnaAdapter:
     name = NAME
+    # "The terminal device only transmits data and executes the server's command — it does not
+    # perform any local verification": asked for every card, in local-first too.
+    decides_alone = True
+    has_heartbeat = False
 
     def __init__(
         self,

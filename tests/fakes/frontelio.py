@@ -34,6 +34,9 @@ class FakeFrontelio:
     api_keys: set[str] = field(default_factory=lambda: {API_KEY})
     credentials: dict[str, Holder] = field(default_factory=dict)
     plan_gated: bool = False
+    # False: never answer `replay: true` (the document's 2 s rule is the central's choice; another
+    # central may not apply it, and the door must not depend on it).
+    replay_rule: bool = True
     server: FakeServer = field(default_factory=lambda: FakeServer(prefix="/api/v1"))
 
     def __post_init__(self) -> None:
@@ -64,7 +67,7 @@ class FakeFrontelio:
         key = (body["credentialId"], body["readerId"])
         now = time.monotonic()
         seen = self._recent.get(key)
-        if seen is not None and now - seen[0] < 2.0:
+        if self.replay_rule and seen is not None and now - seen[0] < 2.0:
             return Reply(200, {**seen[1], "replay": True})
         holder = self.credentials.get(body["credentialId"])
         if holder is None:
