@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -699,7 +700,7 @@ class Daemon:
             if up.online is not False:
                 log.warning("upstream_lost", error=error or "-", mode=self.config.bridge.mode, check=check)
                 up.online, up.since = False, self.clock()
-            elif error != up.last_error:
+            elif _cause(error) != _cause(up.last_error):
                 log.warning("upstream_error_changed", error=error or "-", previous=up.last_error or "-", check=check)
             up.last_error = error
 
@@ -826,7 +827,7 @@ class Daemon:
                         self.upstream.last_heartbeat = self.clock()
                         self._mark_upstream(True, name=adapter.name)
                     else:
-                        self._mark_upstream(False, f"{adapter.name} heartbeat: {error}", check=_check_for(error),
+                        self._mark_upstream(False, str(error), check=_check_for(error),  # names the heartbeat path
                                             name=adapter.name)
             await asyncio.sleep(settings.heartbeat_interval_s)
 
@@ -912,6 +913,15 @@ class Daemon:
                              {"relay": "energised" if door.energised else "released", "position": "unknown", "alarm": None})
                       for name, door in self.doors.items()},
         }
+
+
+_REQUEST = re.compile(r" (?:GET|POST|PUT|PATCH|DELETE) /\S*:")
+
+
+def _cause(error: str | None) -> str | None:
+    """A failure's cause without the request it happened on: a verify and a heartbeat failing
+    for the same reason are one cause, a 401 and a 500 (or DNS and refused) are two."""
+    return _REQUEST.sub("", error) if error else error
 
 
 def _check_for(error: Exception) -> str:
