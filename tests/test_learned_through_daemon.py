@@ -214,6 +214,7 @@ async def test_learn_false_keeps_sna_literal(tmp_path, fake_sna):
     async with running(cfg, clock=clock) as (daemon, _):
         assert (await _scan(daemon, CARD)).granted
         fake_sna.server.stop()
+        clock.advance(seconds=3)  # past the door's replay window, which holds for online decisions too
         offline = await _scan(daemon, CARD)
         assert daemon.learned.store.count() == 0
     assert (offline.reason, offline.decided) == (Reason.CACHE_STALE, "cache")
@@ -244,9 +245,11 @@ async def test_digital_id_is_never_learned(tmp_path, fake_frontelio, frontelio_k
     upstream = {**_frontelio(fake_frontelio, frontelio_key_file),
                 "digital_id": {"base_url": fake_digital_id.server.url, "location": "Main_Entrance"}}
     qr = "https://id.example/verify.php?token=tok_valid_123"
-    async with running(_cfg(tmp_path, upstream), clock=Clock()) as (daemon, _):
+    clock = Clock()
+    async with running(_cfg(tmp_path, upstream), clock=clock) as (daemon, _):
         assert (await _scan(daemon, qr, Source.PHONE_QR)).granted
         fake_digital_id.server.stop()
+        clock.advance(seconds=3)  # past the door's replay window, which holds for online decisions too
         offline = await _scan(daemon, qr, Source.PHONE_QR)
         assert daemon.learned.store.count() == 0
     assert (offline.reason, offline.decided) == (Reason.UPSTREAM_UNAVAILABLE, "cache")
