@@ -275,3 +275,16 @@ async def test_the_hand_back_resumes_from_its_cursor_none_lost_none_doubled(tmp_
         fake.server.stop()
     assert [e["id"] for e in hook.events] == ids
     assert hook.duplicates == 0 and hook.bad_signatures == 0
+
+
+def test_a_frontelio_card_is_capped_by_card_ttl_and_a_jwt_by_its_own_exp(tmp_path):
+    import jwt as pyjwt
+
+    cache = cache_at(tmp_path, card_ttl_s=600.0)
+    cache.observe("frontelio", CardNumber(CARD), grant(), ["R1"], NOW)
+    assert cache.recall(CardNumber(CARD), "R1", NOW + timedelta(minutes=9)).reason is None
+    assert cache.recall(CardNumber(CARD), "R1", NOW + timedelta(minutes=10)).reason is Reason.CACHE_STALE
+    token = pyjwt.encode({"sub": "u1", "exp": int(NOW.timestamp()) + 7200}, "s" * 32, algorithm="HS256")
+    cache.observe("frontelio", CredentialJwt(token), grant(), ["R1"], NOW)  # the TTL is for cards only
+    assert cache.recall(CredentialJwt(token), "R1", NOW + timedelta(minutes=30)).reason is None
+    assert cache.recall(CredentialJwt(token), "R1", NOW + timedelta(hours=2)).reason is Reason.CREDENTIAL_EXPIRED
