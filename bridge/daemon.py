@@ -798,7 +798,7 @@ class Daemon:
         r.last_scan_at = self.clock().isoformat(timespec="seconds")
         r.last_decision, r.last_reason = d.decision.value, d.reason.value if d.reason else None
         log.info(
-            "decision", reader=d.reader_id, source=d.source.value, decision=d.decision.value,
+            "decision", reader=d.reader_id, door=door.name if door else "-", source=d.source.value, decision=d.decision.value,
             reason=d.reason.value if d.reason else "-", latency_ms=round(latency_ms, 2),
             cache_version=d.cache_version, decided=how,
             upstream=self.upstream.label, replay=d.replay, cred=d.fingerprint, user=d.user_id or "-",
