@@ -143,6 +143,7 @@ from bridge.inputs.wiegand import WiegandReaderConfig  # noqa: E402
 from bridge.observe_config import MetricsSection, MqttSection  # noqa: E402
 from bridge.offline_config import OfflineSection  # noqa: E402
 from bridge.upstream.config import UpstreamSection  # noqa: E402
+from bridge.site_config import SiteSection  # noqa: E402
 from bridge.wiegand_config import CONTEXT_KEY, SiteFormat, build_site_formats, prebuild  # noqa: E402
 
 ReaderConfig = Annotated[
@@ -153,6 +154,7 @@ ReaderConfig = Annotated[
 
 class Config(_Strict):
     bridge: BridgeSection = BridgeSection()
+    site: SiteSection = SiteSection()
     cache: CacheSection = CacheSection()
     policy: PolicySection = PolicySection()
     audit: AuditSection = AuditSection()

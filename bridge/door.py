@@ -27,16 +27,37 @@ class Door:
         )
         self._lock = threading.Lock()
         self.pulses = 0
+        # Held open by the door's mode (`unlocked`, bridge/mode_shell.py): a GRANT then has
+        # nothing to pulse, and a pulse's timer must not end the hold.
+        self.held = False
 
     def pulse(self) -> None:
         """Energise for `pulse_s`, then release; a new pulse while open restarts the timer."""
         with self._lock:
+            if self.held:
+                return
             try:
                 self.relay.blink(on_time=self.cfg.pulse_s, off_time=0, n=1, background=True)
                 self.pulses += 1
             except Exception:
                 self.release()
                 raise
+
+    def hold(self) -> None:
+        """Energise until `release_hold` (a mode change, stop, or an error path releases)."""
+        with self._lock:
+            try:
+                self.relay.on()
+                self.held = True
+            except Exception as e:
+                self.held = False
+                self.release()
+                log.error("relay_hold_failed", door=self.name, error=str(e)[:200], check="GPIO wiring and permissions")
+
+    def release_hold(self) -> None:
+        with self._lock:
+            self.held = False
+            self.release()
 
     def release(self) -> None:
         try:

@@ -6,6 +6,7 @@ import io
 import sqlite3
 
 import pytest
+import sqlite_utils
 
 from bridge import outbox as outbox_mod
 from bridge.outbox import Outbox
@@ -24,10 +25,11 @@ def test_grant_cache_migrates_forward_keeping_grants(tmp_path, monkeypatch):
     def v2(db):  # what a future release might add
         db["grants"].add_column("note", str)
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(schema.MIGRATIONS, 2, v2)
+    future = schema.SCHEMA_VERSION + 1
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", future)
+    monkeypatch.setitem(schema.MIGRATIONS, future, v2)
     cache = GrantCache(tmp_path / "grants.db")
-    assert cache.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert cache.conn.execute("PRAGMA user_version").fetchone()[0] == future
     assert cache.meta.version == 1 and cache.card("6B06C2A25E99C68EDCBE") is not None
     assert "note" in [r[1] for r in cache.conn.execute("PRAGMA table_info(grants)")]
     cache.close()
@@ -43,12 +45,13 @@ def test_a_failing_migration_leaves_the_old_schema_and_data(tmp_path, monkeypatc
         db["grants"].add_column("note", str)
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(schema.MIGRATIONS, 2, broken)
+    current = schema.SCHEMA_VERSION
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(schema.MIGRATIONS, current + 1, broken)
     with pytest.raises(RuntimeError, match="migration bug"):
         GrantCache(tmp_path / "grants.db")
     conn = sqlite3.connect(tmp_path / "grants.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == current
     assert "note" not in [r[1] for r in conn.execute("PRAGMA table_info(grants)")]
     assert conn.execute("SELECT count(*) FROM cards").fetchone()[0] == 3
 
@@ -79,3 +82,24 @@ def test_outbox_migrates_forward_keeping_unsent_events(tmp_path, monkeypatch):
     assert [e.id for e in box.pending()] == [e.id for e in unsent]
     assert box.depth() == 3
     assert box.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_a_version_1_cache_migrates_to_door_policy_keeping_its_grants(tmp_path):
+    """Issue 15's schema (roles, role grants, schedules, holidays, door modes) on a v1 cache."""
+    site = Site()
+    conn = sqlite3.connect(tmp_path / "grants.db", isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    schema.MIGRATIONS[1](db)
+    conn.execute("PRAGMA user_version=1")
+    apply_v1 = [("zones", {"id": "zone_a", "name": "A", "schedule_aware": 0}),
+                ("grants", {"id": "g1", "user_id": "u1", "zone_id": "zone_a", "starts_ms": 0, "ends_ms": 2**62, "revoked": 0})]
+    for table, row in apply_v1:
+        db[table].insert(row)
+    conn.close()
+    cache = GrantCache(tmp_path / "grants.db")
+    assert cache.conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION >= 2
+    assert [g.zone_id for g in cache.grants("u1", "zone_a")] == ["zone_a"]
+    tables = {r[0] for r in cache.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"roles", "user_roles", "role_grants", "schedules", "holidays", "door_modes"} <= tables
+    apply_bundle(cache.conn, io.BytesIO(site.bundle(door_records("R1"))), site.key.public_key())
+    cache.close()

@@ -31,6 +31,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from verifier import door_policy
 from verifier.credentials import card_key
 from verifier.hashing import PinHashing, hash_invite
 from verifier.timeutil import MAX_MS, MIN_MS, TimeFormatError, iso, opt_ms
@@ -267,7 +268,8 @@ class _Batches:
         self.size = 0
 
 
-_TABLES = ("zones", "zone_readers", "known_readers", "users", "grants", "shifts", "cards", "visitors", "passcodes", "jwks")
+_TABLES = ("zones", "zone_readers", "known_readers", "users", "grants", "shifts", "cards", "visitors", "passcodes", "jwks",
+           "roles", "user_roles", "role_grants", "schedules", "holidays", "door_modes")
 
 
 def apply_bundle(conn: sqlite3.Connection, stream: IO[bytes], public_key: Ed25519PublicKey) -> ApplyResult:
@@ -434,14 +436,29 @@ def _known(b: _Batches, readers: list[str] | None) -> None:
 
 
 def _user(b: _Batches, r: dict[str, Any], _: Any) -> None:
+    uid = _str(r, "id")
     b.add("INSERT OR REPLACE INTO users(id, name, active) VALUES (?,?,?)",
-          (_str(r, "id"), _str(r, "name", required=False), _bool(r, "active", True)))
+          (uid, _str(r, "name", required=False), _bool(r, "active", True)))
+    # An upsert replaces the holder's roles: a role left out is removed at once (door_policy.py).
+    b.run("DELETE FROM user_roles WHERE user_id = ?", (uid,))
+    for role in _str_list(r, "roles", required=False) or ():
+        b.add("INSERT OR IGNORE INTO user_roles(user_id, role_id) VALUES (?,?)", (uid, role))
 
 
 def _grant(b: _Batches, r: dict[str, Any], _: Any) -> None:
+    """Frontelio: "A Grant ties a User (or a Role) to a Zone" — `userId` or `roleId`, not both."""
     s, e = _window(r, "startsAt", "endsAt")
-    b.add("INSERT OR REPLACE INTO grants(id, user_id, zone_id, starts_ms, ends_ms, revoked) VALUES (?,?,?,?,?,?)",
-          (_str(r, "id"), _str(r, "userId"), _str(r, "zoneId"), s, e, _bool(r, "revoked", False)))
+    user, role = _str(r, "userId", required=False), _str(r, "roleId", required=False)
+    if (user is None) == (role is None):
+        raise _Bad("a grant needs exactly one of userId and roleId")
+    gid, schedule = _str(r, "id"), _str(r, "schedule", required=False)
+    if role is not None:
+        b.run("DELETE FROM grants WHERE id = ?", (gid,))
+        b.add("INSERT OR REPLACE INTO role_grants(id, role_id, zone_id, starts_ms, ends_ms, revoked, schedule_id) VALUES (?,?,?,?,?,?,?)",
+              (gid, role, _str(r, "zoneId"), s, e, _bool(r, "revoked", False), schedule))
+        return
+    b.add("INSERT OR REPLACE INTO grants(id, user_id, zone_id, starts_ms, ends_ms, revoked, schedule_id) VALUES (?,?,?,?,?,?,?)",
+          (gid, user, _str(r, "zoneId"), s, e, _bool(r, "revoked", False), schedule))
 
 
 def _shift(b: _Batches, r: dict[str, Any], _: Any) -> None:
@@ -512,15 +529,39 @@ def _key(b: _Batches, r: dict[str, Any], _: Any) -> None:
     b.add("INSERT OR REPLACE INTO jwks(kid, jwk) VALUES (?,?)", (_str(r, "kid"), json.dumps(jwk)))
 
 
+def _role(b: _Batches, r: dict[str, Any], _: Any) -> None:
+    b.add("INSERT OR REPLACE INTO roles(id, name, override) VALUES (?,?,?)",
+          (_str(r, "id"), _str(r, "name", required=False), _bool(r, "override", False)))
+
+
+def _schedule(b: _Batches, r: dict[str, Any], _: Any) -> None:
+    b.add("INSERT OR REPLACE INTO schedules(id, body) VALUES (?,?)", (_str(r, "id"), json.dumps(door_policy.check_schedule(r))))
+
+
+def _holiday(b: _Batches, r: dict[str, Any], _: Any) -> None:
+    b.add("INSERT OR REPLACE INTO holidays(id, body) VALUES (?,?)", (_str(r, "id"), json.dumps(door_policy.check_holiday(r))))
+
+
+def _door_mode(b: _Batches, r: dict[str, Any], _: Any) -> None:
+    body = door_policy.check_door_mode(r)
+    _known(b, body.get("readers"))
+    b.add("INSERT OR REPLACE INTO door_modes(id, body) VALUES (?,?)", (_str(r, "id"), json.dumps(body)))
+
+
 _HANDLERS = {
+    "role": _role, "schedule": _schedule, "holiday": _holiday, "door_mode": _door_mode,
     "zone": _zone, "user": _user, "grant": _grant, "shift": _shift, "card": _card,
     "ic_card": _ic_card, "visitor": _visitor, "passcode": _passcode, "key": _key,
 }
 
 _DELETES = {
     "zone": ("id", ["DELETE FROM zones WHERE id = ?", "DELETE FROM zone_readers WHERE zone_id = ?"]),
-    "user": ("id", ["DELETE FROM users WHERE id = ?"]),
-    "grant": ("id", ["DELETE FROM grants WHERE id = ?"]),
+    "user": ("id", ["DELETE FROM users WHERE id = ?", "DELETE FROM user_roles WHERE user_id = ?"]),
+    "grant": ("id", ["DELETE FROM grants WHERE id = ?", "DELETE FROM role_grants WHERE id = ?"]),
+    "role": ("id", ["DELETE FROM roles WHERE id = ?", "DELETE FROM user_roles WHERE role_id = ?"]),
+    "schedule": ("id", ["DELETE FROM schedules WHERE id = ?"]),
+    "holiday": ("id", ["DELETE FROM holidays WHERE id = ?"]),
+    "door_mode": ("id", ["DELETE FROM door_modes WHERE id = ?"]),
     "shift": ("id", ["DELETE FROM shifts WHERE id = ?"]),
     "card": ("number", ["DELETE FROM cards WHERE number = ?"]),
     "ic_card": ("cardNumber", ["DELETE FROM cards WHERE number = ?"]),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from verifier import schema
+from verifier.door_policy import DoorRecords
 from verifier.hashing import PinHashing
 from verifier.timeutil import MAX_MS
 
@@ -44,6 +45,7 @@ class CardRow:
 class GrantRow:
     zone_id: str
     window: Window
+    schedule_id: str | None = None  # a weekly access pattern on top of the window (schedule.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,8 @@ class GrantCache:
         self._reader_zones: dict[str, tuple[Zone, ...]] = {}
         self._known: dict[str, bool] = {}
         self._jwks: dict[str, dict[str, Any]] | None = None
+        self._door_records: DoorRecords | None = None
+        self.generation = 0  # moves on every reload: derived state (door modes) rebuilds on it
         self.refresh()
 
     def close(self) -> None:
@@ -103,6 +107,8 @@ class GrantCache:
         self._reader_zones = {}
         self._known = {}
         self._jwks = None
+        self._door_records = None
+        self.generation += 1
         return True
 
     # --- readers and zones (small; memoised per cache version) --------------------------------
@@ -143,9 +149,33 @@ class GrantCache:
 
     def grants(self, user_id: str, zone_id: str) -> list[GrantRow]:
         rows = self.conn.execute(
-            "SELECT starts_ms, ends_ms, revoked FROM grants WHERE user_id = ? AND zone_id = ?", (user_id, zone_id)
+            "SELECT starts_ms, ends_ms, revoked, schedule_id FROM grants WHERE user_id = ? AND zone_id = ?", (user_id, zone_id)
         ).fetchall()
-        return [GrantRow(zone_id, Window(r[0], r[1], bool(r[2]))) for r in rows]
+        return [GrantRow(zone_id, Window(r[0], r[1], bool(r[2])), r[3]) for r in rows]
+
+    def role_grants(self, user_id: str, zone_id: str) -> list[GrantRow]:
+        """Grants to a role the holder carries now: removing the role or the grant ends them."""
+        rows = self.conn.execute(
+            "SELECT g.starts_ms, g.ends_ms, g.revoked, g.schedule_id FROM user_roles u "
+            "JOIN role_grants g ON g.role_id = u.role_id WHERE u.user_id = ? AND g.zone_id = ?", (user_id, zone_id)
+        ).fetchall()
+        return [GrantRow(zone_id, Window(r[0], r[1], bool(r[2])), r[3]) for r in rows]
+
+    def roles_of(self, user_id: str) -> frozenset[str]:
+        return frozenset(r[0] for r in self.conn.execute("SELECT role_id FROM user_roles WHERE user_id = ?", (user_id,)))
+
+    def door_records(self) -> DoorRecords:
+        """Door modes, schedules, holidays and override roles of this cache version (memoised)."""
+        if self._door_records is None:
+            from verifier import door_policy
+
+            self._door_records = DoorRecords(
+                policies=tuple(door_policy.door_policy_of(b) for (b,) in self.conn.execute("SELECT body FROM door_modes ORDER BY id")),
+                schedules={s.id: s for s in (door_policy.schedule_of(b) for (b,) in self.conn.execute("SELECT body FROM schedules"))},
+                holidays=tuple(door_policy.holiday_of(b) for (b,) in self.conn.execute("SELECT body FROM holidays ORDER BY id")),
+                override_roles=frozenset(r[0] for r in self.conn.execute("SELECT id FROM roles WHERE override = 1")),
+            )
+        return self._door_records
 
     def on_shift(self, user_id: str, zone_id: str, now_ms: int) -> bool:
         """A shift with no zone covers every schedule-aware zone of that user."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Iterator
 
 from verifier import jwtcheck
-from verifier.cache import GrantCache, Window, Zone
+from verifier.cache import GrantCache, GrantRow, Window, Zone
+from verifier.door_mode import DoorModes, ModeSettings, Verdict
+from verifier.schedule import Calendar
 from verifier.guard import RateLimiter, ReplayMemory
 from verifier.hashing import hash_invite, hash_pin
 from verifier.learned import LearnedLookup, Recalled, signed_cache_silent
@@ -62,7 +64,7 @@ class _Outcome:
 
 class Verifier:
     def __init__(self, cache: GrantCache, policy: Policy = Policy(), offline_codes: OfflineCodeCheck | None = None,
-                 learned: LearnedLookup | None = None) -> None:
+                 learned: LearnedLookup | None = None, modes: ModeSettings | None = None) -> None:
         self.cache = cache
         # Answers from the central remembered by the daemon (bridge/learned.py), asked only when
         # the signed cache has no verdict of its own: a bundle stays the authority it is.
@@ -72,13 +74,36 @@ class Verifier:
         self.limiter = RateLimiter(policy.rate_limit_denies, int(policy.rate_limit_window_s * 1000),
                                    int(policy.rate_limit_cooldown_s * 1000))
         self.offline_codes = offline_codes
+        # Door modes gate decisions only when the site configures them (the daemon always does).
+        self.mode_settings = modes
+        self._door_modes: DoorModes | None = None
+        self._modes_generation = -1
 
     def is_stale(self, now: datetime) -> bool:
         self.cache.refresh()
         return self.cache.meta.version == 0 or to_ms(now) >= self.cache.meta.not_after_ms
 
+    def door_modes(self) -> DoorModes:
+        """The door-mode state machine of the current cache version (rebuilt when it changes;
+        pairings and first-person-in state carry over)."""
+        if self._door_modes is None or self._modes_generation != self.cache.generation:
+            settings = self.mode_settings or ModeSettings()
+            records = self.cache.door_records()
+            fresh = DoorModes(list(records.policies), records.schedules, settings.tz, Calendar.of(list(records.holidays)),
+                              settings.default_mode, settings.pin_timeout_s, settings.reader_door,
+                              records.override_roles, self.cache.roles_of)
+            if self._door_modes is not None:
+                fresh.carry_state(self._door_modes)
+            self._door_modes, self._modes_generation = fresh, self.cache.generation
+        return self._door_modes
+
+    def gate(self, credential: Credential, decision: AccessDecision, now: datetime, clock_trusted: bool = True) -> Verdict:
+        """The door mode's decision from the grants' decision (also for online answers)."""
+        number = credential.number if isinstance(credential, CardNumber) else None
+        return self.door_modes().gate(decision, credential.kind, number, to_ms(now), clock_trusted)
+
     def decide(self, credential: Credential, reader_id: str, source: Source, now: datetime,
-               verdict: AccessDecision | None = None) -> AccessDecision:
+               verdict: AccessDecision | None = None, clock_trusted: bool = True) -> AccessDecision:
         """`verdict`: a decision made elsewhere (the central's answer, a late denial) that takes
         the cache's place. The door's own replay window and rate limiter apply to it all the same."""
         now_ms = to_ms(now)
@@ -112,8 +137,16 @@ class Verifier:
                 recalled = self.learned(credential, reader_id, now)
                 if recalled is not None:
                     decision = _from_recalled(decision, recalled)
-        if decision.reason is not None and decision.reason not in _NOT_GUESSES:
+        gated, mode_guess = decision, False
+        if self.mode_settings is not None:
+            # A DENY the door mode adds (PIN_REQUIRED, DOOR_LOCKED, …) is not a guess; a PIN that
+            # is not the card holder's is (verdict.guess). Online answers are gated the same way.
+            verdict_of_mode = self.gate(credential, decision, now, clock_trusted)
+            gated, mode_guess = verdict_of_mode.decision, verdict_of_mode.guess
+        if ((decision.reason is not None and decision.reason not in _NOT_GUESSES and not gated.granted)
+                or mode_guess):
             self.limiter.record_deny(reader_id, keypad, now_ms)
+        decision = gated
         if decision.reason is not Reason.RATE_LIMITED:
             self.replays.remember(reader_id, fp, now_ms, replace(decision, replay=False))
         return decision
@@ -222,8 +255,10 @@ class Verifier:
                 return _Outcome(Reason.HOLDER_INACTIVE, user_id, name)
         best: tuple[int, Reason | None, Zone | None] = (_rank(Reason.NO_GRANT), Reason.NO_GRANT, None)
         for zone in zones:
-            for grant in self.cache.grants(user_id, zone.id):
+            for grant in self._zone_grants(user_id, zone.id):
                 why = _window_reason(grant.window, now_ms)
+                if why is None and grant.schedule_id is not None and not self.door_modes().schedule_open(grant.schedule_id, now_ms):
+                    why = Reason.OUT_OF_SCHEDULE
                 if why is None and zone.schedule_aware and not self.cache.on_shift(user_id, zone.id, now_ms):
                     why = Reason.OUT_OF_SHIFT_WINDOW
                 if why is None:
@@ -233,10 +268,17 @@ class Verifier:
         return _Outcome(best[1], user_id, name, best[2])
 
 
+    def _zone_grants(self, user_id: str, zone_id: str) -> Iterator[GrantRow]:
+        """The holder's own grants first; grants to their roles only if none of those admits."""
+        yield from self.cache.grants(user_id, zone_id)
+        yield from self.cache.role_grants(user_id, zone_id)
+
+
 def _from_recalled(decision: AccessDecision, recalled: Recalled) -> AccessDecision:
     return replace(decision, decision=Decision.GRANT if recalled.reason is None else Decision.DENY,
                    reason=recalled.reason, user_id=recalled.user_id, user_name=recalled.user_name,
                    zone_id=None, zone_name=recalled.zone_name, learned=True)
+
 
 
 def _window_reason(w: Window, now_ms: int) -> Reason | None:
@@ -249,7 +291,7 @@ def _window_reason(w: Window, now_ms: int) -> Reason | None:
 
 # When several grants all deny, report the most specific: a grant that exists and is only
 # outside its shift says more to the technician than a revoked one.
-_RANKS = {None: 0, Reason.OUT_OF_SHIFT_WINDOW: 1, Reason.OUT_OF_DATE_WINDOW: 2, Reason.GRANT_REVOKED: 3,
+_RANKS = {None: 0, Reason.OUT_OF_SCHEDULE: 1, Reason.OUT_OF_SHIFT_WINDOW: 1, Reason.OUT_OF_DATE_WINDOW: 2, Reason.GRANT_REVOKED: 3,
           Reason.HOLDER_INACTIVE: 4, Reason.NO_GRANT: 5}
 
 

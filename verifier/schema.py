@@ -13,7 +13,7 @@ from typing import Callable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -62,7 +62,27 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["jwks"].create({"kid": str, "jwk": str}, pk="kid")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1}
+def _v2(db: sqlite_utils.Database) -> None:
+    """Door policy (issue 15): roles and role grants, weekly schedules, holidays, door modes."""
+    db["roles"].create({"id": str, "name": str, "override": int}, pk="id")
+    db["user_roles"].create({"user_id": str, "role_id": str}, pk=("user_id", "role_id"))
+    db["user_roles"].create_index(["role_id"])
+    # A Frontelio Grant to a Role: it admits every holder carrying the role, for as long as both
+    # the grant and the holder's role last.
+    db["role_grants"].create(
+        {"id": str, "role_id": str, "zone_id": str, "starts_ms": int, "ends_ms": int, "revoked": int,
+         "schedule_id": str},
+        pk="id",
+    )
+    db["role_grants"].create_index(["role_id", "zone_id"])
+    db["grants"].add_column("schedule_id", str)
+    # Few and small: kept as their validated JSON, parsed once per cache version (never per decision).
+    db["schedules"].create({"id": str, "body": str}, pk="id")
+    db["holidays"].create({"id": str, "body": str}, pk="id")
+    db["door_modes"].create({"id": str, "body": str}, pk="id")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2}
 
 
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:

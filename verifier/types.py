@@ -32,6 +32,14 @@ class Reason(StrEnum):
     HOLDER_INACTIVE = "HOLDER_INACTIVE"
     CACHE_STALE = "CACHE_STALE"
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    # Door modes (verifier/door_mode.py): the credential may be fine, the door asks for another.
+    PIN_REQUIRED = "PIN_REQUIRED"  # a card at a card-and-pin door (PIN to follow) or a pin-only door
+    CARD_REQUIRED = "CARD_REQUIRED"  # a PIN at a card-only door, or at card-and-pin with no card first
+    PIN_MISMATCH = "PIN_MISMATCH"  # card-and-pin: the PIN is not the card holder's own
+    PIN_TIMEOUT = "PIN_TIMEOUT"  # card-and-pin: the PIN came after the pairing window
+    DOOR_LOCKED = "DOOR_LOCKED"  # locked mode: only holders with an override role
+    FACILITY_CODE_MISMATCH = "FACILITY_CODE_MISMATCH"  # facility-code mode: not one of the site's codes
+    OUT_OF_SCHEDULE = "OUT_OF_SCHEDULE"  # the grant's weekly schedule is closed now
 
 
 class Source(StrEnum):
@@ -165,6 +173,7 @@ class AccessDecision:
     # The central's own reason word when it is not one of ours (kept for the audit record), or
     # what a late denial said; None when `reason` is the central's word exactly.
     upstream_reason: str | None = None
+    door_mode: str | None = None  # the effective door mode the decision was taken in (door_mode.py)
 
     @property
     def granted(self) -> bool:
@@ -193,6 +202,7 @@ class AccessDecision:
             "decided": self.decided,
             "credentialKind": self.credential_kind,
             "credentialFingerprint": self.fingerprint,
+            "doorMode": self.door_mode,
         }
         if self.upstream_reason is not None:
             wire["upstreamReason"] = self.upstream_reason
