@@ -102,15 +102,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _check_keys(config: Config, source: str) -> None:
-    from verifier.bundle import load_public_key
+    """Every file the config names, with the loaders `run` uses (bridge/config_files.py)."""
+    from bridge.config_files import check_files
 
-    text = config.cache.public_key_text(source)
-    if text is not None:
-        try:
-            load_public_key(text)
-        except ValueError as e:
-            key = "cache.public_key_file" if config.cache.public_key_file else "cache.public_key"
-            raise ConfigError(f"{source}: {key}: {e}") from None
+    check_files(config, source)
 
 
 def _public_key(config: Config, source: str):

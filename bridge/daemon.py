@@ -302,14 +302,13 @@ class Daemon:
         for name, door in self.config.doors.items():
             if door.passcode_secret_file is None:
                 continue
-            from bridge.upstream.apikey import ApiKeyError, load_api_key
+            from bridge.config_files import load_passcode_secret
+            from bridge.upstream.apikey import ApiKeyError
 
             try:
-                secret = load_api_key(key_file=door.passcode_secret_file).reveal().encode()
+                secret = load_passcode_secret(door.passcode_secret_file)
             except ApiKeyError as e:
                 raise ConfigError(f"doors.{name}.passcode_secret_file: {e}") from None
-            if len(secret) < 16:
-                raise ConfigError(f"doors.{name}.passcode_secret_file: the secret must be at least 16 bytes")
             secrets[name] = (door.passcode_door_id or name, secret)
         for reader in self.config.readers:
             if reader.door in secrets:

@@ -140,10 +140,22 @@ if [[ $START -eq 0 ]]; then
     exit 0
 fi
 
-# A bad configuration must not replace a running, working daemon: check first, as the service user.
+# A bad configuration must not replace a running, working daemon: check first, as the service user,
+# with the unit's credentials staged as systemd hands them over (LoadCredential=NAME:PATH →
+# $CREDENTIALS_DIRECTORY/NAME), so the API keys are checked exactly as `run` will read them.
 if [[ -x $VENV/bin/door-bridge ]] || [[ $DRY_RUN -eq 1 ]]; then
-    if ! run runuser -u "$SERVICE_USER" -- "$VENV/bin/door-bridge" check-config --config "$CONF_DIR/config.toml"; then
-        die "$CONF_DIR/config.toml has errors (above); fix them, then: systemctl restart $SERVICE"
+    cred_dir=/run/door-bridge-check-config
+    run install -d -m 0700 -o "$SERVICE_USER" -g "$SERVICE_USER" "$cred_dir"
+    while IFS=: read -r cred_name cred_path; do
+        [[ -n $cred_name && -r $cred_path ]] || continue
+        run install -m 0400 -o "$SERVICE_USER" -g "$SERVICE_USER" "$cred_path" "$cred_dir/$cred_name"
+    done < <(sed -n 's/^LoadCredential=//p' "$SRC/systemd/door-bridge.service")
+    checked=0
+    run runuser -u "$SERVICE_USER" -- env CREDENTIALS_DIRECTORY="$cred_dir" \
+        "$VENV/bin/door-bridge" check-config --config "$CONF_DIR/config.toml" || checked=$?
+    run rm -rf "$cred_dir"
+    if [[ $checked -ne 0 ]]; then
+        die "$CONF_DIR/config.toml or a file it names has errors (above); fix them, then: systemctl restart $SERVICE"
     fi
 fi
 # restart, not `enable --now`: an upgrade must replace the running old code.

@@ -72,7 +72,26 @@ def load_api_key(
         assert key_file is not None
         path = Path(key_file)
         check_mode = True
-    return ApiKey(_read_key(path, check_mode=check_mode, prefix=prefix))
+    try:
+        return ApiKey(_read_key(path, check_mode=check_mode, prefix=prefix))
+    except _EmptyKey:
+        if credential is not None:
+            # systemd copies the file named by the unit's LoadCredential= line; install.sh makes
+            # /etc/door-bridge/api-key empty so that a fresh unit can start at all.
+            raise ApiKeyError(
+                f"api_key_credential {credential!r}: the credential is empty: put the key in the file the unit's "
+                f"LoadCredential={credential}:… line names (systemd/install.sh: /etc/door-bridge/{credential}): "
+                f"sudo sh -c 'umask 077; cat > /etc/door-bridge/{credential}' (paste the key, Enter, Ctrl-D), "
+                "then: sudo systemctl restart door-bridge"
+            ) from None
+        raise ApiKeyError(
+            f"{path}: API key file is empty: put the key in it: sudo sh -c 'umask 077; cat > {path}' "
+            "(paste the key, Enter, Ctrl-D)"
+        ) from None
+
+
+class _EmptyKey(Exception):
+    """An existing, readable, empty key file: the message depends on where it came from."""
 
 
 def _read_key(path: Path, *, check_mode: bool, prefix: str | None) -> str:
@@ -98,7 +117,7 @@ def _read_key(path: Path, *, check_mode: bool, prefix: str | None) -> str:
     except UnicodeDecodeError:
         raise ApiKeyError(f"{path}: API key file is not ASCII text") from None
     if not value:
-        raise ApiKeyError(f"{path}: API key file is empty")
+        raise _EmptyKey()
     if not value.isprintable() or any(ch.isspace() for ch in value):
         raise ApiKeyError(f"{path}: API key file holds more than one word or control characters; put only the key in it")
     if prefix and not value.startswith(prefix):
