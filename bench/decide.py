@@ -6,6 +6,7 @@ Prints figures, then one JSON object as the last line. Not a test: nothing here 
 
     python bench/decide.py                 # 1,000,000 grants, 100,000 decisions
     python bench/decide.py --grants 1000
+    python bench/decide.py --schedules     # door modes on schedules, holidays, scheduled grants (issue 15)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import jwt
 import psutil
@@ -35,6 +37,7 @@ from verifier.bundle import BundleWriter, apply_file  # noqa: E402
 from verifier.cache import GrantCache  # noqa: E402
 from verifier.credentials import parse  # noqa: E402
 from verifier.decide import Policy, Verifier  # noqa: E402
+from verifier.door_mode import ModeSettings  # noqa: E402
 from verifier.types import Source  # noqa: E402
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=timezone.utc)
@@ -53,7 +56,23 @@ def _raw(key: Ed25519PrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 
 
-def build(path: Path, n: int, key_raw: bytes, cred_raw: bytes) -> tuple[float, int]:
+HOLIDAYS = 20
+
+
+def schedule_records() -> list[dict]:
+    """Every reader's door on a weekly mode schedule (card-or-pin by day, card-only at night, a
+    holiday slot), 20 holidays, and the access schedule a third of the grants carry."""
+    days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    out: list[dict] = [{"type": "schedule", "id": "doors", "default": "card-or-pin", "slots": [
+        {"days": days, "start": "06:00", "end": "22:00", "mode": "card-or-pin"},
+        {"days": ["holiday"], "start": "08:00", "end": "20:00", "mode": "card-or-pin"}]},
+        {"type": "schedule", "id": "office", "slots": [{"days": [*days, "holiday"], "start": "00:00", "end": "24:00"}]}]
+    out += [{"type": "holiday", "id": f"h{i}", "date": f"2026-{1 + i % 12:02d}-{1 + i:02d}"} for i in range(HOLIDAYS)]
+    out += [{"type": "door_mode", "id": f"door_{z}", "readers": [f"R{z}"], "schedule": "doors"} for z in range(ZONES)]
+    return out
+
+
+def build(path: Path, n: int, key_raw: bytes, cred_raw: bytes, schedules: bool = False) -> tuple[float, int]:
     key = Ed25519PrivateKey.from_private_bytes(key_raw)
     cred_key = Ed25519PrivateKey.from_private_bytes(cred_raw)
     start = time.perf_counter()
@@ -62,6 +81,8 @@ def build(path: Path, n: int, key_raw: bytes, cred_raw: bytes) -> tuple[float, i
         w.add({"type": "zone", "id": f"zone_{z}", "name": f"Zone {z}", "readers": [f"R{z}"]})
     w.add({"type": "key", "kid": "k1", "jwk": json.loads(OKPAlgorithm.to_jwk(cred_key.public_key()))})
     far = "2036-01-01T00:00:00Z"
+    if schedules:
+        w.add_all(schedule_records())
     for i in range(n):
         zone = f"zone_{i % ZONES}"
         kind = i % 5
@@ -71,7 +92,10 @@ def build(path: Path, n: int, key_raw: bytes, cred_raw: bytes) -> tuple[float, i
             continue
         user = f"user_{i}"
         w.add({"type": "user", "id": user, "name": f"Holder {i}"})
-        w.add({"type": "grant", "id": f"g{i}", "userId": user, "zoneId": zone, "endsAt": far})
+        grant = {"type": "grant", "id": f"g{i}", "userId": user, "zoneId": zone, "endsAt": far}
+        if schedules and i % 3 == 0:
+            grant["schedule"] = "office"
+        w.add(grant)
         if kind in (0, 1):
             w.add({"type": "card", "number": card_number(i), "userId": user})
     bundle = path / "full.bundle"
@@ -122,6 +146,8 @@ def main() -> None:
     ap.add_argument("--grants", type=int, default=1_000_000)
     ap.add_argument("--decisions", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--schedules", action="store_true",
+                    help="door modes on schedules with holidays at every reader, a third of the grants scheduled")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     key, cred_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
@@ -130,11 +156,12 @@ def main() -> None:
         # Build in a child process, as the daemon's sync applies bundles apart from the deciding
         # process: the RSS below is then the decider's own, not the JSON encoder's leftovers.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            build_s, records = pool.submit(build, tmpdir, args.grants, _raw(key), _raw(cred_key)).result()
+            build_s, records = pool.submit(build, tmpdir, args.grants, _raw(key), _raw(cred_key), args.schedules).result()
         gc.collect()
         cache = GrantCache(tmpdir / "grants.db")
         # No rate limiting here: absent credentials would otherwise lock readers and time a shortcut.
-        verifier = Verifier(cache, Policy(rate_limit_denies=10**9))
+        modes = ModeSettings(ZoneInfo("Europe/Berlin")) if args.schedules else None
+        verifier = Verifier(cache, Policy(rate_limit_denies=10**9), modes=modes)
         n = args.grants
         jwt_users = [i for i in rng.sample(range(n), min(n, 3000)) if i % 5 in (2, 3)][:500] or [2]
         tokens = {i: jwt.encode({"sub": f"user_{i}", "exp": int((NOW + timedelta(days=3000)).timestamp())},
@@ -168,7 +195,7 @@ def main() -> None:
         every = [v for vs in lat.values() for v in vs]
         cards = lat.get("card", []) + lat.get("card_absent", [])
         result = {
-            "grants": n, "records": records, "decisions": len(every), "granted": grants,
+            "grants": n, "records": records, "schedules": args.schedules, "decisions": len(every), "granted": grants,
             "p50_us": round(statistics.median(every), 1), "p99_us": round(pct(every, 99), 1),
             "max_us": round(max(every), 1), "p99_us_card": round(pct(cards, 99), 1),
             "p99_us_jwt": round(pct(lat.get("jwt", []), 99), 1),

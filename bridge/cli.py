@@ -209,7 +209,8 @@ def _window(args: argparse.Namespace, start: str, end: str) -> dict[str, Any]:
 
 
 def cmd_grants_add(args: argparse.Namespace) -> int:
-    from bridge.standalone import apply_records, pin_hashing_for
+    from bridge.standalone import pin_hashing_for
+    from verifier.bundle import BundleRejected
     from verifier.credentials import normalise_card
     from verifier.hashing import hash_pin
     from verifier.types import CardNumber
@@ -253,13 +254,48 @@ def cmd_grants_add(args: argparse.Namespace) -> int:
         if args.zone:
             records.append({"type": "grant", "id": f"{args.value}@{args.zone}", "userId": args.value,
                             "zoneId": args.zone, **_window(args, "startsAt", "endsAt")})
+    elif args.kind == "record":
+        try:
+            records = _door_policy_records(sys.stdin.read() if args.value == "-" else args.value)
+        except ValueError as e:
+            print(f"record: {e}", file=sys.stderr)
+            return EXIT_CONFIG
     else:  # pragma: no cover - argparse restricts choices
         raise AssertionError(args.kind)
-    version = apply_records(cache, key, [{k: v for k, v in r.items() if v is not None} for r in records],
-                            now=datetime.now(timezone.utc), pin_hashing=pin_hashing,
-                            archive=Path(config.bridge.state_dir) / "bundles")
+    try:
+        version = _apply_standalone(cache, key, records, pin_hashing, config)
+    except BundleRejected as e:
+        print(f"refused: {e}; the cache stays at version {cache.meta.version}", file=sys.stderr)
+        return 1
     print(f"added {args.kind} {'(PIN not shown)' if args.kind == 'pin' else ''}; cache version {version}")
     return 0
+
+
+# Records a standalone site may add as they are (the same as a central's): door policy and grants.
+_RECORD_TYPES = ("role", "schedule", "holiday", "door_mode", "grant", "user")
+
+
+def _door_policy_records(text: str) -> list[dict[str, Any]]:
+    out = []
+    for n, line in enumerate(l for l in text.splitlines() if l.strip()):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"line {n + 1}: not JSON: {e.msg}") from None
+        if not isinstance(rec, dict) or rec.get("type") not in _RECORD_TYPES:
+            raise ValueError(f"line {n + 1}: a record of type {', '.join(_RECORD_TYPES)} is needed")
+        out.append(rec)
+    if not out:
+        raise ValueError("no record given")
+    return out
+
+
+def _apply_standalone(cache: Any, key: Any, records: list[dict[str, Any]], pin_hashing: Any, config: Config) -> int:
+    from bridge.standalone import apply_records
+
+    return apply_records(cache, key, [{k: v for k, v in r.items() if v is not None} for r in records],
+                         now=datetime.now(timezone.utc), pin_hashing=pin_hashing,
+                         archive=Path(config.bridge.state_dir) / "bundles")
 
 
 def cmd_grants_revoke(args: argparse.Namespace) -> int:
@@ -458,8 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     gk.add_argument("--out", required=True)
     gk.set_defaults(func=cmd_grants_keygen)
     ga = with_config(grants.add_parser("add", help="standalone: add a card, PIN (read from stdin), zone or user"))
-    ga.add_argument("kind", choices=["card", "pin", "zone", "user"])
-    ga.add_argument("value", help="card number, passcode id, zone id or user id")
+    ga.add_argument("kind", choices=["card", "pin", "zone", "user", "record"])
+    ga.add_argument("value", help="card number, passcode id, zone id or user id; for `record`: a JSON bundle record "
+                                  "(role, schedule, holiday, door_mode, grant, user; docs/bundle-format.md) or - for NDJSON on stdin")
     ga.add_argument("--name")
     ga.add_argument("--devices", help="comma-separated reader ids (cards, PINs) or the zone's readers")
     ga.add_argument("--user", help="card: link to a user (zone grants apply)")

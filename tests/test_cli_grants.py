@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from datetime import datetime, timezone
 import sys
@@ -104,3 +105,33 @@ def test_import_refuses_tampered_foreign_and_old_bundles_keeping_the_cache(tmp_p
         assert r.returncode == 1 and why in r.stderr and "stays at version 1" in r.stderr, (path, r.stderr)
     assert asyncio.run(_decide(config, "6B06C2A25E99C68EDCBE")).granted
     assert asyncio.run(_decide(config, "ABCDEF12")).reason is Reason.NO_GRANT
+
+
+def test_standalone_site_adds_door_modes_schedules_holidays_and_role_grants(tmp_path):
+    key = tmp_path / "signing.key"
+    out = cli("grants", "keygen", "--out", str(key))
+    public = out.stdout.split('public_key = "')[1].split('"')[0]
+    config = _config(tmp_path, public, key)
+    assert cli("grants", "add", "zone", "zone_front", "--devices", "FRONT", "--config", str(config)).returncode == 0
+    records = "\n".join(json.dumps(r) for r in [
+        {"type": "role", "id": "staff"},
+        {"type": "user", "id": "u1", "name": "Layla", "roles": ["staff"]},
+        {"type": "grant", "id": "g_staff", "roleId": "staff", "zoneId": "zone_front"},
+        {"type": "schedule", "id": "always_locked", "default": "locked", "slots": []},
+        {"type": "holiday", "id": "h1", "date": "2026-12-25"},
+        {"type": "door_mode", "id": "main", "schedule": "always_locked"},
+    ])
+    r = cli("grants", "add", "record", "-", "--config", str(config), stdin=records)
+    assert r.returncode == 0 and "cache version 2" in r.stdout, r.stderr
+    r = cli("grants", "add", "card", "0A1B2C3D", "--user", "u1", "--config", str(config))
+    assert r.returncode == 0, r.stderr
+    assert asyncio.run(_decide(config, "0A1B2C3D")).reason is Reason.DOOR_LOCKED  # the role grant admits; the door is locked
+    r = cli("grants", "add", "record", json.dumps({"type": "door_mode", "id": "main", "mode": "card-only"}), "--config", str(config))
+    assert r.returncode == 0, r.stderr
+    assert asyncio.run(_decide(config, "0A1B2C3D")).granted
+    # A bad record is refused whole, naming the problem; the cache stays as it was.
+    bad = cli("grants", "add", "record", json.dumps({"type": "schedule", "id": "s", "slots": [
+        {"days": ["mon"], "start": "10:00", "end": "09:00"}]}), "--config", str(config))
+    assert bad.returncode == 1 and "end must be after start" in bad.stderr and "stays at version 4" in bad.stderr
+    wrong = cli("grants", "add", "record", '{"type": "card"}', "--config", str(config))
+    assert wrong.returncode == 2 and "a record of type" in wrong.stderr
