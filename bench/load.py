@@ -90,6 +90,9 @@ class LoadSettings:
     # Waiting for the daemon to finish its backlog ends after this long without a new decision.
     drain_stall_s: float = 20.0
     pulse_s: float = 0.2
+    # Metrics (scraped every second over HTTP) and MQTT (to a real mosquitto, with a subscriber)
+    # on: the acceptance of issue 18 compares p99 with and without them.
+    observe: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class LoadResult:
     outbox_append_ms: float = 0.0
     state_fs: str = "?"
     log_tail: str = ""
+    observed: dict[str, Any] | None = None
 
     @property
     def dropped(self) -> int:
@@ -161,6 +165,7 @@ class LoadResult:
             "replays": self.replays, "drain_s": round(max(0.0, self.decided_s - self.send_s), 1),
             "outbox_append_ms": round(self.outbox_append_ms, 2), "state_fs": self.state_fs,
             "healthy": self.status is not None and self.exit_code == 0,
+            "observe": s.observe, "observed": self.observed,
         }
 
 
@@ -282,7 +287,8 @@ class PtyPair:
         os.close(self.master)
 
 
-def write_config(path: Path, state: Path, key: Ed25519PrivateKey, ptys: list[PtyPair], settings: LoadSettings) -> None:
+def write_config(path: Path, state: Path, key: Ed25519PrivateKey, ptys: list[PtyPair], settings: LoadSettings,
+                 observe: "Observers | None" = None) -> None:
     lines = [
         "[bridge]", 'id = "BRIDGE-LOAD"', f'state_dir = "{state}"', 'mode = "local-only"', 'log_format = "json"',
         "[cache]", f'public_key = "{public_key_text(key.public_key())}"', 'staleness = "warn"',
@@ -294,6 +300,9 @@ def write_config(path: Path, state: Path, key: Ed25519PrivateKey, ptys: list[Pty
     for i, p in enumerate(ptys):
         lines += ["[[readers]]", 'type = "serial"', f'id = "{reader_id(i)}"', f'door = "door{i}"',
                   f'port = "{p.path}"', "baudrate = 115200", "reconnect_s = 0.2"]
+    if observe is not None:
+        lines += ["[metrics]", "http = true", f"port = {observe.metrics_port}",
+                  "[mqtt]", "enabled = true", f"port = {observe.broker.port}", "queue_size = 10000"]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -477,6 +486,56 @@ def account(result: LoadResult, scans: list[PlannedScan], sent_at: list[float], 
         result.wrong_decisions += key in result.expected and outcome != result.expected[key]
 
 
+class Observers:
+    """A real mosquitto with a subscriber counting what arrives, and a Prometheus-like scraper
+    fetching /metrics every second: the outward tools doing real work during the run."""
+
+    def __init__(self, work: Path) -> None:
+        import threading
+
+        from tests.mqtt_broker import Broker, free_port
+
+        self.broker = Broker(work / "broker").start()
+        self.metrics_port = free_port()
+        self.received = 0
+        self.scrapes = 0
+        self.last_scrape = ""
+        self._stop = threading.Event()
+        self._scraper = threading.Thread(target=self._scrape_forever, daemon=True)
+        self._listener = None
+
+    def start(self) -> None:
+        from tests.mqtt_broker import Listener
+
+        self._listener = Listener(self.broker, "door-bridge/#")
+        self._scraper.start()
+
+    def _scrape_forever(self) -> None:
+        import httpx
+
+        while not self._stop.wait(1.0):
+            try:
+                self.last_scrape = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+                self.scrapes += 1
+            except httpx.HTTPError:
+                pass
+
+    def figures(self) -> dict[str, Any]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        values = {s.name: s.value for f in text_string_to_metric_families(self.last_scrape) for s in f.samples
+                  if s.name.startswith("door_bridge_mqtt_")}
+        return {"scrapes": self.scrapes, "mqtt_received": len(self._listener.messages) if self._listener else 0,
+                "mqtt_published": values.get("door_bridge_mqtt_published_total"),
+                "mqtt_dropped": values.get("door_bridge_mqtt_dropped_total")}
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.close()
+        self.broker.kill()
+
+
 def run_load(settings: LoadSettings) -> LoadResult:
     """The whole run: site, daemon, paced scans, drain, status, clean stop, audit check."""
     if not 1 <= settings.readers <= len(RELAY_PINS):
@@ -489,16 +548,21 @@ def run_load(settings: LoadSettings) -> LoadResult:
     result = LoadResult(settings)
     ptys = [PtyPair() for _ in range(settings.readers)]
     daemon: DaemonProcess | None = None
+    observers: Observers | None = None
     try:
+        if settings.observe:
+            observers = Observers(work)
         key = Ed25519PrivateKey.generate()
         pools = build_site(state, settings, key)
         scans = plan(pools, settings)
         result.outbox_append_ms = probe_outbox_append(work / "probe")
         result.state_fs = filesystem_of(state)
         config = work / "load.toml"
-        write_config(config, state, key, ptys, settings)
+        write_config(config, state, key, ptys, settings, observers)
         daemon = DaemonProcess(work, config)
         daemon.wait_ready([reader_id(i) for i in range(settings.readers)])
+        if observers is not None:
+            observers.start()
         result.rss_start_mb = result.rss_peak_mb = daemon.rss_mb()
         cpu0, t0 = daemon.cpu_s(), time.monotonic()
         sent_at = send(daemon, ptys, scans, settings.rate, result)
@@ -510,6 +574,9 @@ def run_load(settings: LoadSettings) -> LoadResult:
             result.status = fetch_status(state / "status.sock")
         except StatusUnavailable as e:
             result.status_error = str(e)
+        if observers is not None:
+            time.sleep(1.5)  # one more scrape after the last decision
+            result.observed = observers.figures()
         result.exit_code = daemon.stop()
         daemon.tail.poll()
         result.log_tail = daemon.tail.tail()
@@ -521,6 +588,8 @@ def run_load(settings: LoadSettings) -> LoadResult:
             daemon.proc.wait(10)
         for p in ptys:
             p.close()
+        if observers is not None:
+            observers.close()
         if owned:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -560,9 +629,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--work-dir", type=Path, help="keep state, config and daemon log here (default: a temp dir, removed)")
     ap.add_argument("--latencies", type=Path, help="write the raw latencies (JSON) here, for bench/report.py")
+    ap.add_argument("--observe", action="store_true",
+                    help="metrics on (scraped every second) and MQTT on (a real mosquitto, needs the Debian package)")
     args = ap.parse_args()
     settings = LoadSettings(rate=args.rate, seconds=args.seconds, readers=args.readers, grants=args.grants,
-                            seed=args.seed, work_dir=args.work_dir)
+                            seed=args.seed, work_dir=args.work_dir, observe=args.observe)
     result = run_load(settings)
     for line in describe(result):
         print(line, file=sys.stderr)

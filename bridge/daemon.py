@@ -928,6 +928,7 @@ class Daemon:
             "bridge_id": self.config.bridge.id, "version": __version__, "mode": self.config.bridge.mode,
             "started_at": self.stats.started_at.isoformat(timespec="seconds"), "now": now.isoformat(timespec="seconds"),
             "previous_exit": self.previous_exit.get("reason"), "health": self.health(),
+            "mqtt": self.outward.mqtt_status() if self.outward is not None else None,
             "upstream": ({"online": bool(up.online), "since": _iso(up.since), "last_heartbeat": _iso(up.last_heartbeat),
                           "last_error": up.last_error} if up.configured else {"state": "none (standalone)"}),
             "cache": {"version": meta.version, "issued_at": iso(from_ms(meta.issued_at_ms)) if meta.version else None,

@@ -69,6 +69,14 @@ class Outward:
             exporter.start()
         return cls(metrics, exporter, mqtt)
 
+    def mqtt_status(self) -> dict[str, object] | None:
+        """For `door-bridge status`: a broker that is gone shows there, not only in the journal."""
+        m = self.mqtt
+        if m is None:
+            return None
+        return {"connected": m.connected, "broker": f"{m.section.host}:{m.section.broker_port}",
+                "published": m.published, "dropped": m.dropped, "last_error": m.last_error}
+
     async def stop(self) -> None:
         if self.exporter is not None:
             await self.exporter.stop()

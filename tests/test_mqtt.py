@@ -148,6 +148,8 @@ async def test_broker_killed_and_restarted_decisions_go_on_and_the_bridge_reconn
             await wait_for(lambda: mqtt.connected, what="bridge connected")
             broker.kill()
             await wait_for(lambda: not mqtt.connected, what="bridge noticed the broker gone")
+            shown = daemon.snapshot()["mqtt"]
+            assert shown["connected"] is False and shown["last_error"], shown
             decided = []
             for raw in (VALID, REVOKED, VALID):
                 decided.append(await scan(daemon, raw))  # every scan is decided and audited meanwhile
