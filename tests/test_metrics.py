@@ -190,3 +190,26 @@ async def test_a_port_in_use_is_logged_and_the_door_still_decides(tmp_path):
                 d = await daemon.handle(Scan(READER, Source.CARD, VALID.encode()))
     assert d.granted
     assert [e for e in logs if e["event"] == "metrics_unavailable" and e["log_level"] == "error"]
+
+
+async def test_upstream_and_reader_gauges_follow_the_daemon_state(tmp_path):
+    """The per-upstream book-keeping the adapters feed (`_mark_upstream(name=...)`, as `_ask` and the
+    heartbeats call it) and reader health as `door-bridge status` shows it, as scraped."""
+    site = Site()
+    site.install(tmp_path, door_records(READER))
+    port = free_port()
+    async with running(config(tmp_path, site, port), clock=SteppingClock()) as (daemon, _):
+        daemon._mark_upstream(True, name="frontelio")
+        daemon._mark_upstream(False, "digital_id: UpstreamUnavailable: no route", name="digital_id")
+        await daemon.handle(Scan(READER, Source.CARD, VALID.encode()))
+        await daemon.quiesce()
+        daemon.stats.readers["R2"] = type(daemon.stats.readers[READER])(type="serial", last_error="OSError: gone")
+        found = samples(await scrape(port))
+        seen = daemon.upstream.by_name["frontelio"].last_success
+    assert one(found, "door_bridge_upstream_up", upstream="frontelio") == 1
+    assert one(found, "door_bridge_upstream_up", upstream="digital_id") == 0
+    assert one(found, "door_bridge_upstream_last_success_timestamp_seconds", upstream="frontelio") == seen.timestamp()
+    assert not [v for lab, v in found["door_bridge_upstream_last_success_timestamp_seconds"]
+                if lab["upstream"] == "digital_id"]
+    assert one(found, "door_bridge_reader_up", reader=READER) == 1
+    assert one(found, "door_bridge_reader_up", reader="R2") == 0
