@@ -260,6 +260,18 @@ def cmd_grants_add(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"record: {e}", file=sys.stderr)
             return EXIT_CONFIG
+    elif args.kind == "key":
+        from bridge.jwk_file import JwkFileError, read_public_jwk
+
+        if not args.key_file:
+            print("a key needs --key-file (the credential issuer's public key: a JWK or a PEM file)", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            jwk = read_public_jwk(Path(args.key_file))
+        except JwkFileError as e:
+            print(f"{args.key_file}: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+        records = [{"type": "key", "kid": args.value, "jwk": jwk}]
     else:  # pragma: no cover - argparse restricts choices
         raise AssertionError(args.kind)
     try:
@@ -321,6 +333,11 @@ def cmd_grants_revoke(args: argparse.Namespace) -> int:
 
         record = {"type": "grant", "id": args.value, "userId": row[0], "zoneId": row[1], "revoked": True,
                   "startsAt": iso(from_ms(row[2])), "endsAt": iso(from_ms(row[3]))}
+    elif args.kind == "key":
+        if cache.conn.execute("SELECT 1 FROM jwks WHERE kid = ?", (args.value,)).fetchone() is None:
+            print(f"no credential-JWT key {args.value!r} in the cache", file=sys.stderr)
+            return 1
+        record = {"type": "key", "op": "delete", "kid": args.value}
     else:
         record = {"type": args.kind, "op": "delete", "id": args.value}
     version = apply_records(cache, key, [record], now=datetime.now(timezone.utc),
@@ -493,10 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     gk = grants.add_parser("keygen", help="create a local signing key for a standalone site")
     gk.add_argument("--out", required=True)
     gk.set_defaults(func=cmd_grants_keygen)
-    ga = with_config(grants.add_parser("add", help="standalone: add a card, PIN (read from stdin), zone or user"))
-    ga.add_argument("kind", choices=["card", "pin", "zone", "user", "record"])
-    ga.add_argument("value", help="card number, passcode id, zone id or user id; for `record`: a JSON bundle record "
+    ga = with_config(grants.add_parser("add", help="standalone: add a card, PIN (read from stdin), zone, user, "
+                                                   "a credential-JWT signing key, or a bundle record"))
+    ga.add_argument("kind", choices=["card", "pin", "zone", "user", "record", "key"])
+    ga.add_argument("value", help="card number, passcode id, zone id, user id, the key's kid; for `record`: a JSON bundle record "
                                   "(role, schedule, holiday, door_mode, grant, user; docs/bundle-format.md) or - for NDJSON on stdin")
+    ga.add_argument("--key-file", help="key: the JWT issuer's PUBLIC key, a JWK (JSON) or PEM file (Ed25519 or P-256)")
     ga.add_argument("--name")
     ga.add_argument("--devices", help="comma-separated reader ids (cards, PINs) or the zone's readers")
     ga.add_argument("--user", help="card: link to a user (zone grants apply)")
@@ -506,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     ga.add_argument("--until", dest="valid_until", help="ISO 8601, exclusive; no offset means UTC")
     ga.set_defaults(func=cmd_grants_add)
     gr = with_config(grants.add_parser("revoke", help="standalone: revoke a card, grant, passcode, visitor or zone"))
-    gr.add_argument("kind", choices=["card", "grant", "passcode", "visitor", "zone", "user"])
+    gr.add_argument("kind", choices=["card", "grant", "passcode", "visitor", "zone", "user", "key"])
     gr.add_argument("value")
     gr.set_defaults(func=cmd_grants_revoke)
 
