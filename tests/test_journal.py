@@ -11,6 +11,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -89,16 +90,26 @@ async def test_every_line_carries_its_fields_to_a_real_socket_and_the_text_is_un
     path = str(tmp_path / "journal.sock")
     sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sink.bind(path)
-    sink.setblocking(False)
+    sink.settimeout(10)
+    entries: list[dict[str, str]] = []
+
+    def receive() -> None:  # read as journald does, as entries come (a datagram queue holds only a few)
+        while True:
+            try:
+                entries.append(parse(sink.recv(65536)))
+            except (TimeoutError, OSError):
+                return
+            if entries[-1].get("DOOR_BRIDGE_EVENT") == "scenario_done":
+                return
+
+    reader = threading.Thread(target=receive)
+    reader.start()
     logsetup.configure("info", "console", journal_socket=path)
     await scripted(tmp_path / "state")
-    entries = []
-    while True:
-        try:
-            entries.append(parse(sink.recv(65536)))
-        except BlockingIOError:
-            break
+    structlog.get_logger().info("scenario_done")
+    await asyncio.to_thread(reader.join)
     sink.close()
+    assert entries[-1]["DOOR_BRIDGE_EVENT"] == "scenario_done"
 
     decisions = [e for e in entries if e["DOOR_BRIDGE_EVENT"] == "decision"]
     assert len(decisions) == 2
