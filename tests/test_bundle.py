@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import io
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -445,3 +446,52 @@ def test_public_key_accepts_pem_base64url_base64_and_hex() -> None:
 def test_public_key_garbage_is_a_clear_value_error(text: str) -> None:
     with pytest.raises(ValueError, match="Ed25519"):
         load_public_key(text)
+
+
+# --- concurrent appliers -------------------------------------------------------------------------
+
+
+class _PausingStream(io.BytesIO):
+    """A bundle stream that, at its first body line, waits until `gate` is set (another applier is
+    inside its own apply), so two appliers interleave at the worst moment, deterministically."""
+
+    def __init__(self, data: bytes, gate: threading.Event, reached: threading.Event) -> None:
+        super().__init__(data)
+        self._gate, self._reached, self._lines = gate, reached, 0
+
+    def readline(self, size: int | None = -1) -> bytes:  # type: ignore[override]
+        self._lines += 1
+        if self._lines == 2:
+            self._reached.set()
+            assert self._gate.wait(10), "the second applier never reached its transaction"
+        return super().readline(size)
+
+
+def test_an_older_delta_applied_during_a_full_apply_is_refused(cache: GrantCache, tmp_path: Path) -> None:
+    """The version/base check runs inside the write transaction: a delta from version 1 that was
+    checked while a full bundle of version 5 was still being written must not land on top of it."""
+    full = make_bundle(records(), version=5)
+    delta = make_bundle([{"type": "card", "op": "delete", "number": USER_CARD}], version=2, kind="delta", base_version=1)
+    second = schema.connect(cache.path)
+    in_transaction, full_in_body = threading.Event(), threading.Event()
+    second.set_trace_callback(lambda sql: in_transaction.set() if sql.startswith("BEGIN") else None)
+    outcome: list[object] = []
+
+    def apply_delta() -> None:
+        full_in_body.wait(10)
+        try:
+            outcome.append(apply_bundle(second, io.BytesIO(delta), SIGNING_KEY.public_key()))
+        except BundleRejected as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=apply_delta)
+    worker.start()
+    apply_bundle(cache.conn, _PausingStream(full, in_transaction, full_in_body), SIGNING_KEY.public_key())
+    worker.join(20)
+    second.close()
+    cache.invalidate()
+    cache.refresh()
+    assert isinstance(outcome[0], BundleRejected), outcome
+    assert "not newer than the cache's 5" in str(outcome[0])
+    assert cache.meta.version == 5
+    assert _decide(cache, USER_CARD).decision is Decision.GRANT

@@ -242,6 +242,7 @@ class ApplyResult:
     kind: str
     records: int
     not_after_ms: int
+    body_sha256: str = ""
 
 
 @dataclass(slots=True)
@@ -272,29 +273,24 @@ _TABLES = ("zones", "zone_readers", "known_readers", "users", "grants", "shifts"
            "roles", "user_roles", "role_grants", "schedules", "holidays", "door_modes")
 
 
-def apply_bundle(conn: sqlite3.Connection, stream: IO[bytes], public_key: Ed25519PublicKey) -> ApplyResult:
-    """Verify and apply a bundle from `stream` in one transaction. Raises BundleRejected."""
+def apply_bundle(conn: sqlite3.Connection, stream: IO[bytes], public_key: Ed25519PublicKey,
+                 floor: VersionFloor | None = None) -> ApplyResult:
+    """Verify and apply a bundle from `stream` in one transaction. Raises BundleRejected.
+
+    `floor` is the newest bundle this bridge ever applied with this key, kept outside the cache
+    file, so a lost or quarantined grants.db does not reopen the door to older signed bundles."""
     first = stream.readline(MAX_MANIFEST_BYTES + 1)
     if not first.endswith(b"\n") or len(first) > MAX_MANIFEST_BYTES:
         raise BundleRejected("no signed manifest line at the start of the bundle (missing signature?)")
     manifest = read_manifest(first.strip(), public_key)
-    meta = read_meta(conn)
-    current = int(meta.get("version", "0"))
-    if manifest.version <= current:
-        raise BundleRejected(f"bundle version {manifest.version} is not newer than the cache's {current} (rollback refused)")
-    if manifest.kind == "delta":
-        if manifest.base_version != current:
-            raise BundleRejected(f"delta from version {manifest.base_version} does not apply to cache version {current}; a full bundle is needed")
-        pin = manifest.pin_hashing or _meta_pin(meta)
-        if manifest.pin_hashing and _meta_pin(meta) and manifest.pin_hashing != _meta_pin(meta):
-            raise BundleRejected("a delta cannot change the PIN hashing salt; send a full bundle")
-    else:
-        pin = manifest.pin_hashing
-
     sha = hashlib.sha256()
     count = 0
+    # The version checks read the cache inside the write transaction: checked before it, another
+    # applier (a `grants import` during a sync) could commit in between and be overwritten by an
+    # older bundle that was only newer than what this one saw.
     conn.execute("BEGIN IMMEDIATE")
     try:
+        pin = _check_order(manifest, read_meta(conn), floor)
         if manifest.kind == "full":
             for table in _TABLES:
                 conn.execute(f"DELETE FROM {table}")
@@ -315,12 +311,40 @@ def apply_bundle(conn: sqlite3.Connection, stream: IO[bytes], public_key: Ed2551
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return ApplyResult(manifest.version, manifest.kind, count, manifest.not_after_ms)
+    return ApplyResult(manifest.version, manifest.kind, count, manifest.not_after_ms, manifest.body_sha256)
 
 
-def apply_file(conn: sqlite3.Connection, path: Path, public_key: Ed25519PublicKey) -> ApplyResult:
+def apply_file(conn: sqlite3.Connection, path: Path, public_key: Ed25519PublicKey,
+               floor: VersionFloor | None = None) -> ApplyResult:
     with open(path, "rb") as f:
-        return apply_bundle(conn, f, public_key)
+        return apply_bundle(conn, f, public_key, floor)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionFloor:
+    """The newest bundle applied before: its version and body digest (the same bundle may be
+    applied again into an empty cache after a re-sync; another one of that version may not)."""
+
+    version: int
+    body_sha256: str
+
+
+def _check_order(manifest: Manifest, meta: dict[str, str], floor: VersionFloor | None) -> PinHashing | None:
+    """Anti-rollback and delta base checks; the PIN hashing the bundle's records use."""
+    current = int(meta.get("version", "0"))
+    if manifest.version <= current:
+        raise BundleRejected(f"bundle version {manifest.version} is not newer than the cache's {current} (rollback refused)")
+    if floor is not None and (manifest.version < floor.version or
+                              (manifest.version == floor.version and manifest.body_sha256 != floor.body_sha256)):
+        raise BundleRejected(f"bundle version {manifest.version} is older than version {floor.version}, which this bridge "
+                             "already applied with this key (rollback refused; the cache file was replaced or lost)")
+    if manifest.kind == "delta":
+        if manifest.base_version != current:
+            raise BundleRejected(f"delta from version {manifest.base_version} does not apply to cache version {current}; a full bundle is needed")
+        if manifest.pin_hashing and _meta_pin(meta) and manifest.pin_hashing != _meta_pin(meta):
+            raise BundleRejected("a delta cannot change the PIN hashing salt; send a full bundle")
+        return manifest.pin_hashing or _meta_pin(meta)
+    return manifest.pin_hashing
 
 
 def _lines(stream: IO[bytes]) -> Iterator[bytes]:
