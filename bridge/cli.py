@@ -132,13 +132,16 @@ def _cache(config: Config):
 
 
 def cmd_grants_import(args: argparse.Namespace) -> int:
+    from bridge import bundle_floor
     from verifier.bundle import BundleRejected, apply_file
 
     config = _load(args)
     key = _public_key(config, _config_path(args))
     cache = _cache(config)
+    state_dir = Path(config.bridge.state_dir)
     try:
-        result = apply_file(cache.conn, Path(args.bundle), key)
+        result = apply_file(cache.conn, Path(args.bundle), key, bundle_floor.load(state_dir, key))
+        bundle_floor.record(state_dir, key, result)
     except BundleRejected as e:
         print(f"{args.bundle}: refused: {e}; the cache stays at version {cache.meta.version}", file=sys.stderr)
         return 1

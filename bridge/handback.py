@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
 import random
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +30,7 @@ import structlog
 from bridge.export import is_offline_decision
 from bridge.offline_config import WebhookSection
 from bridge.outbox import Event, Outbox
+from bridge.statefile import write_json
 from bridge.upstream.apikey import ApiKey, load_api_key
 from bridge.upstream.config import HttpSettings, UpstreamSection
 from bridge.upstream.errors import UpstreamError, UpstreamRejected, UpstreamUnavailable
@@ -131,14 +131,7 @@ class WebhookHandback:
                                hint="check offline.webhook.integration_id, base_url and the webhook secret")
 
     def _save_cursor(self, seq: int) -> None:
-        tmp = self.cursor_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps({"seq": seq}).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.cursor_path)
+        write_json(self.cursor_path, {"seq": seq})
         self.state.cursor_seq = seq
 
     def _mark(self, ok: bool, error: str | None) -> None:

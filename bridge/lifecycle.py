@@ -8,28 +8,24 @@ watchdog restart from a crash — the only place systemd says it.
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
+
+from bridge.statefile import read_json, write_json
 
 MARKER = "lifecycle.json"
 EXIT_RECORD = "last-exit.json"
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json(path, data)
 
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
+        return read_json(path) or {}
     except (OSError, ValueError):
         return {}
 

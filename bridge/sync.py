@@ -34,6 +34,7 @@ from typing import Any, Awaitable, Callable, Literal
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from bridge import bundle_floor
 from bridge.upstream.central import BundleFetch, CentralClient
 from bridge.upstream.config import CentralSection, HttpSettings
 from bridge.upstream.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
@@ -275,7 +276,9 @@ def apply_here(cache_path: Path, bundle_path: Path, public_key: Ed25519PublicKey
     conn = schema.connect(str(cache_path))
     try:
         schema.migrate(conn)
-        result = apply_file(conn, bundle_path, public_key)
+        state_dir = cache_path.parent
+        result = apply_file(conn, bundle_path, public_key, bundle_floor.load(state_dir, public_key))
+        bundle_floor.record(state_dir, public_key, result)
         # A million-grant apply leaves a WAL of hundreds of MB: give the SD card its space back.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:

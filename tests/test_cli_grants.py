@@ -135,3 +135,28 @@ def test_standalone_site_adds_door_modes_schedules_holidays_and_role_grants(tmp_
     assert bad.returncode == 1 and "end must be after start" in bad.stderr and "stays at version 4" in bad.stderr
     wrong = cli("grants", "add", "record", '{"type": "card"}', "--config", str(config))
     assert wrong.returncode == 2 and "a record of type" in wrong.stderr
+
+
+def test_a_lost_cache_does_not_reopen_the_door_to_older_bundles(tmp_path):
+    """grants.db lost or quarantined: the cache is back at version 0, but the newest version this
+    bridge applied with this key is kept beside it, so the older bundle that still lists a card
+    revoked since is refused; the current bundle itself may be applied again."""
+    site = Site()
+    config = _config(tmp_path, site.public_key)
+    now = datetime.now(timezone.utc)
+    card = {"type": "card", "number": "ABCDEF12", "devices": ["FRONT"]}
+    old, new = tmp_path / "v1.bundle", tmp_path / "v2.bundle"
+    old.write_bytes(site.bundle(door_records("FRONT", now) + [card], now=now, days=3650))
+    new.write_bytes(site.bundle(door_records("FRONT", now) + [{**card, "revoked": True}], now=now, days=3650))
+    for path in (old, new):
+        assert cli("grants", "import", str(path), "--config", str(config)).returncode == 0
+    state = tmp_path / "state"
+    for name in ("grants.db", "grants.db-wal", "grants.db-shm"):
+        (state / name).unlink(missing_ok=True)
+
+    r = cli("grants", "import", str(old), "--config", str(config))
+    assert r.returncode == 1 and "older than version 2" in r.stderr and "stays at version 0" in r.stderr, r.stderr
+    r = cli("grants", "import", str(new), "--config", str(config))
+    assert r.returncode == 0, r.stderr
+    assert asyncio.run(_decide(config, "ABCDEF12")).reason is Reason.GRANT_REVOKED
+    assert oct((state / "bundle-floor.json").stat().st_mode & 0o777) == "0o600"

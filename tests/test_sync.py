@@ -339,3 +339,22 @@ def test_empty_200_body_is_a_protocol_error(site: Site) -> None:
     with pytest.raises(UpstreamProtocolError, match="empty bundle"):
         site.sync()
     assert site.version() == 0
+
+
+def test_a_quarantined_cache_does_not_reset_anti_rollback_for_synced_bundles(tmp_path: Path) -> None:
+    """The applier (the sync child's code) keeps the newest applied version beside grants.db."""
+    from bridge.sync import apply_here
+    from verifier.bundle import BundleRejected
+
+    cache_path = tmp_path / "grants.db"
+    old, new = tmp_path / "v1.bundle", tmp_path / "v2.bundle"
+    old.write_bytes(make_bundle(records(), version=1))
+    new.write_bytes(make_bundle([r for r in records() if r.get("number") != USER_CARD], version=2))
+    for path in (old, new):
+        apply_here(cache_path, path, SIGNING_KEY.public_key())
+    cache_path.rename(tmp_path / "grants.db.quarantined")
+    with pytest.raises(BundleRejected, match="older than version 2"):
+        apply_here(cache_path, old, SIGNING_KEY.public_key())
+    assert apply_here(cache_path, new, SIGNING_KEY.public_key()).version == 2
+    with pytest.raises(BundleRejected, match="not newer"):
+        apply_here(cache_path, old, SIGNING_KEY.public_key())
