@@ -413,10 +413,10 @@ class Daemon:
         self._spawn_task(run_sync(self.sync), "sync")
         self._spawn_task(run_replication(self.replicator), "replication")
 
-    def _public_key(self) -> Any:
+    def _public_key(self, config: Config | None = None) -> Any:
         from verifier.bundle import load_public_key
 
-        text = self.config.cache.public_key_text("<config>")
+        text = (config or self.config).cache.public_key_text("<config>")
         if text is None:
             raise ConfigError("cache.public_key: required when upstream.central is configured (the central's Ed25519 key)")
         try:
@@ -576,6 +576,7 @@ class Daemon:
             elif before.pulse_s != after.pulse_s:
                 self.doors[name].cfg = after
         self._worker.submit(self._swap_policy, policy_from(new))
+        self._rotate_bundle_key(new)
         # [offline]: the limits (learn, max_age_s, card_ttl_s) apply at once; key, bound and webhook need a restart.
         fixed = ("key_file", "key_credential", "max_entries", "webhook")
         if any(getattr(old.offline, k) != getattr(new.offline, k) for k in fixed):
@@ -593,6 +594,21 @@ class Daemon:
         kept["offline"] = offline
         self.config = new.model_copy(update=kept)
         return restart
+
+    def _rotate_bundle_key(self, new: Config) -> None:
+        """A new pinned key takes effect at once for every later sync: keeping the old one until a
+        restart would let a bundle signed with a key the site just retired (perhaps leaked) apply.
+        `grants import` reads the config file itself, so it has the new key already."""
+        if self.sync is None:
+            return
+        from verifier.bundle import public_key_text
+
+        key = self._public_key(new)
+        if public_key_text(key) != public_key_text(self.sync.public_key):
+            self.sync.public_key = key
+            log.warning("bundle_key_rotated", key=public_key_text(key)[:12] + "…",
+                        check="bundles signed with the previous key are refused from now on; "
+                              "the central must sign with the new key")
 
     def _swap_policy(self, policy: Policy) -> None:
         old = self.verifier.policy

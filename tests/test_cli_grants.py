@@ -160,3 +160,21 @@ def test_a_lost_cache_does_not_reopen_the_door_to_older_bundles(tmp_path):
     assert r.returncode == 0, r.stderr
     assert asyncio.run(_decide(config, "ABCDEF12")).reason is Reason.GRANT_REVOKED
     assert oct((state / "bundle-floor.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_import_after_a_key_rotation_takes_only_the_new_key(tmp_path):
+    old_site, new_site = Site(), Site()
+    now = datetime.now(timezone.utc)
+    config = _config(tmp_path, old_site.public_key)
+    first = tmp_path / "v1.bundle"
+    first.write_bytes(old_site.bundle(door_records("FRONT", now), now=now, days=3650))
+    assert cli("grants", "import", str(first), "--config", str(config)).returncode == 0
+    config = _config(tmp_path, new_site.public_key)  # the site rotates cache.public_key
+    stale, fresh = tmp_path / "old-key.bundle", tmp_path / "new-key.bundle"
+    stale.write_bytes(old_site.bundle(door_records("FRONT", now), now=now, days=3650))
+    new_site.version = 2
+    fresh.write_bytes(new_site.bundle(door_records("FRONT", now), now=now, days=3650))
+    r = cli("grants", "import", str(stale), "--config", str(config))
+    assert r.returncode == 1 and "does not verify" in r.stderr, r.stderr
+    r = cli("grants", "import", str(fresh), "--config", str(config))
+    assert r.returncode == 0 and "version 3" in r.stdout, r.stderr

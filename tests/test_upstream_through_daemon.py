@@ -226,3 +226,24 @@ async def test_events_replicate_in_order_and_survive_a_connection_dropped_mid_ba
     assert len(stored) == len(set(stored)), "nothing stored twice"
     assert fake_central.duplicates_seen, "the dropped batch was resent and deduplicated by id"
     assert stored == local, "in order"
+
+
+async def test_a_bundle_key_rotated_by_reload_refuses_bundles_signed_with_the_old_key(tmp_path, fake_central, central_key_file):
+    """`cache.public_key` changed and SIGHUP: every later bundle must verify with the new key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    fake_central.publish_full(door_records(READER, NOW))
+    cfg = _central_cfg(tmp_path, fake_central, central_key_file)
+    new_key = Ed25519PrivateKey.generate()
+    rotated = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"public_key": public_key_text(new_key.public_key())})})
+    async with running(cfg, clock=Clock()) as (daemon, _):
+        await wait_for(lambda: _version(daemon) == 1, what="first sync")
+        assert "cache" not in daemon.reload(rotated)
+        fake_central.publish_full(door_records(READER, NOW))  # v2, still signed with the old key
+        # (reload reconfigures logging, so the refusal is read off the sync's state, as `status` does)
+        await wait_for(lambda: "does not verify" in (daemon.sync.state.last_error or ""), timeout=5,
+                       what="the old-key bundle refused")
+        assert _version(daemon) == 1
+        fake_central.signing_key = new_key
+        fake_central.publish_full(door_records(READER, NOW))  # v3, signed with the new key
+        await wait_for(lambda: _version(daemon) == 3, timeout=5, what="the new-key bundle applied")
