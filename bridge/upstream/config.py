@@ -89,6 +89,37 @@ class FrontelioSection(_KeyedUpstream):
         return self
 
 
+FieldPath = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")]
+CommandValue = Annotated[str, Field(min_length=1, max_length=64)] | bool | int
+
+
+class SnaIdentify(StrictModel):
+    """The identify request and answer, as a technician adapts them to the real endpoint without a
+    code change (docs/upstreams.md). Defaults: the assumption documented there."""
+
+    method: Literal["GET", "POST"] = "POST"  # GET: the fields go as query parameters
+    number_field: FieldPath = "number"
+    device_sn_field: FieldPath = "device_sn"
+    device_id_field: FieldPath = "device_id"
+    mac_field: FieldPath = "mac"
+    # Where the answer's command is (a dotted path into the JSON answer) and what it says.
+    command_field: FieldPath = "command"
+    unlock_values: list[CommandValue] = Field(default_factory=lambda: ["unlock"], min_length=1)
+    deny_values: list[CommandValue] = Field(default_factory=lambda: ["deny"], min_length=1)
+    # The card object ({name, start_at, end_at}); "" when the answer has none.
+    card_field: Annotated[str, Field(max_length=128, pattern=r"^([A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*)?$")] = "card"
+    # Optional authentication header, its value `auth_scheme key` (or the key alone), the key
+    # from upstream.sna.api_key_file / api_key_credential.
+    auth_header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")] | None = None
+    auth_scheme: Annotated[str, Field(max_length=32, pattern=r"^[A-Za-z0-9_-]*$")] = ""
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "SnaIdentify":
+        if {str(v) for v in self.unlock_values} & {str(v) for v in self.deny_values}:
+            raise ValueError("unlock_values and deny_values share a value")
+        return self
+
+
 class SnaSection(_UpstreamBase):
     base_url: str = "https://identify.access.networks.stayforge.io"
     # The seed names no identify path; see docs/upstreams.md for the assumption behind this default.
@@ -98,11 +129,20 @@ class SnaSection(_UpstreamBase):
     device_sn: str | None = Field(None, min_length=1, max_length=128)
     device_id: str | None = Field(None, min_length=1, max_length=128)
     mac: str | None = Field(None, pattern=r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
+    identify: SnaIdentify = SnaIdentify()
+    # Only with identify.auth_header: the documented terminal endpoint takes no authentication.
+    api_key_file: FilePath | None = None
+    api_key_credential: CredentialName | None = None
 
     @model_validator(mode="after")
     def _identity_required(self) -> "SnaSection":
         if not (self.device_sn or self.device_id or self.mac):
             raise ValueError("needs device_sn, device_id or mac (how SNA knows this terminal)")
+        keyed = self.api_key_file is not None or self.api_key_credential is not None
+        if self.api_key_file is not None and self.api_key_credential is not None:
+            raise ValueError("set api_key_file or api_key_credential, not both")
+        if keyed != (self.identify.auth_header is not None):
+            raise ValueError("identify.auth_header and api_key_file / api_key_credential go together")
         return self
 
 

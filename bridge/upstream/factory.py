@@ -51,8 +51,12 @@ def build_adapters(
         http = _http("frontelio", section.frontelio.base_url, settings, clock)
         adapters.append(FrontelioAdapter(http, frontelio_key, bound_s))
     if section.sna:
+        sna_key = None
+        if section.sna.api_key_file or section.sna.api_key_credential:
+            sna_key = load_api_key(key_file=section.sna.api_key_file, credential=section.sna.api_key_credential,
+                                   credentials_dir=credentials_dir)
         http = _http("sna", section.sna.base_url, settings, clock)
-        adapters.append(SnaAdapter(http, section.sna, bound_s, now=now))
+        adapters.append(SnaAdapter(http, section.sna, bound_s, now=now, api_key=sna_key))
     if section.digital_id:
         http = _http("digital_id", section.digital_id.base_url, settings, clock)
         adapters.append(DigitalIdAdapter(http, section.digital_id, digital_id_key, bound_s))

@@ -10,17 +10,20 @@ fake in tests/fakes/sna.py speaks the same):
     {"number": "6B06…", "device_sn": "…", "device_id": "…", "mac": "AA:BB:…"}   (identity: those set)
     200 {"command": "unlock" | "deny",
          "card": {"number", "name", "start_at", "end_at", "devices"?} | null}
-Datetimes follow the SNA rule: ISO 8601, and one without an offset is UTC.
+Every name and value of that exchange is `[upstream.sna.identify]` (method, body field names,
+the answer's command field and its unlock/deny values, an optional auth header), with this
+assumption as the default. Datetimes follow the SNA rule: ISO 8601, and one without an offset is UTC.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Callable, Literal
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict
 
 from bridge.upstream.adapter import online_decision
+from bridge.upstream.apikey import ApiKey
 from bridge.upstream.config import SnaSection
 from bridge.upstream.errors import (
     UpstreamNotApplicable,
@@ -54,11 +57,18 @@ class SnaCard(BaseModel):
     devices: list[str] | None = None
 
 
-class IdentifyAnswer(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+def _at(body: Any, path: str) -> Any:
+    """The value at a dotted path in a JSON answer, or None."""
+    for part in path.split(".") if path else []:
+        if not isinstance(body, dict):
+            return None
+        body = body.get(part)
+    return body
 
-    command: Literal["unlock", "deny"]
-    card: SnaCard | None = None
+
+def _matches(value: Any, wanted: list[str | bool | int]) -> bool:
+    """JSON true is not the string "true", nor 1: types must agree, as TOML and JSON spell them."""
+    return any(type(value) is type(w) and value == w for w in wanted)
 
 
 class SnaAdapter:
@@ -74,13 +84,18 @@ class SnaAdapter:
         section: SnaSection,
         verify_budget_s: float,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        api_key: ApiKey | None = None,
     ) -> None:
         self._http = http
         self._path = section.identify_path
+        self._map = section.identify
         self._headers = {"X-Environment": section.environment}
+        self._api_key = api_key
+        m = section.identify
         self._identity = {
             key: value
-            for key, value in (("device_sn", section.device_sn), ("device_id", section.device_id), ("mac", section.mac))
+            for key, value in ((m.device_sn_field, section.device_sn), (m.device_id_field, section.device_id),
+                               (m.mac_field, section.mac))
             if value
         }
         self._budget_s = verify_budget_s
@@ -93,23 +108,35 @@ class SnaAdapter:
     async def verify(self, credential: Credential, reader_id: str, source: Source) -> AccessDecision:
         if not isinstance(credential, CardNumber):
             raise UpstreamNotApplicable(NAME, f"SNA identifies card numbers only, not a {credential.kind} credential")
-        what = f"POST {self._path}"
-        answer = await self._http.request(
-            "POST",
-            self._path,
-            json_body={"number": credential.number, **self._identity},
-            headers=self._headers,
-            budget_s=self._budget_s,
-        )
+        m = self._map
+        what = f"{m.method} {self._path}"
+        fields = {m.number_field: credential.number, **self._identity}
+        headers = dict(self._headers)
+        if self._api_key is not None and m.auth_header:
+            headers[m.auth_header] = f"{m.auth_scheme} {self._api_key.reveal()}" if m.auth_scheme else self._api_key.reveal()
+        if m.method == "GET":
+            answer = await self._http.request("GET", self._path, params=fields, headers=headers, budget_s=self._budget_s)
+        else:
+            answer = await self._http.request("POST", self._path, json_body=fields, headers=headers, budget_s=self._budget_s)
         if answer.status != 200:
             raise _status_error(what, answer.status)
-        parsed = parse_body(NAME, what, IdentifyAnswer, answer.body)
-        card = parsed.card
+        if not isinstance(answer.body, dict):
+            raise UpstreamProtocolError(NAME, f"{what}: expected a JSON object")
+        command = _at(answer.body, m.command_field)
+        raw_card = _at(answer.body, m.card_field) if m.card_field else None
+        if raw_card is not None and not isinstance(raw_card, dict):
+            raise UpstreamProtocolError(NAME, f"{what}: {m.card_field} is not an object")
+        card = parse_body(NAME, what, SnaCard, raw_card) if raw_card is not None else None
         user_name = card.name if card else None
-        if parsed.command == "unlock":
+        if _matches(command, m.unlock_values):
             return online_decision(credential, reader_id, source, Decision.GRANT, None, user_name=user_name,
                                    terms=self._terms(what, card))
-        return online_decision(credential, reader_id, source, Decision.DENY, self._deny_reason(what, card), user_name=user_name)
+        if _matches(command, m.deny_values):
+            return online_decision(credential, reader_id, source, Decision.DENY, self._deny_reason(what, card),
+                                   user_name=user_name)
+        raise UpstreamProtocolError(
+            NAME, f"{what}: {m.command_field} is neither an unlock nor a deny value "
+            "(check upstream.sna.identify.command_field / unlock_values / deny_values)")
 
     def _terms(self, what: str, card: SnaCard | None) -> OnlineTerms | None:
         """The window and devices of an unlocked card, for the learned offline cache."""
