@@ -51,6 +51,8 @@ class Run:
 
 
 def _require_tools() -> None:
+    if os.environ.get("DOOR_BRIDGE_GUEST") == "0" and os.environ.get("CI") != "true":
+        pytest.skip("DOOR_BRIDGE_GUEST=0: the guest suite is switched off here (never in CI)")
     missing = image_mod.missing_host_packages()
     if not missing:
         return
