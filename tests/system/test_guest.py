@@ -168,6 +168,12 @@ def test_relay_line_is_released_from_the_start_and_pulses_only_for_grants_and_re
           f"{audit['relay']['pulses']} for {audit['pulse_events']} GRANT/REX rows, active now: {audit['relay']['active_now']}")
 
 
+def test_an_active_low_relay_line_is_claimed_at_its_inactive_level(run: Run) -> None:
+    """The stock gpiozero lgpio pin, on a spare line beside ours, shows the LOW blip this avoids."""
+    check = run.check("output_claimed_at_inactive_level")
+    assert check["ok"], check
+
+
 def test_door_switch_and_rex_from_the_sim_side_are_audited(run: Run) -> None:
     assert run.check("door_switch_and_rex_audited")["ok"], run.check("door_switch_and_rex_audited")
 
