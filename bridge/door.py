@@ -3,6 +3,10 @@
 `initial_value=False` means the GPIO line is driven to the relay's inactive level the moment the
 device is created (for active-low modules that is HIGH), so a daemon restart can never leave the
 door released. Any failure while pulsing ends in `off()`.
+
+The pulse's timing is a deadline on the process's one output timeline (bridge/timed_output.py), not
+gpiozero's `blink()` thread: `pulse()` energises on the caller's thread and returns, so the decision
+worker never waits for a thread start or join.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import structlog
 from gpiozero import DigitalOutputDevice
 
 from bridge.config import DoorSection
+from bridge.timed_output import TimedOutput
 
 log = structlog.get_logger()
 
@@ -25,7 +30,8 @@ class Door:
         self.relay = DigitalOutputDevice(
             cfg.relay_pin, active_high=cfg.relay_active_high, initial_value=False, pin_factory=pin_factory
         )
-        self._lock = threading.Lock()
+        self._out = TimedOutput(self.relay)
+        self._lock = threading.RLock()  # release_hold -> release
         self.pulses = 0
         # Held open by the door's mode (`unlocked`, bridge/mode_shell.py): a GRANT then has
         # nothing to pulse, and a pulse's timer must not end the hold.
@@ -37,7 +43,7 @@ class Door:
             if self.held:
                 return
             try:
-                self.relay.blink(on_time=self.cfg.pulse_s, off_time=0, n=1, background=True)
+                self._out.blink(self.cfg.pulse_s, 0.0, 1)
                 self.pulses += 1
             except Exception:
                 self.release()
@@ -47,7 +53,7 @@ class Door:
         """Energise until `release_hold` (a mode change, stop, or an error path releases)."""
         with self._lock:
             try:
-                self.relay.on()
+                self._out.on()
                 self.held = True
             except Exception as e:
                 self.held = False
@@ -61,7 +67,7 @@ class Door:
 
     def release(self) -> None:
         try:
-            self.relay.off()
+            self._out.off()
         except Exception as e:  # a dead GPIO chip must not stop the shutdown path
             log.error("relay_release_failed", door=self.name, error=str(e), check="GPIO wiring and permissions")
 
@@ -71,4 +77,7 @@ class Door:
 
     def close(self) -> None:
         self.release()
-        self.relay.close()
+        try:
+            self._out.close()
+        finally:
+            self.relay.close()

@@ -34,6 +34,7 @@ from gpiozero import LED, Button, Buzzer, DigitalInputDevice, DigitalOutputDevic
 
 from bridge.config import DoorSection
 from bridge.door import Door
+from bridge.timed_output import Scheduled, TimedOutput, shared_timeline
 from verifier.types import AccessDecision, Reason
 
 log = structlog.get_logger()
@@ -77,15 +78,17 @@ def _why(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"[:200]
 
 
-def _start(device: Any, pattern: Blink) -> None:
-    device.blink(on_time=pattern.on_s, off_time=pattern.off_s, n=pattern.n, background=True)
+def _start(device: TimedOutput, pattern: Blink) -> None:
+    device.blink(pattern.on_s, pattern.off_s, pattern.n)
 
 
 class Feedback:
     """LED and buzzer patterns per decision, and the offline idle wink in between.
 
     Either device may be absent. A feedback pattern takes the LED over; when it ends, the idle
-    wink resumes if the bridge is still offline.
+    wink resumes if the bridge is still offline. Patterns and the idle restore run on the output
+    timeline (bridge/timed_output.py): `show()` is called by the decision worker and must not start
+    or join a thread.
     """
 
     def __init__(self, cfg: DoorSection, pin_factory: Any) -> None:
@@ -94,16 +97,21 @@ class Feedback:
         self._offline = False
         self._closing = False
         self._generation = 0
-        self._restore: threading.Timer | None = None
+        self._restore: Scheduled | None = None
+        self._timeline = shared_timeline()
         self.led: LED | None = None
         self.buzzer: Buzzer | None = None
+        self._led_out: TimedOutput | None = None
+        self._buzzer_out: TimedOutput | None = None
         try:
             if cfg.led_pin is not None:
                 self.led = LED(cfg.led_pin, active_high=cfg.led_active_high, initial_value=False,
                                pin_factory=pin_factory)
+                self._led_out = TimedOutput(self.led, self._timeline)
             if cfg.buzzer_pin is not None:
                 self.buzzer = Buzzer(cfg.buzzer_pin, active_high=cfg.buzzer_active_high, initial_value=False,
                                      pin_factory=pin_factory)
+                self._buzzer_out = TimedOutput(self.buzzer, self._timeline)
         except Exception:
             self.close()
             raise
@@ -130,13 +138,12 @@ class Feedback:
             if self._restore is not None:
                 self._restore.cancel()
                 self._restore = None
-            if self.led is not None:
-                _start(self.led, led)
-                self._restore = threading.Timer(led.duration_s, self._pattern_done, args=(self._generation,))
-                self._restore.daemon = True
-                self._restore.start()
-            if self.buzzer is not None:
-                self.buzzer.beep(on_time=beep.on_s, off_time=beep.off_s, n=beep.n, background=True)
+            if self._led_out is not None:
+                _start(self._led_out, led)
+                generation = self._generation
+                self._restore = self._timeline.call_later(led.duration_s, lambda: self._pattern_done(generation))
+            if self._buzzer_out is not None:
+                _start(self._buzzer_out, beep)
 
     def _pattern_done(self, generation: int) -> None:
         with self._lock:
@@ -146,12 +153,12 @@ class Feedback:
             self._idle()
 
     def _idle(self) -> None:
-        if self.led is None:
+        if self._led_out is None:
             return
         if self._offline:
-            _start(self.led, OFFLINE_IDLE_LED)
+            _start(self._led_out, OFFLINE_IDLE_LED)
         else:
-            self.led.off()
+            self._led_out.off()
 
     def close(self) -> None:
         with self._lock:
@@ -162,6 +169,9 @@ class Feedback:
             if self._restore is not None:
                 self._restore.cancel()
                 self._restore = None
+        for out in (self._led_out, self._buzzer_out):
+            if out is not None:
+                out.close()
         for device in (self.led, self.buzzer):
             if device is not None:
                 device.off()
@@ -196,6 +206,7 @@ class DoorIo:
         self._held: threading.Timer | None = None
 
         self.aux: DigitalOutputDevice | None = None
+        self._aux_out: TimedOutput | None = None
         self.switch: DigitalInputDevice | None = None
         self.rex: Button | None = None
         self.feedback_out: Feedback | None = None
@@ -204,6 +215,7 @@ class DoorIo:
             if cfg.aux_relay_pin is not None:
                 self.aux = DigitalOutputDevice(cfg.aux_relay_pin, active_high=cfg.aux_relay_active_high,
                                                initial_value=False, pin_factory=pin_factory)
+                self._aux_out = TimedOutput(self.aux)
             if cfg.door_switch_pin is not None:
                 self.switch = DigitalInputDevice(cfg.door_switch_pin, pull_up=cfg.door_closed_level == "low",
                                                  pin_factory=pin_factory)
@@ -281,6 +293,8 @@ class DoorIo:
         # Devices are closed outside the lock: closing may wait for gpiozero's callback thread,
         # which may itself be waiting for the lock.
         self.door.release()
+        if self._aux_out is not None:
+            self._aux_out.close()
         if self.aux is not None:
             self.aux.off()
             self.aux.close()
@@ -388,17 +402,18 @@ class DoorIo:
         self._alarms.append(kind)
         self._emit(kind, body)
         if self.aux is not None and self.cfg.aux_relay_mode == "alarm":
+            assert self._aux_out is not None
             try:
-                self.aux.on()
+                self._aux_out.on()
             except Exception as e:  # noqa: BLE001 - any GPIO failure ends with the aux relay off
                 self._aux_failed(e)
 
     # --- outputs and events ---------------------------------------------------------------------
 
     def _pulse_aux(self) -> None:
-        assert self.aux is not None
+        assert self._aux_out is not None
         try:
-            self.aux.blink(on_time=self.cfg.pulse_s, off_time=0, n=1, background=True)
+            self._aux_out.blink(self.cfg.pulse_s, 0.0, 1)
         except Exception as e:  # noqa: BLE001 - any GPIO failure ends with the aux relay off
             self._aux_failed(e)
 
@@ -407,9 +422,9 @@ class DoorIo:
         self._log.error("aux_relay_failed", error=_why(e), check="aux relay wiring and GPIO permissions")
 
     def _aux_off(self) -> None:
-        assert self.aux is not None
+        assert self._aux_out is not None
         try:
-            self.aux.off()
+            self._aux_out.off()
         except Exception as e:  # noqa: BLE001 - a dead GPIO chip must not stop the alarm path
             self._log.error("aux_relay_release_failed", error=_why(e),
                             check="aux relay wiring and GPIO permissions")

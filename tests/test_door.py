@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -66,12 +67,64 @@ def test_pulse_has_configured_length_and_release_on_close(factory):
 def test_a_failing_pulse_leaves_the_relay_released(factory, monkeypatch):
     door = Door("main", DoorSection(relay_pin=17, pulse_s=0.25), factory)
 
+    real_on = door.relay.on
+
     def broken(*a, **k):
-        door.relay.on()
+        real_on()
         raise RuntimeError("GPIO chip went away")
 
-    monkeypatch.setattr(door.relay, "blink", broken)
+    monkeypatch.setattr(door.relay, "on", broken)
     with pytest.raises(RuntimeError):
         door.pulse()
     assert factory.pin(17).state is False
+    door.close()
+
+
+def _count_thread_starts(monkeypatch) -> list[threading.Thread]:
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def counting_start(self):
+        started.append(self)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    return started
+
+
+def test_pulses_start_and_join_no_thread(factory, monkeypatch):
+    """The decision worker calls pulse() inside a batch: it must not start (or join) a thread per
+    pulse, as gpiozero's blink() does. The pulse timing runs on one long-lived thread."""
+    door = Door("main", DoorSection(relay_pin=17, pulse_s=0.05), factory)
+    pin = factory.pin(17)
+    door.pulse()
+    _wait_released(pin)
+    started = _count_thread_starts(monkeypatch)
+    for _ in range(20):
+        door.pulse()
+        time.sleep(0.07)
+    deadline = time.monotonic() + 5
+    while pin.state:
+        assert time.monotonic() < deadline, "relay never released"
+        time.sleep(0.01)
+    assert started == [], f"pulse() started {len(started)} threads"
+    assert len(relay_pulses(pin)) == 21 and all(0.05 <= p < 1.05 for p in relay_pulses(pin))
+    door.close()
+
+
+def test_a_new_pulse_restarts_the_timer_and_hold_outlives_a_pulse(factory):
+    door = Door("main", DoorSection(relay_pin=17, pulse_s=0.3), factory)
+    pin = factory.pin(17)
+    door.pulse()
+    time.sleep(0.2)
+    door.pulse()  # still open: the door stays released 0.3 s from now, in one pulse
+    _wait_released(pin)
+    (pulse,) = relay_pulses(pin)
+    assert 0.5 <= pulse < 1.5
+    door.pulse()
+    door.hold()  # a mode holding the door open: the pulse's timer must not end the hold
+    time.sleep(0.5)
+    assert door.energised
+    door.release_hold()
+    assert pin.state is False
     door.close()

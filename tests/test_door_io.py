@@ -444,3 +444,25 @@ def test_after_close_inputs_are_ignored(rigs):
     rig.press_rex()
     time.sleep(0.2)
     assert rig.sink.events == [] and not relay_pulses(rig.relay)
+
+
+def test_feedback_and_aux_pulses_start_no_thread_on_the_deciding_thread(rigs, monkeypatch):
+    """feedback() and authorised() run on the decision worker inside a batch: gpiozero's blink()/beep()
+    and a threading.Timer per pattern would start (and join) threads there for every scan."""
+    rig = rigs(led_pin=LED_PIN, buzzer_pin=BUZZER, aux_relay_pin=AUX, aux_relay_mode="grant", pulse_s=0.05)
+    led = rig.factory.pin(LED_PIN)
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    for _ in range(5):
+        rig.io.authorised("grant")
+        rig.io.feedback(decision(Decision.GRANT))
+        rig.io.feedback(decision(Decision.DENY, Reason.NO_GRANT))
+    wait_until(_finished(led, 3), "the last pattern's three blinks")
+    assert started == [], f"{len(started)} threads started for 15 feedback/aux calls"
+    assert len(relay_pulses(rig.factory.pin(AUX))) >= 1
