@@ -145,6 +145,12 @@ class _ScanJob:
     upstream: str | None = None  # the adapter that gave `online`
 
 
+def _cache_replaced(what: str) -> None:
+    log.warning("grants_db_replaced", what=what,
+                check="something outside door-bridge replaced or deleted grants.db; decisions now read the new "
+                      "file (an empty one until the next sync); look for a restore script or a manual copy")
+
+
 def needs_online(credential: Credential) -> bool:
     """Credentials the cache cannot judge at all (Digital ID tokens live only at Digital ID)."""
     return isinstance(credential, DigitalIdToken)
@@ -217,7 +223,7 @@ class Daemon:
         from bridge import integrity
 
         quarantined = integrity.check_state_dir(self.state_dir)
-        self.cache = GrantCache(self.state_dir / "grants.db")
+        self.cache = GrantCache(self.state_dir / "grants.db", on_replaced=_cache_replaced)
         self.outbox = Outbox(self.state_dir / "audit.db", cfg.audit.max_events, clock=self.clock)
         for q in quarantined:
             self.outbox.append("STATE_DB_QUARANTINED", {"bridgeId": cfg.bridge.id, **q})

@@ -117,6 +117,7 @@ class BundleSync:
         with suppress(FileNotFoundError):
             self.download_path.unlink()  # a download cut short by a crash or restart
         self._conn: sqlite3.Connection | None = None
+        self._conn_identity: schema.FileIdentity = None
         self._refused: tuple[str | None, str | None] | None = None  # (etag, sha256) of the last refused bundle
         self.state = SyncState(version=self.cache_version())
 
@@ -126,9 +127,15 @@ class BundleSync:
             self._conn = None
 
     def cache_version(self) -> int:
+        if self._conn is not None and schema.file_identity(str(self.cache_path)) != self._conn_identity:
+            # grants.db was replaced or deleted: ask for what the file the applier writes holds.
+            log.warning("grants_db_replaced", file=str(self.cache_path),
+                        check="something outside door-bridge replaced or deleted the cache; a full bundle is fetched")
+            self.close()
         if self._conn is None:
             self._conn = schema.connect(str(self.cache_path))
             schema.migrate(self._conn)
+            self._conn_identity = schema.file_identity(str(self.cache_path))
         return int(read_meta(self._conn).get("version", "0"))
 
     # --- one poll --------------------------------------------------------------------------------

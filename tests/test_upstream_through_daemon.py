@@ -247,3 +247,23 @@ async def test_a_bundle_key_rotated_by_reload_refuses_bundles_signed_with_the_ol
         fake_central.signing_key = new_key
         fake_central.publish_full(door_records(READER, NOW))  # v3, signed with the new key
         await wait_for(lambda: _version(daemon) == 3, timeout=5, what="the new-key bundle applied")
+
+
+async def test_a_cache_file_deleted_under_the_daemon_is_reopened_and_revocations_hold(tmp_path, fake_central, central_key_file):
+    """grants.db deleted (or replaced) while running: decisions and the sync must follow the file
+    the applier writes, not stay on the orphaned inode where the card is still granted."""
+    records = door_records(READER, NOW)
+    fake_central.publish_full(records)
+    cfg = _central_cfg(tmp_path, fake_central, central_key_file)
+    async with running(cfg, clock=Clock()) as (daemon, _):
+        await wait_for(lambda: _version(daemon) == 1, what="first sync")
+        assert (await _scan(daemon, CARD)).granted
+        for name in ("grants.db", "grants.db-wal", "grants.db-shm"):
+            (daemon.state_dir / name).unlink(missing_ok=True)
+        grant = next(r for r in records if r.get("id") == "g1")
+        fake_central.publish_delta([{**grant, "revoked": True}])
+        await wait_for(lambda: _version(daemon) == 2, timeout=8, what="the new cache file synced to version 2")
+        await asyncio.sleep(2.1)  # past the replay window of the first scan
+        later = await _scan(daemon, "6b06c2a25e99c68edcbe")
+    assert later.reason is Reason.GRANT_REVOKED and later.cache_version == 2
+    assert daemon.cache.reopened >= 1

@@ -11,7 +11,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from verifier import schema
 from verifier.door_policy import DoorRecords
@@ -72,10 +72,13 @@ class CacheMeta:
 
 
 class GrantCache:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, on_replaced: Callable[[str], None] | None = None) -> None:
         self.path = str(path)
         self.conn: sqlite3.Connection = schema.connect(self.path)
         schema.migrate(self.conn)
+        self._identity = schema.file_identity(self.path)
+        self._on_replaced = on_replaced
+        self.reopened = 0
         self._data_version = -1
         self.meta = CacheMeta(0, 0, MAX_MS, None)
         self._zones: dict[str, Zone] = {}
@@ -89,12 +92,27 @@ class GrantCache:
     def close(self) -> None:
         self.conn.close()
 
+    def _reopen(self, what: str) -> None:
+        """Decide from the file at `path` (the one the applier writes), never from an orphaned
+        inode. A deleted cache comes back empty (version 0: CACHE_STALE until the next sync)."""
+        self.conn.close()
+        self.conn = schema.connect(self.path)
+        schema.migrate(self.conn)
+        self._identity = schema.file_identity(self.path)
+        self._data_version = -1
+        self.reopened += 1
+        if self._on_replaced is not None:
+            self._on_replaced(what)
+
     def invalidate(self) -> None:
         """After a commit on THIS connection (data_version only moves for other connections)."""
         self._data_version = -1
 
     def refresh(self) -> bool:
         """Reload derived state if anyone committed since we last looked. Returns True if it did."""
+        identity = schema.file_identity(self.path)
+        if identity != self._identity:
+            self._reopen("replaced" if identity is not None else "deleted")
         dv = self.conn.execute("PRAGMA data_version").fetchone()[0]
         if dv == self._data_version:
             return False

@@ -8,6 +8,7 @@ instead of throwing it away.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from typing import Callable
 
@@ -96,6 +97,23 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=OFF")
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
+
+
+FileIdentity = tuple[int, int] | None
+
+
+def file_identity(path: str) -> FileIdentity:
+    """(device, inode) of the file now at `path`; None when there is none.
+
+    An open SQLite connection keeps reading the inode it opened. When grants.db is replaced or
+    deleted under a running daemon, the applier writes the new file while an old connection would
+    go on deciding from the old one — revocations silently ineffective. Comparing identities on
+    refresh is how a long-lived connection notices and reopens."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def migrate(conn: sqlite3.Connection) -> int:
