@@ -320,9 +320,12 @@ def _reader(state: Mapping[str, Any], r: _Renderer) -> str:
 
 
 def _door(state: Mapping[str, Any], _: _Renderer) -> str:
-    parts = [f"{k} {_plain(v)}" for k, v in state.items() if k != "alarm" and v is not None]
+    parts = [f"{k} {_plain(v)}" for k, v in state.items() if k not in ("alarm", "readers") and v is not None]
     if state.get("alarm"):
         parts.append(f"ALARM {state['alarm']}")
+    for reader, m in (state.get("readers") or {}).items():  # door modes (docs/door-modes.md)
+        nxt = f"; next {m['next_mode']} at {m['next_change']}" if m.get("next_change") else ""
+        parts.append(f"{reader}: mode {m.get('mode')} ({m.get('why')}{nxt})")
     return ", ".join(parts) or "-"
 
 

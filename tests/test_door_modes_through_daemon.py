@@ -146,6 +146,11 @@ async def test_unlocked_slot_holds_only_after_the_first_valid_badge_and_releases
         view = daemon.snapshot()["doors"]["main"]
         assert view["relay_held"] and view["readers"][CARD_R]["mode"] == "unlocked"
         assert view["readers"][CARD_R]["next_change"] == "2026-06-01T16:00:00.000Z"  # 18:00 Berlin
+        from bridge.status_socket import format_status
+
+        text = format_status(daemon.snapshot())
+        assert f"{CARD_R}: mode unlocked (slot mon,tue,wed,thu,fri 08:00-18:00; first person in: u_omar; " \
+               f"next card-and-pin at 2026-06-01T16:00:00.000Z)" in text, text
         # While held, a GRANT does not pulse (a pulse would end the hold when its timer ran out).
         await _scan(daemon, CARD_R, LAYLA_CARD)
         assert daemon.doors["main"].held and relay.state
