@@ -119,3 +119,30 @@ def test_a_pin_of_another_holder_counts_as_a_guess(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", [m.value for m in Mode])
 def test_every_mode_is_a_valid_door_mode_record(tmp_path: Path, mode: str) -> None:
     assert _verifier(tmp_path, mode).door_modes().effective(R, 0).mode.value == mode
+
+
+# --- the effective mode on the injected clock vs the reference ---------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.test_schedule import ZONES, cases, ref_value  # noqa: E402
+from verifier.door_mode import DoorModes, DoorPolicy, FirstPersonIn  # noqa: E402
+from verifier.schedule import Calendar  # noqa: E402
+
+
+@settings(max_examples=80, deadline=None)
+@given(cases(), st.lists(st.booleans(), min_size=25, max_size=25), st.booleans())
+def test_effective_mode_equals_the_reference_on_the_injected_clock(case, trusted, first_person_in) -> None:
+    """Mode schedules only (the door record names a mode schedule); an untrusted clock never gives
+    `unlocked`; with first-person-in an unlocked slot waits for its first GRANT."""
+    zone, schedule, hols, instants = case
+    if schedule.default is None:
+        return  # an access schedule: not a door's
+    policy = DoorPolicy("d", (R,), schedule_id="s", first_person_in=FirstPersonIn() if first_person_in else None)
+    modes = DoorModes([policy], {"s": schedule}, ZONES[zone], Calendar(dict(hols)))
+    for ms, ok in zip(instants, trusted):
+        want = Mode(ref_value(schedule, hols, zone, ms))
+        if want is Mode.UNLOCKED and (not ok or first_person_in):
+            want = Mode(schedule.default) if schedule.default != "unlocked" else Mode.CARD_ONLY
+        assert modes.effective(R, ms, ok).mode is want, (zone, ms, ok)
