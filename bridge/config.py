@@ -139,6 +139,7 @@ class SerialReader(_Strict):
 from bridge.inputs.evdev_scanner import EvdevScannerConfig  # noqa: E402
 from bridge.inputs.keypad import KeypadConfig  # noqa: E402
 from bridge.inputs.nfc import NfcReaderConfig  # noqa: E402
+from bridge.inputs.osdp_reader import OsdpReaderConfig  # noqa: E402
 from bridge.inputs.wiegand import WiegandReaderConfig  # noqa: E402
 from bridge.observe_config import MetricsSection, MqttSection  # noqa: E402
 from bridge.offline_config import OfflineSection  # noqa: E402
@@ -147,7 +148,8 @@ from bridge.site_config import SiteSection  # noqa: E402
 from bridge.wiegand_config import CONTEXT_KEY, SiteFormat, build_site_formats, prebuild  # noqa: E402
 
 ReaderConfig = Annotated[
-    Union[ConsoleReader, SerialReader, EvdevScannerConfig, KeypadConfig, NfcReaderConfig, WiegandReaderConfig],
+    Union[ConsoleReader, SerialReader, EvdevScannerConfig, KeypadConfig, NfcReaderConfig, WiegandReaderConfig,
+          OsdpReaderConfig],
     Field(discriminator="type"),
 ]
 

@@ -73,10 +73,13 @@ class ReaderState:
     # cleared once a retry has run READER_HEALTHY_AFTER_S without failing.
     last_error: str | None = None
     failures: int = 0
+    # A supervised reader (OSDP) whose device stopped answering, with what to check; set and
+    # cleared by the reader itself (READER_OFFLINE / READER_ONLINE), not by the retry loop.
+    offline: str | None = None
 
     @property
     def failed(self) -> bool:
-        return self.last_error is not None
+        return self.last_error is not None or self.offline is not None
 
 
 @dataclass
@@ -189,6 +192,7 @@ class Daemon:
         self.doors: dict[str, Door] = {}
         self.door_io: dict[str, Any] = {}
         self.reader_door: dict[str, str] = {}
+        self.reader_feedback: dict[str, Any] = {}
         self.inputs: list[Input] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.previous_exit: dict[str, Any] = {}
@@ -240,6 +244,10 @@ class Daemon:
             self.reader_door[reader.id] = reader.door
             self.stats.readers[reader.id] = ReaderState(type=reader.type)
             self.inputs.append(create_input(reader, pin_factory=self._pin_factory, site_formats=site_formats))
+            if hasattr(self.inputs[-1], "attach"):  # supervised readers (OSDP): events, health, LED/buzzer
+                door = cfg.doors.get(reader.door)
+                self.inputs[-1].attach(self, grant_led_s=door.pulse_s if door else 3.0)  # type: ignore[attr-defined]
+                self.reader_feedback[reader.id] = self.inputs[-1]
         for extra in self._extra_inputs:
             self.inputs.append(extra)
             self.reader_door.setdefault(extra.reader_id, next(iter(self.doors), ""))
@@ -544,9 +552,39 @@ class Daemon:
             await asyncio.sleep(delay)
             delay = min(delay * 2, READER_RETRY_MAX_S)
 
+    def _reader_idle(self, offline: bool) -> None:
+        """Readers with their own LED (OSDP) wink between decisions while offline or stale."""
+        for reader in self.reader_feedback.values():
+            with contextlib.suppress(Exception):
+                reader.set_offline(offline)
+
+    # --- supervised readers (bridge.inputs.osdp_reader.ReaderSink) --------------------------------
+
+    def reader_event(self, reader_id: str, kind: str, body: dict[str, Any]) -> None:
+        """READER_OFFLINE/ONLINE, READER_TAMPER, READER_POWER, OSDP_KEY_INSTALLED: audit rows,
+        recorded through the worker like door events."""
+        door = self.reader_door.get(reader_id)
+        self._worker.submit(self._record_reader_event, reader_id, door, kind, body)
+
+    def _record_reader_event(self, reader_id: str, door: str | None, kind: str, body: dict[str, Any]) -> None:
+        try:
+            self.outbox.append(kind, {"bridgeId": self.config.bridge.id, "readerId": reader_id, "door": door, **body})
+        except Exception as e:  # the outbox failing must be loud, never silent
+            log.error("audit_append_failed", reader=reader_id, event=kind, error=str(e)[:200],
+                      check="disk space and permissions of the state dir")
+        log.info("reader_event", reader=reader_id, event=kind)
+
+    def reader_offline(self, reader_id: str, problem: str | None) -> None:
+        """On the event loop: a supervised reader's device stopped answering (problem) or is back (None)."""
+        state = self.stats.readers.setdefault(reader_id, ReaderState())
+        if state.offline == problem:
+            return
+        state.offline = problem
+        self.notifier.status(self.status_line())
+
     def _reader_recovered(self, reader_id: str) -> None:
         state = self.stats.readers.get(reader_id)
-        if state is not None and state.failed:
+        if state is not None and state.last_error is not None:
             state.last_error = None
             log.info("reader_recovered", reader=reader_id, failures=state.failures)
             self.notifier.status(self.status_line())
@@ -554,16 +592,21 @@ class Daemon:
     def health(self) -> dict[str, Any]:
         """What makes this door degraded (docs/operations.md): `status` exits 3 when not ok."""
         failed = sorted(r for r, st in self.stats.readers.items() if st.failed)
-        problems = [f"reader {r} failed" for r in failed]
+        problems = [f"reader {r} offline: {self.stats.readers[r].offline}" if self.stats.readers[r].last_error is None
+                    else f"reader {r} failed" for r in failed]
         return {"state": "degraded" if problems else "ok", "problems": problems}
 
     def _health_prefix(self) -> str:
         failed = sorted(r for r, st in self.stats.readers.items() if st.failed)
         if not failed:
             return ""
+        broken = [r for r in failed if self.stats.readers[r].last_error is not None]
+        offline = [r for r in failed if r not in broken]
+        what = "; ".join(part for part in (f"{', '.join(broken)} failed" if broken else "",
+                                            f"{', '.join(offline)} offline" if offline else "") if part)
         if len(failed) == len(self.stats.readers):
-            return f"DEGRADED: no reader working ({', '.join(failed)} failed); "
-        return f"DEGRADED: reader {', '.join(failed)} failed; "
+            return f"DEGRADED: no reader working ({what}); "
+        return f"DEGRADED: reader {what}; "
 
     # --- reload ----------------------------------------------------------------------------------
 
@@ -748,6 +791,7 @@ class Daemon:
             for io in self.door_io.values():
                 with contextlib.suppress(Exception):
                     io.set_offline(not ok)
+            self._reader_idle(offline=not ok or self._stale)
         if ok and up.online is not True:
             if up.online is False:
                 log.info("upstream_restored", offline_since=up.since.isoformat(timespec="seconds") if up.since else "-")
@@ -788,6 +832,10 @@ class Daemon:
             if io is not None:
                 with contextlib.suppress(Exception):
                     io.feedback(decision)
+            reader_out = self.reader_feedback.get(job.scan.reader_id)
+            if reader_out is not None:
+                with contextlib.suppress(Exception):
+                    reader_out.feedback(decision)
             self._account(decision, (time.monotonic() - job.started) * 1000, door, pulse, how)
         if self.modes is not None:
             self.modes.apply()  # a first-person-in GRANT unlocks its door at once
@@ -836,6 +884,7 @@ class Daemon:
         if stale == self._stale:
             return
         self._stale = stale
+        self._reader_idle(offline=stale or self.upstream.online is False)
         meta = self.cache.meta
         if stale:
             from verifier.timeutil import from_ms, iso
@@ -970,7 +1019,8 @@ class Daemon:
             "handback": self.handback.state.as_status() if self.handback is not None else None,
             "readers": {rid: {"type": r.type, "last_scan_at": r.last_scan_at, "last_decision": r.last_decision,
                               "last_reason": r.last_reason, "scans": r.scans, "state": "failed" if r.failed else "ok",
-                              "last_error": r.last_error, "failures": r.failures} for rid, r in self.stats.readers.items()},
+                              "last_error": r.last_error, "failures": r.failures, "offline": r.offline}
+                        for rid, r in self.stats.readers.items()},
             "doors": {name: {**(self.door_io[name].state() if name in self.door_io else
                                 {"relay": "energised" if door.energised else "released", "position": "unknown", "alarm": None}),
                              **(self.modes.view.get(name, {}) if self.modes is not None else {})}

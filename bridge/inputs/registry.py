@@ -16,7 +16,7 @@ MODULES = {
     "keypad": "bridge.inputs.keypad",
     "nfc": "bridge.inputs.nfc",
     "wiegand": "bridge.inputs.wiegand",
-    "osdp": "bridge.inputs.osdp",
+    "osdp": "bridge.inputs.osdp_reader",
 }
 
 
