@@ -60,7 +60,7 @@ def topic_part(name: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Message:
     topic: str
-    payload: str
+    payload: str | dict[str, Any]  # a dict is JSON-encoded on the publisher thread, not the decision's
     retain: bool = False
 
 
@@ -160,12 +160,11 @@ class MqttPublisher:
         }
         if self.section.publish_identities:
             body.update(userId=d.user_id, userName=d.user_name, zoneId=d.zone_id, zoneName=d.zone_name)
-        self.offer(Message(self.topics.decision, json.dumps(body, separators=(",", ":"))))
+        self.offer(Message(self.topics.decision, body))
 
     def on_door_event(self, door: str, kind: str) -> None:
-        self.offer(Message(self.topics.event, json.dumps(
-            {"at": self._clock().isoformat(timespec="milliseconds"), "door": door, "type": kind},
-            separators=(",", ":"))))
+        self.offer(Message(self.topics.event,
+                           {"at": self._clock().isoformat(timespec="milliseconds"), "door": door, "type": kind}))
         view = self._door_states().get(door)
         if view is not None:
             self._offer_door(door, view)
@@ -251,7 +250,8 @@ class MqttPublisher:
                 m = self._queue.get_nowait()
             except queue.Empty:
                 return
-            info = self.client.publish(m.topic, m.payload, qos=QOS, retain=m.retain)
+            payload = m.payload if isinstance(m.payload, str) else json.dumps(m.payload, separators=(",", ":"))
+            info = self.client.publish(m.topic, payload, qos=QOS, retain=m.retain)
             if info.rc == paho.MQTT_ERR_SUCCESS:
                 self.published += 1
             elif info.rc == paho.MQTT_ERR_NO_CONN:
