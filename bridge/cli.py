@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from bridge import __version__, logsetup
 from bridge.config import Config, ConfigError, load
+from bridge.heap import freeze_startup_heap
 
 import structlog
 
@@ -61,6 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for door in daemon.doors.values():
                 door.release()
             return 1
+        log.debug("startup_heap_frozen", objects=freeze_startup_heap())  # full GCs skip it: bridge/heap.py
         try:
             await stop.wait()
         finally:
