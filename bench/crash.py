@@ -57,6 +57,7 @@ from tests.fakes.server import RecordedRequest, Reply
 from tests.harness import Site, iso
 from tests.service import READER, Service, central_section, write_config
 from verifier.credentials import parse
+from bridge import state_files
 from verifier.types import fingerprint
 
 BRIDGE_ID = "BRIDGE-SVC"  # what tests/service.py writes as bridge.id
@@ -254,6 +255,8 @@ class ScanFeed:
 
     def __init__(self, svc: Service, rng: random.Random, settings: CrashSettings) -> None:
         self.svc, self.rng, self.settings = svc, rng, settings
+        # The daemon's own key source (state_dir/fingerprint.key), so sent fingerprints match its lines.
+        self.fp_key = state_files.fingerprint_key(svc.state)
         self.sent: list[SentScan] = []
         self._grants = 0
         self._denies = 0
@@ -270,7 +273,7 @@ class ScanFeed:
         else:
             raw = f"DE{self._denies:012X}"  # in no bundle: DENY NO_GRANT
             self._denies += 1
-        scan = SentScan(run, fingerprint(parse(raw.encode())), grant)
+        scan = SentScan(run, fingerprint(parse(raw.encode()), self.fp_key), grant)
         self.sent.append(scan)
         self.svc.pty.type(raw)
         return scan

@@ -59,6 +59,7 @@ from bridge.status_socket import StatusUnavailable, fetch_status
 from verifier.bundle import BundleWriter, apply_file, public_key_text
 from verifier.cache import GrantCache
 from verifier.credentials import parse
+from bridge import state_files
 from verifier.types import fingerprint
 
 # BCM pins for the relays, one door per reader (MockFactory accepts any of these).
@@ -242,7 +243,7 @@ def build_site(state: Path, settings: LoadSettings, key: Ed25519PrivateKey) -> P
     return Pools(pools)
 
 
-def plan(pools: Pools, settings: LoadSettings) -> list[PlannedScan]:
+def plan(pools: Pools, settings: LoadSettings, fp_key: bytes) -> list[PlannedScan]:
     """The scan sequence: reader i % N, kind drawn from MIX, credentials cycled per reader."""
     rng = random.Random(settings.seed)
     total = int(settings.rate * settings.seconds)
@@ -267,7 +268,7 @@ def plan(pools: Pools, settings: LoadSettings) -> list[PlannedScan]:
             else:
                 raw = pool[cursor[(kind, r)] % len(pool)]
                 cursor[(kind, r)] += 1
-        out.append(PlannedScan(r, raw, fingerprint(parse(raw)), kind))
+        out.append(PlannedScan(r, raw, fingerprint(parse(raw), fp_key), kind))
     return out
 
 
@@ -554,7 +555,8 @@ def run_load(settings: LoadSettings) -> LoadResult:
             observers = Observers(work)
         key = Ed25519PrivateKey.generate()
         pools = build_site(state, settings, key)
-        scans = plan(pools, settings)
+        # The daemon's own key source (state_dir/fingerprint.key), so planned fingerprints match its lines.
+        scans = plan(pools, settings, state_files.fingerprint_key(state))
         result.outbox_append_ms = probe_outbox_append(work / "probe")
         result.state_fs = filesystem_of(state)
         config = work / "load.toml"

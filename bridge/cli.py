@@ -47,6 +47,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     logsetup.configure(config.bridge.log_level, config.bridge.log_format)
     from bridge.daemon import Daemon
     from bridge.gpio import GpioUnavailable
+    from bridge.outbox import OutboxOpenError
+    from bridge.state_files import StateFileError
 
     async def main() -> int:
         daemon = Daemon(config)
@@ -59,6 +61,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             await daemon.start()
         except GpioUnavailable as e:
             log.error("gpio_unavailable", error=str(e))
+            for door in daemon.doors.values():
+                door.release()
+            return 1
+        except (OutboxOpenError, StateFileError) as e:
+            # One line with the cause and what to check; the relays were released before this.
+            log.error("state_unusable", error=str(e))
             for door in daemon.doors.values():
                 door.release()
             return 1
@@ -548,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bridge.state_files import restrict_umask
+
+    restrict_umask()  # state files are never world-readable, whatever shell started us
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -26,17 +26,17 @@ from typing import Any, Callable
 
 import structlog
 
-from bridge import __version__, lifecycle, sdnotify
+from bridge import __version__, lifecycle, sdnotify, state_files
 from bridge.config import Config, ConfigError
 from bridge.door import Door
 from bridge.gpio import make_pin_factory
 from bridge.inputs.base import Input, Scan
 from bridge.inputs.registry import create_input
-from bridge.outbox import Outbox
+from bridge.outbox import Outbox, open_outbox
 from bridge.worker import Worker
 from verifier.cache import GrantCache
 from verifier.credentials import parse
-from verifier.decide import Policy, Verifier
+from verifier.decide import Lockout, Policy, Verifier
 from verifier.sources import presented_source
 from verifier.timeutil import to_ms
 from verifier.types import AccessDecision, Credential, DigitalIdToken, InviteCode, Reason, Source
@@ -154,6 +154,15 @@ def _cache_replaced(what: str) -> None:
                       "file (an empty one until the next sync); look for a restore script or a manual copy")
 
 
+def lockout_event(lock: Lockout, bridge_id: str) -> dict[str, Any]:
+    """READER_RATE_LIMITED: someone is guessing at this reader (docs/bridge-protocol.md: alert on it)."""
+    from verifier.timeutil import from_ms, iso
+
+    return {"bridgeId": bridge_id, "readerId": lock.reader_id, "bucket": "keypad" if lock.keypad else "other",
+            "denies": lock.denies, "windowS": lock.window_s, "cooldownS": lock.cooldown_s,
+            "lockedUntil": iso(from_ms(lock.until_ms))}
+
+
 def needs_online(credential: Credential) -> bool:
     """Credentials the cache cannot judge at all (Digital ID tokens live only at Digital ID)."""
     return isinstance(credential, DigitalIdToken)
@@ -216,7 +225,8 @@ class Daemon:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         cfg = self.config
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        state_files.restrict_umask()
+        state_files.ensure_state_dir(self.state_dir)
         # Doors first: every relay line is driven inactive before anything else can fail.
         if self._pin_factory is None and (cfg.doors or any(r.type == "wiegand" for r in cfg.readers)):
             self._pin_factory = make_pin_factory(cfg.gpio.pin_factory, cfg.gpio.chip)
@@ -227,14 +237,18 @@ class Daemon:
         from bridge import integrity
 
         quarantined = integrity.check_state_dir(self.state_dir)
+        for name in ("grants.db", "audit.db"):
+            state_files.tighten(self.state_dir / name)
+        self.fingerprint_key = state_files.fingerprint_key(self.state_dir)
         self.cache = GrantCache(self.state_dir / "grants.db", on_replaced=_cache_replaced)
-        self.outbox = Outbox(self.state_dir / "audit.db", cfg.audit.max_events, clock=self.clock)
+        self.outbox = open_outbox(self.state_dir / "audit.db", cfg.audit.max_events, clock=self.clock,
+                                  bridge_id=cfg.bridge.id)
         for q in quarantined:
             self.outbox.append("STATE_DB_QUARANTINED", {"bridgeId": cfg.bridge.id, **q})
         self.learned = self._start_learned()
         self.verifier = Verifier(self.cache, policy_from(cfg), offline_codes=self._offline_codes(),
                                  learned=self.learned.recall if self.learned is not None else None,
-                                 modes=self._mode_settings())
+                                 modes=self._mode_settings(), fingerprint_key=self.fingerprint_key)
         self._start_door_io()
         if not self._adapters_given:
             self.adapters = self._build_adapters()
@@ -817,9 +831,15 @@ class Daemon:
         doors = [self.reader_door.get(job.scan.reader_id, "") for job in jobs]
         # The rows that explain the relay go to disk before the relay moves; if they cannot be
         # written, nothing moves (fail-secure) and every waiting scan gets the error.
-        self.outbox.append_many([("VERIFY", {**d.as_wire(), "bridgeId": self.config.bridge.id,
-                                             "door": name if name in self.doors else None})
-                                 for d, name in zip(decisions, doors)])
+        rows: list[tuple[str, dict[str, Any]]] = [
+            ("VERIFY", {**d.as_wire(), "bridgeId": self.config.bridge.id, "door": name if name in self.doors else None})
+            for d, name in zip(decisions, doors)]
+        for lock in self.verifier.take_lockouts():
+            rows.append(("READER_RATE_LIMITED", lockout_event(lock, self.config.bridge.id)))
+            log.warning("reader_rate_limited", reader=lock.reader_id, bucket="keypad" if lock.keypad else "other",
+                        denies=lock.denies, cooldown_s=lock.cooldown_s,
+                        check="someone guessing codes at this reader? door-bridge events tail; the camera")
+        self.outbox.append_many(rows)
         for job, decision, name, how in zip(jobs, decisions, doors, decided):
             door = self.doors.get(name)
             pulse = decision.granted and not decision.replay and door is not None and not door.held
@@ -914,9 +934,6 @@ class Daemon:
             zone=d.zone_id or d.zone_name or "-",
             relay=("held" if door.held else "pulsed" if pulsed else "idle") if door else "none", door_mode=d.door_mode or "-",
         )
-        if d.reason is Reason.RATE_LIMITED:
-            log.warning("reader_rate_limited", reader=d.reader_id,
-                        check="repeated DENYs at this reader (PIN guessing?); see door-bridge events tail")
         for listener in self.decision_listeners:
             listener(d, latency_ms)
 

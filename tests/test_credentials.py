@@ -213,16 +213,35 @@ SECRET_BEARING = [
 @pytest.mark.parametrize("credential", SECRET_BEARING, ids=lambda c: c.kind)
 def test_repr_str_and_fingerprint_never_show_the_secret(credential) -> None:
     secret = secret_of(credential)
-    for shown in (repr(credential), str(credential), f"{credential}", fingerprint(credential)):
+    for shown in (repr(credential), str(credential), f"{credential}", fingerprint(credential, KEY)):
         assert secret not in shown
         assert secret[:6] not in shown
-    assert fingerprint(credential).startswith(credential.kind + ":")
+    assert fingerprint(credential, KEY).startswith(credential.kind + ":")
+
+
+KEY = bytes(range(32))
 
 
 def test_fingerprint_is_stable_and_tells_credentials_apart() -> None:
-    assert fingerprint(Pin("1234")) == fingerprint(Pin("1234"))
-    assert fingerprint(Pin("1234")) != fingerprint(Pin("1235"))
-    assert fingerprint(Pin("1234")) != fingerprint(CardNumber("1234"))
+    assert fingerprint(Pin("1234"), KEY) == fingerprint(Pin("1234"), KEY)
+    assert fingerprint(Pin("1234"), KEY) != fingerprint(Pin("1235"), KEY)
+    assert fingerprint(Pin("1234"), KEY) != fingerprint(CardNumber("1234"), KEY)
+
+
+def test_fingerprint_cannot_be_tested_against_guesses_without_the_key() -> None:
+    """A logged fingerprint of a 4-digit PIN must not fall to 10,000 hashes (issue 10, High 1):
+    neither the old plain sha256(kind:secret) nor any other bridge's key reproduces it."""
+    import hashlib
+
+    logged = fingerprint(Pin("4711"), KEY)
+    plain = {"pin:" + hashlib.sha256(f"pin:{n:04d}".encode()).hexdigest()[: len(logged) - 4] for n in range(10_000)}
+    plain8 = {"pin:" + hashlib.sha256(f"pin:{n:04d}".encode()).hexdigest()[:8] for n in range(10_000)}
+    assert logged not in plain and logged not in plain8
+    other_bridge = {fingerprint(Pin(f"{n:04d}"), bytes(32)) for n in range(10_000)}
+    assert logged not in other_bridge
+    assert fingerprint(Pin("4711"), KEY) != fingerprint(Pin("4711"), bytes(32))
+    with pytest.raises(ValueError):
+        fingerprint(Pin("4711"), b"short")
 
 
 # --- properties ----------------------------------------------------------------------------------

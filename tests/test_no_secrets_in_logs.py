@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import logsetup
+from bridge import logsetup, state_files
 from bridge.inputs.base import Scan
 from tests.builders import (
     DEVICE_CARD,
@@ -181,11 +181,13 @@ def test_a_day_of_scans_and_failures_leaves_no_secret_in_logs_or_audit(
     logs = structlog_out.getvalue() + stdlib_debug.getvalue()
     assert logs.count("decision") >= len(decisions)
     assert "upstream_lost" in logs
+    key = state_files.fingerprint_key(state)  # the daemon's own, made at its first start
     for credential in (CardNumber(USER_CARD), CredentialJwt(JWT), DigitalIdToken(DIGITAL_ID_TOKEN), InviteCode(INVITE), Pin(PIN)):
-        assert fingerprint(credential) in logs, f"no fingerprint for the {credential.kind} scan: the grep would prove nothing"
+        assert fingerprint(credential, key) in logs, f"no fingerprint for the {credential.kind} scan: the grep would prove nothing"
 
     audit = b"".join(p.read_bytes() for p in sorted(state.glob("audit.db*")))
-    assert b"VERIFY" in audit and fingerprint(Pin(PIN)).encode() in audit
+    assert b"VERIFY" in audit and fingerprint(Pin(PIN), key).encode() in audit
+    assert key not in audit and key.hex() not in logs and key.hex().encode() not in audit
     places = {"logs": logs, "status snapshot": "\n".join(snapshots), "audit db": audit.decode("latin-1")}
     leaks = [f"{what} in {where}" for where, text in places.items() for what, secret in SECRETS.items() if secret in text]
     assert not leaks, leaks

@@ -76,10 +76,10 @@ def test_readers_never_see_a_batch_that_is_still_being_written(tmp_path):
     release = threading.Event()
     original = box._make_room
 
-    def slow_room(at_text):
+    def slow_room(at_text, *value):
         inside.set()
         release.wait(5)
-        return original(at_text)
+        return original(at_text, *value)
 
     box.max_events = 1  # the next append calls _make_room inside its transaction
     box._make_room = slow_room  # type: ignore[method-assign]

@@ -7,6 +7,7 @@ Verifier (one per daemon), advanced only by `decide` with the instant it was giv
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Callable, Iterator
@@ -34,8 +35,18 @@ from verifier.types import (
     fingerprint,
 )
 
-# Reasons that describe the system, not the person at the door: they do not count as guesses.
-_NOT_GUESSES = frozenset({Reason.RATE_LIMITED, Reason.CACHE_STALE, Reason.UNKNOWN_READER, Reason.UPSTREAM_UNAVAILABLE})
+# Reasons that describe the system, not the person at the door. A card, token or invite code
+# cannot open a door whose cache is stale or does not list the reader, so those DENYs are not
+# guesses. A typed code can (an offline passcode needs no cache at all): for the keypad bucket
+# every DENY but RATE_LIMITED is a guess, whatever the state of the cache.
+_SYSTEM_REASONS = frozenset({Reason.RATE_LIMITED, Reason.CACHE_STALE, Reason.UNKNOWN_READER, Reason.UPSTREAM_UNAVAILABLE})
+
+
+def counts_as_guess(reason: Reason | None, keypad: bool) -> bool:
+    """One rule for what the rate limiter counts: every wrong secret that might have been right."""
+    if reason is None or reason is Reason.RATE_LIMITED:
+        return False
+    return keypad or reason not in _SYSTEM_REASONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,18 @@ OfflineCodeCheck = Callable[[str, str, datetime], "tuple[Reason | None, str] | N
 
 
 @dataclass(frozen=True, slots=True)
+class Lockout:
+    """A reader's bucket just locked: an alert of its own (READER_RATE_LIMITED in the audit log)."""
+
+    reader_id: str
+    keypad: bool
+    denies: int
+    window_s: float
+    cooldown_s: float
+    until_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Outcome:
     reason: Reason | None
     user_id: str | None = None
@@ -63,13 +86,20 @@ class _Outcome:
 
 
 class Verifier:
+    """`fingerprint_key` is the bridge's secret for `fingerprint` (the daemon passes the one in
+    its state directory). Without one, a random key for this Verifier alone: fingerprints then
+    link repeats within this object's life only (tests and benches)."""
+
     def __init__(self, cache: GrantCache, policy: Policy = Policy(), offline_codes: OfflineCodeCheck | None = None,
-                 learned: LearnedLookup | None = None, modes: ModeSettings | None = None) -> None:
+                 learned: LearnedLookup | None = None, modes: ModeSettings | None = None, *,
+                 fingerprint_key: bytes | None = None) -> None:
         self.cache = cache
         # Answers from the central remembered by the daemon (bridge/learned.py), asked only when
         # the signed cache has no verdict of its own: a bundle stays the authority it is.
         self.learned = learned
         self.policy = policy
+        self.fingerprint_key = fingerprint_key if fingerprint_key is not None else secrets.token_bytes(32)
+        self.lockouts: list[Lockout] = []
         self.replays = ReplayMemory(int(policy.replay_window_s * 1000))
         self.limiter = RateLimiter(policy.rate_limit_denies, int(policy.rate_limit_window_s * 1000),
                                    int(policy.rate_limit_cooldown_s * 1000))
@@ -107,7 +137,7 @@ class Verifier:
         """`verdict`: a decision made elsewhere (the central's answer, a late denial) that takes
         the cache's place. The door's own replay window and rate limiter apply to it all the same."""
         now_ms = to_ms(now)
-        fp = fingerprint(credential)
+        fp = fingerprint(credential, self.fingerprint_key)
         previous = self.replays.recall(reader_id, fp, now_ms)
         if previous is not None:
             return replace(previous, replay=True)
@@ -143,9 +173,11 @@ class Verifier:
             # is not the card holder's is (verdict.guess). Online answers are gated the same way.
             verdict_of_mode = self.gate(credential, decision, now, clock_trusted)
             gated, mode_guess = verdict_of_mode.decision, verdict_of_mode.guess
-        if ((decision.reason is not None and decision.reason not in _NOT_GUESSES and not gated.granted)
-                or mode_guess):
-            self.limiter.record_deny(reader_id, keypad, now_ms)
+        if ((counts_as_guess(decision.reason, keypad) and not gated.granted) or mode_guess) \
+                and self.limiter.record_deny(reader_id, keypad, now_ms):
+            p = self.policy
+            self.lockouts.append(Lockout(reader_id, keypad, p.rate_limit_denies, p.rate_limit_window_s,
+                                         p.rate_limit_cooldown_s, now_ms + self.limiter.cooldown_ms))
         decision = gated
         if decision.reason is not Reason.RATE_LIMITED:
             self.replays.remember(reader_id, fp, now_ms, replace(decision, replay=False))
@@ -153,6 +185,11 @@ class Verifier:
 
     def _jwt_has_key(self, token: str) -> bool:
         return jwtcheck.has_key(token, self.cache.jwks(), self.policy.jwt_algorithms)
+
+    def take_lockouts(self) -> list[Lockout]:
+        """The buckets locked since the last call (the daemon records each as an audit event)."""
+        taken, self.lockouts = self.lockouts, []
+        return taken
 
     # --- evaluation ---------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ go on the wire, into the audit log and into a journal line without translation.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Union
@@ -56,7 +57,7 @@ class Source(StrEnum):
 
 # --- credentials -------------------------------------------------------------------------------
 # One frozen value per kind of credential. The raw secret is kept (the verifier needs it) but is
-# never rendered: `repr` is suppressed and logs use `fingerprint()`.
+# never rendered: `repr` is suppressed and logs use `fingerprint()` (a keyed MAC).
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +123,20 @@ def secret_of(credential: Credential) -> str:
     raise TypeError(f"not a credential: {type(credential).__name__}")
 
 
-def fingerprint(credential: Credential) -> str:
-    """A short, stable, non-reversible tag that lets a technician correlate scans in logs.
+def fingerprint(credential: Credential, key: bytes) -> str:
+    """A short tag that links repeats of one credential at one bridge, and nothing more.
 
-    Eight hex digits of SHA-256: enough to tell two people apart in a day's journal, far too few
-    to recover a card number or PIN.
+    HMAC-SHA256 under the bridge's own secret key (`state_dir/fingerprint.key`, never logged or
+    sent anywhere): without the key the tag cannot be tested against guesses, so a journal or an
+    audit row no longer gives away a PIN or card number (a plain hash of a 4-digit PIN falls to
+    10,000 tries). With the same key the same credential always gives the same tag, which is
+    what replay memory, the journal and the audit rows need. Another bridge's key gives another
+    tag: fingerprints do not link one person across bridges (docs/operations.md).
     """
-    digest = hashlib.sha256(f"{credential.kind}:{secret_of(credential)}".encode()).hexdigest()
-    return f"{credential.kind}:{digest[:8]}"
+    if len(key) < 16:
+        raise ValueError("the fingerprint key must be at least 16 bytes")
+    mac = hmac.new(key, f"{credential.kind}:{secret_of(credential)}".encode(), hashlib.sha256).hexdigest()
+    return f"{credential.kind}:{mac[:16]}"
 
 
 # --- decisions ---------------------------------------------------------------------------------

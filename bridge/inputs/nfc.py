@@ -21,7 +21,7 @@ from pydantic import Field, field_validator
 
 from bridge.config_base import ReaderId, Seconds, StrictModel
 from bridge.inputs.base import Emit, Scan
-from verifier.types import CardNumber, Source, fingerprint
+from verifier.types import Source
 
 if TYPE_CHECKING:
     import nfc
@@ -288,8 +288,8 @@ class NfcInput:
             number = uid.hex().upper()
             scan = Scan(self.reader_id, Source.CARD, raw=number.encode("ascii"), hint="card",
                         at_monotonic=time.monotonic())
-            rlog.debug("nfc.scan", source=scan.source.value, tag_type=str(tag.type),
-                       card=fingerprint(CardNumber(number)))
+            # No fingerprint here: only the decision line carries one (keyed, see verifier.types).
+            rlog.debug("nfc.scan", source=scan.source.value, tag_type=str(tag.type), uid_bytes=len(uid))
         emit(scan)
         return True
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
-from verifier.types import AccessDecision, Credential, Decision, OnlineTerms, Reason, Source, fingerprint
+from verifier.types import AccessDecision, Credential, Decision, OnlineTerms, Reason, Source
 
 
 class UpstreamAdapter(Protocol):
@@ -72,7 +72,8 @@ def online_decision(
     terms: OnlineTerms | None = None,
     upstream_reason: str | None = None,
 ) -> AccessDecision:
-    """An upstream's verdict in our own type: the credential only as kind and fingerprint."""
+    """An upstream's verdict in our own type: the credential only as its kind. The fingerprint is
+    left empty: only the daemon holds the bridge's fingerprint key, and it fills it in."""
     return AccessDecision(
         decision=decision,
         reason=reason,
@@ -85,6 +86,5 @@ def online_decision(
         online=True,
         upstream_reason=upstream_reason,
         credential_kind=credential.kind,
-        fingerprint=fingerprint(credential),
         terms=terms,
     )
