@@ -125,6 +125,9 @@ class ConsoleReader(_Strict):
     type: Literal["console"]
     id: ReaderId
     door: str = "main"
+    # A scanned line that is a PIN ("1234#") is refused unless this reader is a wedge keypad:
+    # a QR code must not be a faster keypad (docs/offline-passcodes.md).
+    accept_pins: bool = False
 
 
 class SerialReader(_Strict):
@@ -134,6 +137,7 @@ class SerialReader(_Strict):
     port: str = Field(min_length=1)
     baudrate: Annotated[int, Field(gt=0)] = 9600
     reconnect_s: Seconds = 1.0
+    accept_pins: bool = False  # see ConsoleReader
 
 
 from bridge.inputs.evdev_scanner import EvdevScannerConfig  # noqa: E402

@@ -39,7 +39,7 @@ from verifier.credentials import parse
 from verifier.decide import Lockout, Policy, Verifier
 from verifier.sources import presented_source
 from verifier.timeutil import to_ms
-from verifier.types import AccessDecision, Credential, DigitalIdToken, InviteCode, Reason, Source
+from verifier.types import AccessDecision, Credential, DigitalIdToken, InviteCode, Malformed, Pin, Reason, Source
 
 log = structlog.get_logger()
 
@@ -203,6 +203,7 @@ class Daemon:
         self.reader_door: dict[str, str] = {}
         self.reader_feedback: dict[str, Any] = {}
         self.inputs: list[Input] = []
+        self.pin_readers: set[str] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.previous_exit: dict[str, Any] = {}
         self.status_server: Any = None
@@ -262,7 +263,10 @@ class Daemon:
                 door = cfg.doors.get(reader.door)
                 self.inputs[-1].attach(self, grant_led_s=door.pulse_s if door else 3.0)  # type: ignore[attr-defined]
                 self.reader_feedback[reader.id] = self.inputs[-1]
+        self.pin_readers = {r.id for r in cfg.readers if getattr(r, "accept_pins", False)}
         for extra in self._extra_inputs:
+            if getattr(extra, "accept_pins", False):
+                self.pin_readers.add(extra.reader_id)
             self.inputs.append(extra)
             self.reader_door.setdefault(extra.reader_id, next(iter(self.doors), ""))
             self.stats.readers.setdefault(extra.reader_id, ReaderState(type=type(extra).__name__))
@@ -713,6 +717,9 @@ class Daemon:
     async def handle(self, scan: Scan) -> AccessDecision:
         started = scan.at_monotonic or time.monotonic()
         credential = parse(scan.raw, scan.hint)
+        if isinstance(credential, Pin) and scan.hint != "pin" and scan.reader_id not in self.pin_readers:
+            # A QR / wedge / serial scanner is not a faster keypad: it types a whole line at once.
+            credential = Malformed("a PIN from a scanner that does not take PINs (set accept_pins on a wedge keypad)")
         source = presented_source(credential, scan.source)
         online: AccessDecision | None = None
         asked: str | None = None

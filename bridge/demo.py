@@ -137,7 +137,7 @@ async def run_demo(stdin=None, out: TextIO = sys.stdout) -> int:
         cache.close()
         _print_intro(out, tries, public, state)
         eof = asyncio.Event()
-        console = ConsoleInput(READER, stream=stdin, on_eof=eof.set)
+        console = ConsoleInput(READER, stream=stdin, on_eof=eof.set, accept_pins=True)
         daemon = Daemon(config, inputs=[console])
         daemon.decision_listeners.append(_printer(out))  # the console reader opens the only door
         await daemon.start()

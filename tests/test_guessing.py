@@ -114,3 +114,25 @@ def test_stale_card_scans_do_not_lock_out_cardholders(tmp_path: Path, pty_path: 
                     for i in range(10)]
 
     assert set(asyncio.run(run())) == {Reason.CACHE_STALE}
+
+
+@pytest.mark.parametrize("accept_pins", [False, True])
+def test_a_scanned_line_that_is_a_pin_is_refused_unless_the_reader_takes_pins(
+        tmp_path: Path, pty_path: str, accept_pins: bool) -> None:
+    """A QR code typing "CODE#" is not a faster keypad: refused (MALFORMED) at a plain scanner."""
+    state = tmp_path / "state"
+    state.mkdir()
+    config = _config(state, Site(), pty_path)
+    config = config.model_copy(update={"readers": [config.readers[0].model_copy(update={"accept_pins": accept_pins})]})
+    good = mint(SECRET, "main", T0 - timedelta(hours=1), T0 + timedelta(hours=5))
+
+    async def run():
+        async with running(config, clock=lambda: T0) as (daemon, _pins):
+            d = await daemon.handle(Scan(READER, Source.PHONE_QR, (good + "#").encode(), None))
+            return d
+
+    d = asyncio.run(run())
+    if accept_pins:
+        assert d.granted
+    else:
+        assert (d.granted, d.reason) == (False, Reason.MALFORMED_CREDENTIAL)

@@ -21,8 +21,10 @@ from verifier.types import Source
 
 
 class ConsoleInput:
-    def __init__(self, reader_id: str, stream: BinaryIO | None = None, on_eof: Callable[[], None] | None = None) -> None:
+    def __init__(self, reader_id: str, stream: BinaryIO | None = None, on_eof: Callable[[], None] | None = None,
+                 *, accept_pins: bool = False) -> None:
         self.reader_id = reader_id
+        self.accept_pins = accept_pins  # the demo's terminal is its keypad too
         self._stream = stream
         self._on_eof = on_eof
 

@@ -71,6 +71,8 @@ class EvdevScannerConfig(EvdevDeviceConfig):
     # Must match the scanner's "keyboard country" setting.
     layout: str = "us"
     inter_key_timeout_s: Seconds = 0.5
+    # A scanned line that is a PIN ("1234#") is refused unless this device is a wedge keypad.
+    accept_pins: bool = False
 
     @field_validator("layout")
     @classmethod
