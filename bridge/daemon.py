@@ -15,6 +15,7 @@ it is on disk, and an upstream problem costs at most the budget before the cache
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import re
@@ -130,6 +131,9 @@ class StorageView:
 # Scans accepted but not yet decided. A real door sees a few per minute; this only bounds memory
 # against a reader gone mad (each waiting scan is a task and a queue entry).
 MAX_SCANS_IN_FLIGHT = 5000
+# ... and per reader, so one reader gone mad (or attacked) cannot take every place and starve
+# the other readers' scans: they keep being decided while the flood is dropped and counted.
+MAX_SCANS_IN_FLIGHT_PER_READER = 1000
 
 # A reader whose input raised (or returned) is started again after a back-off that doubles from
 # the first to the last value; it counts as working again once a run has lasted this long.
@@ -197,6 +201,8 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._worker: Worker[_ScanJob] = Worker(self._decide_batch)
         self.dropped_scans = 0
+        self.dropped_by_reader: collections.Counter[str] = collections.Counter()
+        self._in_flight: collections.Counter[str] = collections.Counter()
         self._stale = False
         self.doors: dict[str, Door] = {}
         self.door_io: dict[str, Any] = {}
@@ -693,20 +699,23 @@ class Daemon:
         self.loop.call_soon_threadsafe(self._spawn_scan, scan)
 
     def _spawn_scan(self, scan: Scan) -> None:
-        if len(self._scan_tasks) >= MAX_SCANS_IN_FLIGHT:
+        if len(self._scan_tasks) >= MAX_SCANS_IN_FLIGHT or self._in_flight[scan.reader_id] >= MAX_SCANS_IN_FLIGHT_PER_READER:
             # Far beyond any real door's traffic: a stuck reader or an attack. Memory stays
             # bounded, and the drop is counted into the audit log, never silent.
             if self.dropped_scans == 0:
                 log.error("scans_dropped_overload", reader=scan.reader_id, in_flight=len(self._scan_tasks),
                           check="a reader sending continuously (stuck scanner, loop in a QR)? door-bridge status")
             self.dropped_scans += 1
+            self.dropped_by_reader[scan.reader_id] += 1
             return
         task = asyncio.create_task(self.handle(scan), name=f"scan-{scan.reader_id}")
         self._scan_tasks.add(task)
+        self._in_flight[scan.reader_id] += 1
         task.add_done_callback(self._scan_done)
 
     def _scan_done(self, task: asyncio.Task[Any]) -> None:
         self._scan_tasks.discard(task)
+        self._in_flight[task.get_name().removeprefix("scan-")] -= 1
         if task.cancelled() or task.exception() is None:
             return
         # Nothing was pulsed (the relay moves only after the batch's audit rows are committed).
@@ -973,9 +982,11 @@ class Daemon:
             self._worker.submit(self._note_staleness)  # an idle door also notices not_after passing
             if self.dropped_scans:
                 dropped, self.dropped_scans = self.dropped_scans, 0
+                by_reader, self.dropped_by_reader = dict(self.dropped_by_reader), collections.Counter()
                 self._worker.submit(self.outbox.append, "SCANS_DROPPED",
-                                    {"bridgeId": self.config.bridge.id, "count": dropped,
-                                     "reason": f"more than {MAX_SCANS_IN_FLIGHT} scans waiting"})
+                                    {"bridgeId": self.config.bridge.id, "count": dropped, "byReader": by_reader,
+                                     "reason": f"more than {MAX_SCANS_IN_FLIGHT} scans waiting, or "
+                                               f"{MAX_SCANS_IN_FLIGHT_PER_READER} at one reader"})
             if self.replicator is not None and not self.adapters:
                 rs = self.replicator.state
                 if rs.online is not None and rs.online != self.upstream.online:

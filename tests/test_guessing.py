@@ -136,3 +136,32 @@ def test_a_scanned_line_that_is_a_pin_is_refused_unless_the_reader_takes_pins(
         assert d.granted
     else:
         assert (d.granted, d.reason) == (False, Reason.MALFORMED_CREDENTIAL)
+
+
+def test_a_flooding_reader_cannot_starve_another_readers_scans(tmp_path: Path, pty_path: str, monkeypatch) -> None:
+    """Issue 10, Medium 7: the in-flight bound is per reader as well as global."""
+    from bridge import daemon as daemon_mod
+
+    monkeypatch.setattr(daemon_mod, "MAX_SCANS_IN_FLIGHT", 60)
+    monkeypatch.setattr(daemon_mod, "MAX_SCANS_IN_FLIGHT_PER_READER", 40, raising=False)
+    state = tmp_path / "state"
+    state.mkdir()
+    site = Site()
+    site.install(state, door_records(READER) + door_records("R-2"))
+    config = _config(state, site, pty_path)
+
+    async def run() -> tuple[int, int, int]:
+        async with running(config, clock=lambda: T0) as (daemon, _pins):
+            before = daemon.stats.decisions
+            # All in one turn of the loop: nothing is decided yet, so every scan is in flight.
+            for i in range(500):
+                daemon._spawn_scan(Scan(READER, Source.PHONE_QR, b"junk junk", None))
+            for i in range(20):
+                daemon._spawn_scan(Scan("R-2", Source.CARD, b"6B06C2A25E99C68EDCBE", "card"))
+            await daemon.quiesce()
+            second = daemon.stats.readers["R-2"].scans if "R-2" in daemon.stats.readers else 0
+            return second, daemon.dropped_by_reader[READER], daemon.stats.decisions - before
+
+    second, dropped_flood, decided = asyncio.run(run())
+    assert second == 20, "every scan of the second reader was decided"
+    assert dropped_flood == 460 and decided == 60
