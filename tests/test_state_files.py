@@ -75,8 +75,38 @@ def test_a_damaged_key_file_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_an_audit_db_that_cannot_be_opened_is_one_line_with_what_to_check(tmp_path: Path) -> None:
     target = tmp_path / "audit.db"
-    target.mkdir()  # not a database file at all (root ignores modes, so a read-only file proves nothing here)
+    target.symlink_to(tmp_path / "unmounted" / "audit.db")  # root ignores modes: see below
     with pytest.raises(OutboxOpenError) as err:
         open_outbox(target)
     text = str(err.value)
     assert "\n" not in text and "cannot open the audit log for writing" in text and "ls -l" in text
+
+
+def test_door_bridge_run_with_an_unusable_audit_db_exits_1_with_one_error_line(tmp_path: Path) -> None:
+    """A real `door-bridge run`: no traceback, one line naming the file and what to check."""
+    import subprocess
+    import sys
+
+    from tests.service import ROOT, Pty, write_config
+
+    state = tmp_path / "state"
+    state.mkdir()
+    site = Site()
+    site.install(state, door_records("BRIDGE-svc"))
+    # Root ignores file modes, so "read-only" is not testable as root; a link into a directory
+    # that does not exist is unusable for everyone (SQLITE_CANTOPEN), and the integrity check
+    # does not move it aside.
+    (state / "audit.db").symlink_to(tmp_path / "unmounted" / "audit.db")
+    pty = Pty()
+    try:
+        config = tmp_path / "door.toml"
+        write_config(config, state, site, pty.path)
+        proc = subprocess.run([sys.executable, "-m", "bridge.cli", "run", "--config", str(config)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=30)
+    finally:
+        pty.close()
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    assert "Traceback" not in output
+    (line,) = [ln for ln in output.splitlines() if "state_unusable" in ln]
+    assert "audit.db" in line and "cannot open the audit log for writing" in line and "ls -l" in line
