@@ -18,6 +18,7 @@ import os
 import sqlite3
 import zlib
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -72,12 +73,13 @@ class HighWaterMark:
 
     SQLite trusts its WAL up to the first frame whose checksum fails and silently ignores the
     rest, committed transactions included; `integrity_check` then passes. This mark is written
-    (fdatasync'd) after every commit, so at the next start a database that ends below it has
+    after every commit (fdatasync'd at most once a second), so at the next start a database that ends below it has
     lost rows, and the outbox says so (AUDIT_EVENTS_LOST) instead of carrying on. One fixed-size
     record rewritten in place, with a CRC so a damaged mark is recognised, not believed.
     """
 
     SUFFIX = ".hwm"
+    SYNC_EVERY_S = 1.0  # fdatasync at most once a second: not one more fsync on every scan's path
     _WIDTH = 20
 
     def __init__(self, path: Path) -> None:
@@ -85,6 +87,8 @@ class HighWaterMark:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
         self.value = self._read()
         self._failed = False
+        self._dirty = False
+        self._synced_at = 0.0
 
     def _read(self) -> int:
         raw = os.pread(self._fd, 64, 0)
@@ -101,23 +105,42 @@ class HighWaterMark:
         return 0
 
     def advance(self, seq: int) -> None:
+        """Record `seq` (a page-cache write: microseconds, so the relay does not wait for it);
+        `sync` makes it durable. A process kill loses nothing written here; a power cut may
+        lose up to SYNC_EVERY_S of the mark, so a loss of the last second's rows in that same
+        power cut could go unseen."""
         if seq <= self.value:
             return
         number = str(seq).rjust(self._WIDTH, "0")
         record = f"{number} {zlib.crc32(number.encode()):08x}\n".encode("ascii")
         try:
             os.pwrite(self._fd, record, 0)
-            os.fdatasync(self._fd)
         except OSError as e:  # the rows are committed; only the loss detection is weaker
-            if not self._failed:
-                log.error("audit_mark_write_failed", file=str(self.path), error=str(e),
-                          check="free space and SD card health; lost audit rows may go undetected until fixed")
-            self._failed = True
+            self._write_failed(e)
             return
-        self._failed = False
         self.value = seq
+        self._dirty = True
+        if time.monotonic() - self._synced_at >= self.SYNC_EVERY_S:
+            self.sync()
+
+    def sync(self) -> None:
+        if not self._dirty:
+            return
+        try:
+            os.fdatasync(self._fd)
+        except OSError as e:
+            self._write_failed(e)
+            return
+        self._dirty, self._failed, self._synced_at = False, False, time.monotonic()
+
+    def _write_failed(self, e: OSError) -> None:
+        if not self._failed:
+            log.error("audit_mark_write_failed", file=str(self.path), error=str(e),
+                      check="free space and SD card health; lost audit rows may go undetected until fixed")
+        self._failed = True
 
     def close(self) -> None:
+        self.sync()
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
