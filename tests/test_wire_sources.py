@@ -85,6 +85,8 @@ async def test_every_reader_type_sends_the_source_of_what_was_presented(tmp_path
             for _, kind, text, expected, sent in cases:
                 reader_id = f"R-{reader}-{kind}"
                 daemon.reader_door[reader_id] = "main"
+                if kind == "pin" and hint is None:
+                    daemon.pin_readers.add(reader_id)  # a wedge keypad: configured with accept_pins
                 decision = await daemon.handle(Scan(reader_id, read_by, text.encode(), hint))
                 assert decision.source is expected, (reader, kind, decision.source)
             await daemon.quiesce()
