@@ -150,7 +150,8 @@ def cmd_grants_import(args: argparse.Namespace) -> int:
     cache = _cache(config)
     state_dir = Path(config.bridge.state_dir)
     try:
-        result = apply_file(cache.conn, Path(args.bundle), key, bundle_floor.load(state_dir, key))
+        result = apply_file(cache.conn, Path(args.bundle), key, bundle_floor.load(state_dir, key),
+                            audience=(config.bridge.id,))
         bundle_floor.record(state_dir, key, result)
     except BundleRejected as e:
         print(f"{args.bundle}: refused: {e}; the cache stays at version {cache.meta.version}", file=sys.stderr)

@@ -446,7 +446,7 @@ class Daemon:
         except ApiKeyError as e:
             raise ConfigError(f"upstream.central: {e}") from None
         self.sync = BundleSync(self.central, section, settings, state_dir=self.state_dir,
-                               public_key=self._public_key(), clock=self.clock)
+                               public_key=self._public_key(), clock=self.clock, audience=(self.config.bridge.id,))
         self.replicator = Replicator(self.central, self.outbox, section, settings, clock=self.clock)
         self._spawn_task(run_sync(self.sync), "sync")
         self._spawn_task(run_replication(self.replicator), "replication")

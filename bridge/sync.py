@@ -47,6 +47,7 @@ from verifier.bundle import (
     apply_file,
     load_public_key,
     public_key_text,
+    check_audience,
     read_manifest,
     read_meta,
 )
@@ -106,12 +107,14 @@ class BundleSync:
         public_key: Ed25519PublicKey,
         clock: Callable[[], datetime],
         cache_path: Path | None = None,
+        audience: tuple[str, ...] = (),
     ) -> None:
         self.client = client
         self.section = section
         self.settings = settings
         self.clock = clock
         self.public_key = public_key
+        self.audience = audience  # the bridge ids a bundle's signed audience must name
         self.cache_path = cache_path or Path(state_dir) / "grants.db"
         self.download_path = Path(state_dir) / DOWNLOAD_NAME
         with suppress(FileNotFoundError):
@@ -201,15 +204,22 @@ class BundleSync:
                          check="the central's bundle version counter (restored from a backup?); the cache keeps "
                                f"version {since}", version=manifest.version)
             return None
+        try:
+            check_audience(manifest, self.audience)
+        except BundleRejected as e:
+            self._refuse(fetch, e, check="the central addressed this bundle to another bridge: is bridge.id right, "
+                                         "and is upstream.central.base_url this bridge's central?", version=manifest.version)
+            return None
         return manifest
 
     async def _apply(self, fetch: BundleFetch, manifest: Manifest) -> SyncOutcome:
         self.state.applying = True
         try:
             if self.section.apply_in == "process":
-                applied = await apply_in_process(self.cache_path, self.download_path, self.public_key)
+                applied = await apply_in_process(self.cache_path, self.download_path, self.public_key, self.audience)
             else:
-                applied = await asyncio.to_thread(apply_here, self.cache_path, self.download_path, self.public_key)
+                applied = await asyncio.to_thread(apply_here, self.cache_path, self.download_path, self.public_key,
+                                                  self.audience)
         except BundleRejected as e:
             self._refuse(fetch, e, check="the body differs from what the central signed: a proxy altering downloads, "
                                          "or the central's bundle builder; the cache keeps its version",
@@ -277,14 +287,15 @@ async def run_sync(sync: BundleSync, *, sleep: Sleep = asyncio.sleep) -> None:
 # --- applying --------------------------------------------------------------------------------------
 
 
-def apply_here(cache_path: Path, bundle_path: Path, public_key: Ed25519PublicKey) -> Applied:
+def apply_here(cache_path: Path, bundle_path: Path, public_key: Ed25519PublicKey,
+               audience: tuple[str, ...] = ()) -> Applied:
     """Apply on a connection of our own (never the decision connection), then shrink the WAL."""
     started = time.perf_counter()
     conn = schema.connect(str(cache_path))
     try:
         schema.migrate(conn)
         state_dir = cache_path.parent
-        result = apply_file(conn, bundle_path, public_key, bundle_floor.load(state_dir, public_key))
+        result = apply_file(conn, bundle_path, public_key, bundle_floor.load(state_dir, public_key), audience=audience)
         bundle_floor.record(state_dir, public_key, result)
         # A million-grant apply leaves a WAL of hundreds of MB: give the SD card its space back.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -294,14 +305,15 @@ def apply_here(cache_path: Path, bundle_path: Path, public_key: Ed25519PublicKey
     return Applied(result.version, result.kind, result.records, time.perf_counter() - started, rss_kb)
 
 
-async def apply_in_process(cache_path: Path, bundle_path: Path, public_key: Ed25519PublicKey) -> Applied:
+async def apply_in_process(cache_path: Path, bundle_path: Path, public_key: Ed25519PublicKey,
+                           audience: tuple[str, ...] = ()) -> Applied:
     """Run `apply_here` in `python -m bridge.sync apply …`. Cancelling kills the child: WAL
     discards its uncommitted transaction, so the cache stays at the previous version."""
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge.sync", "apply", str(cache_path), str(bundle_path), public_key_text(public_key),
+        sys.executable, "-m", "bridge.sync", "apply", str(cache_path), str(bundle_path), public_key_text(public_key), *audience,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )
     try:
@@ -322,14 +334,14 @@ async def apply_in_process(cache_path: Path, bundle_path: Path, public_key: Ed25
 
 
 def _child_main(argv: list[str]) -> int:
-    if len(argv) != 4 or argv[0] != "apply":
+    if len(argv) < 4 or argv[0] != "apply":
         print("usage: python -m bridge.sync apply CACHE_DB BUNDLE PUBLIC_KEY", file=sys.stderr)
         return 2
     # Background work: on a busy CPU the decision thread of the daemon goes first.
     with suppress(OSError):
         os.nice(APPLIER_NICENESS)
     try:
-        applied = apply_here(Path(argv[1]), Path(argv[2]), load_public_key(argv[3]))
+        applied = apply_here(Path(argv[1]), Path(argv[2]), load_public_key(argv[3]), tuple(argv[4:]))
     except BundleRejected as e:
         print(json.dumps({"rejected": str(e)}))
         return 3

@@ -358,3 +358,29 @@ def test_a_quarantined_cache_does_not_reset_anti_rollback_for_synced_bundles(tmp
     assert apply_here(cache_path, new, SIGNING_KEY.public_key()).version == 2
     with pytest.raises(BundleRejected, match="not newer"):
         apply_here(cache_path, old, SIGNING_KEY.public_key())
+
+
+def test_bundle_addressed_to_another_bridge_is_refused_by_sync_and_the_child(site: Site, tmp_path: Path) -> None:
+    from bridge.sync import apply_in_process
+    from verifier.bundle import bundle_bytes
+
+    recs = [r for r in records() if r["type"] != "passcode"]
+    other = bundle_bytes(recs, SIGNING_KEY, version=1, issued_at=NOW, not_after=NOW + timedelta(days=7),
+                         audience=["BRIDGE-2"])
+    site.fake.serve_raw_bundle(other, version=1)
+
+    async def body(sync: BundleSync) -> SyncOutcome:
+        sync.audience = ("BRIDGE-1",)
+        return await sync.sync_once()
+
+    with capture_logs() as logs:
+        assert site.run(body) == "rejected"
+    (error,) = [e for e in logs if e["event"] == "bundle_rejected"]
+    assert "addressed to BRIDGE-2" in error["error"] and "bridge.id" in error["check"]
+    path = tmp_path / "other.bundle"
+    path.write_bytes(other)
+    from verifier.bundle import BundleRejected
+
+    with pytest.raises(BundleRejected, match="addressed to BRIDGE-2"):
+        asyncio.run(apply_in_process(tmp_path / "grants.db", path, SIGNING_KEY.public_key(), ("BRIDGE-1",)))
+    assert site.version() == 0

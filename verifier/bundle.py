@@ -120,6 +120,8 @@ class Manifest:
     records: int
     base_version: int | None = None
     pin_hashing: PinHashing | None = None
+    # Bridge ids this bundle is for; empty: any bridge pinned to the key (docs/bundle-format.md).
+    audience: tuple[str, ...] = ()
 
     def claims(self) -> dict[str, Any]:
         from verifier.timeutil import from_ms
@@ -133,6 +135,8 @@ class Manifest:
             c["base_version"] = self.base_version
         if self.pin_hashing is not None:
             c["pin_hash"] = self.pin_hashing.to_claim()
+        if self.audience:
+            c["audience"] = list(self.audience)
         return c
 
 
@@ -166,11 +170,17 @@ def read_manifest(token: bytes, public_key: Ed25519PublicKey) -> Manifest:
         if not (isinstance(sha, str) and len(sha) == 64):
             raise ValueError("body_sha256 must be 64 hex digits")
         pin = PinHashing.from_claim(claims["pin_hash"]) if "pin_hash" in claims else None
+        audience = claims.get("audience", [])
+        if isinstance(audience, str):
+            audience = [audience]
+        if not (isinstance(audience, list) and len(audience) <= 4096
+                and all(isinstance(a, str) and 0 < len(a) <= 256 for a in audience)):
+            raise ValueError("audience must be a bridge id or a list of them")
         return Manifest(
             version=version, kind=kind, base_version=base if kind == "delta" else None,
             issued_at_ms=opt_ms(claims["issued_at"], "issued_at", MIN_MS),
             not_after_ms=opt_ms(claims["not_after"], "not_after", MAX_MS),
-            body_sha256=sha.lower(), records=records, pin_hashing=pin,
+            body_sha256=sha.lower(), records=records, pin_hashing=pin, audience=tuple(audience),
         )
     except (KeyError, ValueError, TimeFormatError) as e:
         raise BundleRejected(f"manifest claims are invalid: {e}") from None
@@ -191,12 +201,14 @@ class BundleWriter:
     """
 
     def __init__(self, *, version: int, kind: str = "full", base_version: int | None = None,
-                 issued_at: datetime, not_after: datetime, pin_hashing: PinHashing | None = None) -> None:
+                 issued_at: datetime, not_after: datetime, pin_hashing: PinHashing | None = None,
+                 audience: Iterable[str] = ()) -> None:
         self._body = tempfile.TemporaryFile()
         self._sha = hashlib.sha256()
         self._count = 0
         self._meta = dict(version=version, kind=kind, base_version=base_version,
-                          issued_at=issued_at, not_after=not_after, pin_hashing=pin_hashing)
+                          issued_at=issued_at, not_after=not_after, pin_hashing=pin_hashing,
+                          audience=tuple(audience))
 
     def add(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
@@ -216,6 +228,7 @@ class BundleWriter:
             version=m["version"], kind=m["kind"], base_version=m["base_version"],
             issued_at_ms=to_ms(m["issued_at"]), not_after_ms=to_ms(m["not_after"]),
             body_sha256=self._sha.hexdigest(), records=self._count, pin_hashing=m["pin_hashing"],
+            audience=m["audience"],
         )
         token = jwt.encode(manifest.claims(), signing_key, algorithm="EdDSA", headers={"typ": "door-bridge-bundle+jws"})
         out.write(token.encode() + b"\n")
@@ -274,8 +287,11 @@ _TABLES = ("zones", "zone_readers", "known_readers", "users", "grants", "shifts"
 
 
 def apply_bundle(conn: sqlite3.Connection, stream: IO[bytes], public_key: Ed25519PublicKey,
-                 floor: VersionFloor | None = None) -> ApplyResult:
+                 floor: VersionFloor | None = None, *, audience: Iterable[str] | None = None) -> ApplyResult:
     """Verify and apply a bundle from `stream` in one transaction. Raises BundleRejected.
+
+    `audience`: the bridge ids this bridge answers to; a bundle whose signed audience names none
+    of them is refused (so is one with an audience when the caller names none).
 
     `floor` is the newest bundle this bridge ever applied with this key, kept outside the cache
     file, so a lost or quarantined grants.db does not reopen the door to older signed bundles."""
@@ -283,6 +299,7 @@ def apply_bundle(conn: sqlite3.Connection, stream: IO[bytes], public_key: Ed2551
     if not first.endswith(b"\n") or len(first) > MAX_MANIFEST_BYTES:
         raise BundleRejected("no signed manifest line at the start of the bundle (missing signature?)")
     manifest = read_manifest(first.strip(), public_key)
+    check_audience(manifest, audience)
     sha = hashlib.sha256()
     count = 0
     # The version checks read the cache inside the write transaction: checked before it, another
@@ -315,9 +332,20 @@ def apply_bundle(conn: sqlite3.Connection, stream: IO[bytes], public_key: Ed2551
 
 
 def apply_file(conn: sqlite3.Connection, path: Path, public_key: Ed25519PublicKey,
-               floor: VersionFloor | None = None) -> ApplyResult:
+               floor: VersionFloor | None = None, *, audience: Iterable[str] | None = None) -> ApplyResult:
     with open(path, "rb") as f:
-        return apply_bundle(conn, f, public_key, floor)
+        return apply_bundle(conn, f, public_key, floor, audience=audience)
+
+
+def check_audience(manifest: Manifest, audience: Iterable[str] | None) -> None:
+    """A bundle addressed to other bridges never applies here, even signed by the pinned key."""
+    if not manifest.audience:
+        return
+    names = set(audience or ())
+    if not names.intersection(manifest.audience):
+        shown = ", ".join(manifest.audience[:3]) + (" …" if len(manifest.audience) > 3 else "")
+        raise BundleRejected(f"bundle is addressed to {shown}, not to this bridge "
+                             f"({', '.join(sorted(names)) or 'no bridge id given'})")
 
 
 @dataclass(frozen=True, slots=True)
