@@ -384,3 +384,20 @@ def test_bundle_addressed_to_another_bridge_is_refused_by_sync_and_the_child(sit
     with pytest.raises(BundleRejected, match="addressed to BRIDGE-2"):
         asyncio.run(apply_in_process(tmp_path / "grants.db", path, SIGNING_KEY.public_key(), ("BRIDGE-1",)))
     assert site.version() == 0
+
+
+def test_an_upstream_that_echoes_the_api_key_never_puts_it_in_the_error_or_the_log(site: Site) -> None:
+    from tests.fakes.central import API_KEY
+
+    site.fake.server.respond_raw(b"<html>login</html>", content_type=f"text/x-echo-{API_KEY}")
+
+    async def body(sync: BundleSync) -> str:
+        with pytest.raises(UpstreamProtocolError) as raised:
+            await sync.sync_once()
+        return str(raised.value)
+
+    with capture_logs() as logs:
+        error = site.run(body)
+    assert "answered" in error and "[redacted]" in error
+    secret_part = API_KEY.removeprefix("cbk_")
+    assert secret_part not in error and secret_part[:16] not in repr(logs)

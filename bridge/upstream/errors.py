@@ -8,12 +8,26 @@ fall back and retry later (`UpstreamUnavailable`), fall back and tell a human
 
 from __future__ import annotations
 
+import re
+
+# Anything token-shaped: a run of 16+ key/JWT/base64 characters holding both a letter and a digit.
+# Messages can quote what an upstream sent (a Content-Type, a socket error); an upstream that
+# echoes our API key or a credential there must not put it in a journal line or `status`.
+_TOKEN_LIKE = re.compile(r"(?=[A-Za-z0-9_+=~-]*[0-9])(?=[A-Za-z0-9_+=~-]*[A-Za-z])[A-Za-z0-9_+=~-]{16,}")
+
+
+def redact(text: str) -> str:
+    """The one filter every upstream error message passes through (see UpstreamError)."""
+    return _TOKEN_LIKE.sub("[redacted]", text)
+
 
 class UpstreamError(Exception):
-    """Base class: `upstream` names the adapter (`frontelio`, `sna`, `digital_id`)."""
+    """Base class: `upstream` names the adapter (`frontelio`, `sna`, `digital_id`).
+
+    The message is redacted here, centrally, whatever an adapter put in it."""
 
     def __init__(self, upstream: str, message: str, *, status: int | None = None) -> None:
-        super().__init__(f"{upstream}: {message}")
+        super().__init__(redact(f"{upstream}: {message}"))
         self.upstream = upstream
         self.status = status
 
