@@ -233,7 +233,7 @@ def decision_lines(since: float) -> list[dict[str, str]]:
     return out
 
 
-def scan_and_decide(wedge: Wedge, text: str, since: float, timeout: float = 30) -> dict[str, str]:
+def scan_and_decide(wedge: Wedge, text: str, since: float, timeout: float = 90) -> dict[str, str]:
     before = len(decision_lines(since))
     wedge.type(text)
     return wait_until(lambda: (d := decision_lines(since))[before:] and d[before], timeout, "a decision line")
@@ -262,6 +262,9 @@ id = "qr1"
 door = "main"
 device = "{scanner}"
 reconnect_s = 0.5
+# Under TCG on a loaded 2-core host a typed scan's key events can be spread over more than the
+# default 0.5 s; the decoder would then discard it as a half scan.
+inter_key_timeout_s = 3.0
 """
 CENTRAL_CONFIG = """\
 [upstream.http]
