@@ -39,7 +39,8 @@ from verifier.cache import GrantCache
 from verifier.credentials import parse
 from verifier.decide import Lockout, Policy, Verifier
 from verifier.sources import presented_source
-from verifier.timeutil import to_ms
+from verifier.timeutil import from_ms, iso, to_ms
+from verifier.trusted_time import TimeReading, TrustedTime
 from verifier.types import AccessDecision, Credential, DigitalIdToken, InviteCode, Malformed, Pin, Reason, Source
 
 log = structlog.get_logger()
@@ -128,6 +129,10 @@ class StorageView:
     learned: dict[str, Any] = field(default_factory=dict)  # per upstream: entries, oldest
 
 
+TIME_FLOOR_FILE = "time-floor.json"
+# How often the trusted instant is saved as the floor for the next start (an SD card write a minute).
+TIME_FLOOR_SAVE_S = 60.0
+
 # Scans accepted but not yet decided. A real door sees a few per minute; this only bounds memory
 # against a reader gone mad (each waiting scan is a task and a queue entry).
 MAX_SCANS_IN_FLIGHT = 5000
@@ -177,12 +182,17 @@ class Daemon:
                  inputs: list[Input] | None = None, adapters: list[Any] | None = None,
                  notifier: sdnotify.Notifier | None = None, clock_trusted: Callable[[], bool] | None = None) -> None:
         self.config = config
-        self.clock = clock
-        # Whether the clock may be believed (a schedule unlocks a door only while it is): the
-        # trusted-time floor (issue 10) is to be wired here; until then always trusted.
-        from bridge.mode_shell import always_trusted
-
-        self.clock_trusted: Callable[[], bool] = clock_trusted or always_trusted
+        # Every instant the daemon decides with comes through the trusted-time floor
+        # (verifier/trusted_time.py, docs/trusted-time.md): the wall clock, unless it is behind
+        # what is known to have happened already.
+        self._wall_clock = clock
+        self.trusted_time = TrustedTime()
+        self.time_reading = TimeReading(0, True, 0, 0)
+        self._clock_was_trusted = True
+        self._floor_saved_mono = 0.0
+        self.clock: Clock = self._trusted_now
+        # Whether the clock may be believed (a schedule unlocks a door only while it is).
+        self.clock_trusted: Callable[[], bool] = clock_trusted or self._clock_is_trusted
         self.modes: Any = None
         self._pin_factory = pin_factory
         self._extra_inputs = inputs or []
@@ -252,6 +262,7 @@ class Daemon:
                                   bridge_id=cfg.bridge.id)
         for q in quarantined:
             self.outbox.append("STATE_DB_QUARANTINED", {"bridgeId": cfg.bridge.id, **q})
+        self._load_time_floor()
         self.learned = self._start_learned()
         self.verifier = Verifier(self.cache, policy_from(cfg), offline_codes=self._offline_codes(),
                                  learned=self.learned.recall if self.learned is not None else None,
@@ -429,6 +440,60 @@ class Daemon:
             return build_adapters(section, now=self.clock)
         except ApiKeyError as e:
             raise ConfigError(f"upstream: {e}") from None
+
+    # --- trusted time ---------------------------------------------------------------------------
+
+    def _trusted_now(self) -> datetime:
+        wall = self._wall_clock()
+        reading = self.trusted_time.read(to_ms(wall), time.monotonic())
+        self.time_reading = reading
+        return wall if reading.trusted else from_ms(reading.instant_ms) or wall
+
+    def _clock_is_trusted(self) -> bool:
+        self._trusted_now()
+        return self.time_reading.trusted
+
+    def _load_time_floor(self) -> None:
+        """The floor at start: the newest signed issue time, the last audit event, the saved floor."""
+        from bridge.statefile import read_json
+
+        candidates = [self.cache.meta.issued_at_ms]
+        last = self.outbox.recent(1)
+        if last:
+            candidates.append(to_ms(datetime.fromisoformat(last[0].at.replace("Z", "+00:00"))))
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            saved = read_json(self.state_dir / TIME_FLOOR_FILE)
+            if saved is not None:
+                candidates.append(int(saved["at_ms"]))
+        self.trusted_time.raise_floor(max(candidates), time.monotonic())
+
+    def _watch_time(self) -> None:
+        """Periodic (storage refresher): raise the floor from the cache, save it, and tell every
+        change of trust and every jump of the wall clock to the journal and the audit log."""
+        from bridge.statefile import write_json
+
+        mono = time.monotonic()
+        self.trusted_time.raise_floor(self.cache.meta.issued_at_ms, mono)
+        now = self._trusted_now()
+        r = self.time_reading
+        if r.jump_ms:
+            log.warning("clock_jumped", by_s=round(r.jump_ms / 1000), now=now.isoformat(timespec="seconds"),
+                        check="NTP stepping the clock after boot is normal; a jump nobody made is not (timedatectl)")
+        if r.trusted != self._clock_was_trusted:
+            self._clock_was_trusted = r.trusted
+            body = {"bridgeId": self.config.bridge.id, "wall": self._wall_clock().isoformat(timespec="seconds"),
+                    "floor": iso(from_ms(self.trusted_time.floor_now(mono))),
+                    "behindS": round(r.behind_ms / 1000)}
+            if r.trusted:
+                log.info("clock_trusted", **body)
+            else:
+                log.warning("clock_untrusted", **body, check="the Pi has no RTC: is NTP reachable (timedatectl)? "
+                            "Decisions use the floor (newest signed bundle, last audit event) until the clock catches up")
+            self._worker.submit(self.outbox.append, "CLOCK_TRUSTED" if r.trusted else "CLOCK_UNTRUSTED", body)
+        if r.trusted and mono - self._floor_saved_mono >= TIME_FLOOR_SAVE_S:
+            self._floor_saved_mono = mono
+            with contextlib.suppress(OSError):
+                write_json(self.state_dir / TIME_FLOOR_FILE, {"at_ms": to_ms(now)})
 
     def _start_central(self) -> None:
         """Bundle sync and audit replication with the central (bridge protocol), if configured."""
@@ -980,6 +1045,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await self._refresh_storage()
             self._worker.submit(self._note_staleness)  # an idle door also notices not_after passing
+            with contextlib.suppress(Exception):
+                self._watch_time()
             if self.dropped_scans:
                 dropped, self.dropped_scans = self.dropped_scans, 0
                 by_reader, self.dropped_by_reader = dict(self.dropped_by_reader), collections.Counter()
@@ -1019,7 +1086,9 @@ class Daemon:
     def status_line(self) -> str:
         meta = self.cache.meta
         age = _age_s(meta.issued_at_ms / 1000, self.clock()) if meta.version else None
-        return (f"{self._health_prefix()}{self.config.bridge.mode}; upstream {self.upstream.label}; cache v{meta.version}"
+        r = self.time_reading
+        clock = "" if r.trusted else f"CLOCK UNTRUSTED (behind the floor by {_human(r.behind_ms / 1000)}, deciding with the floor); "
+        return (f"{self._health_prefix()}{clock}{self.config.bridge.mode}; upstream {self.upstream.label}; cache v{meta.version}"
                 f"{f' age {_human(age)}' if age is not None else ''}; outbox {self.outbox.depth()}; "
                 f"{self.stats.decisions} decisions")
 
@@ -1034,6 +1103,9 @@ class Daemon:
             "bridge_id": self.config.bridge.id, "version": __version__, "mode": self.config.bridge.mode,
             "started_at": self.stats.started_at.isoformat(timespec="seconds"), "now": now.isoformat(timespec="seconds"),
             "previous_exit": self.previous_exit.get("reason"), "health": self.health(),
+            "clock": {"trusted": self.time_reading.trusted, "behind_floor_s": round(self.time_reading.behind_ms / 1000),
+                      "floor": iso(from_ms(self.trusted_time.floor_now(time.monotonic()))),
+                      "wall": self._wall_clock().isoformat(timespec="seconds")},
             "mqtt": self.outward.mqtt_status() if self.outward is not None else None,
             "upstream": ({"online": bool(up.online), "since": _iso(up.since), "last_heartbeat": _iso(up.last_heartbeat),
                           "last_error": up.last_error} if up.configured else {"state": "none (standalone)"}),

@@ -88,7 +88,7 @@ async def test_evdev_keypad_pin_through_the_daemon(tmp_path):
 async def test_wiegand_card_and_keypad_bursts_through_the_daemon(tmp_path):
     cfg = _setup(tmp_path)
     cfg = cfg.model_copy(update={"readers": [make_config(tmp_path, Site(), [
-        {"type": "wiegand", "id": "WG-1", "d0_pin": 20, "d1_pin": 21, "frame_gap_ms": 80, "keypad": True}]).readers[0]]})
+        {"type": "wiegand", "id": "WG-1", "d0_pin": 20, "d1_pin": 21, "frame_gap_ms": 250, "keypad": True}]).readers[0]]})
     wg = cfg.readers[0]
     async with running(cfg, clock=Clock()) as (daemon, factory):
         relay = factory.pin(17)
