@@ -8,6 +8,7 @@ other answer goes through `UpstreamHttp.request` like the other adapters.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
@@ -72,6 +73,10 @@ class _IngestBody(BaseModel):
 class CentralHttp(UpstreamHttp):
     """`UpstreamHttp` plus a streamed download with the same breaker and error mapping."""
 
+    def __init__(self, *args: Any, download_deadline_s: float = 900.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.download_deadline_s = download_deadline_s
+
     async def download(
         self, path: str, *, params: Mapping[str, str], headers: Mapping[str, str], dest: Path, max_bytes: int
     ) -> tuple[int, httpx.Headers, int, str | None]:
@@ -79,15 +84,20 @@ class CentralHttp(UpstreamHttp):
         self.breaker.before_call()
         what = f"GET {path}"
         try:
-            async with self.client.stream("GET", path, params=params, headers=headers) as response:
-                status = response.status_code
-                if status >= 500 or status == 429:
-                    raise UpstreamUnavailable(self.upstream, f"{what}: HTTP {status}", status=status)
-                if status != 200:
-                    result: tuple[int, httpx.Headers, int, str | None] = (status, response.headers, 0, None)
-                else:
-                    size, digest = await self._save(what, response, dest, max_bytes)
-                    result = (status, response.headers, size, digest)
+            async with asyncio.timeout(self.download_deadline_s):
+                async with self.client.stream("GET", path, params=params, headers=headers) as response:
+                    status = response.status_code
+                    if status >= 500 or status == 429:
+                        raise UpstreamUnavailable(self.upstream, f"{what}: HTTP {status}", status=status)
+                    if status != 200:
+                        result: tuple[int, httpx.Headers, int, str | None] = (status, response.headers, 0, None)
+                    else:
+                        size, digest = await self._save(what, response, dest, max_bytes)
+                        result = (status, response.headers, size, digest)
+        except TimeoutError:
+            self.breaker.record_failure()
+            raise UpstreamUnavailable(self.upstream, f"{what}: not complete within the {self.download_deadline_s} s "
+                                      "download deadline (a central trickling bytes, or a very slow link)") from None
         except UpstreamUnavailable:
             self.breaker.record_failure()
             raise
@@ -198,5 +208,6 @@ def build_central(
     section names its own."""
     key = load_api_key(key_file=section.api_key_file, credential=section.api_key_credential, credentials_dir=credentials_dir)
     breaker = CircuitBreaker(NAME, settings.breaker_failures, settings.breaker_cooldown_s, clock=clock)
-    http = CentralHttp(NAME, build_client(section.base_url, settings), breaker, settings.max_body_bytes)
+    http = CentralHttp(NAME, build_client(section.base_url, settings), breaker, settings.max_body_bytes,
+                       settings.request_deadline_s, download_deadline_s=settings.download_deadline_s)
     return CentralClient(http, key, section.bridge_id or bridge_id, section.max_bundle_bytes)

@@ -43,6 +43,11 @@ class HttpSettings(StrictModel):
     # Background work (heartbeat, sync, replication): jittered exponential back-off up to this cap.
     retry_max_wait_s: Seconds = 60.0
     retry_deadline_s: Seconds = 240.0
+    # One background exchange (heartbeat, event batch) as a whole: httpx's read timeout starts
+    # again at every byte, so a central that trickles bytes would otherwise hold it forever.
+    request_deadline_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # One bundle download as a whole (a 1M-grant bundle is ~100 MB: minutes on a slow uplink).
+    download_deadline_s: Annotated[float, Field(gt=0, le=86400)] = 900.0
 
 
 class _UpstreamBase(StrictModel):

@@ -65,4 +65,4 @@ def build_adapters(
 
 def _http(name: str, base_url: str, settings: HttpSettings, clock: Callable[[], float]) -> UpstreamHttp:
     breaker = CircuitBreaker(name, settings.breaker_failures, settings.breaker_cooldown_s, clock=clock)
-    return UpstreamHttp(name, build_client(base_url, settings), breaker, settings.max_body_bytes)
+    return UpstreamHttp(name, build_client(base_url, settings), breaker, settings.max_body_bytes, settings.request_deadline_s)

@@ -66,11 +66,13 @@ class UpstreamHttp:
     """An upstream's client, breaker and body cap. Status 5xx and 429 are already turned into
     `UpstreamUnavailable`; the adapter interprets every other status."""
 
-    def __init__(self, upstream: str, client: httpx.AsyncClient, breaker: CircuitBreaker, max_body_bytes: int) -> None:
+    def __init__(self, upstream: str, client: httpx.AsyncClient, breaker: CircuitBreaker, max_body_bytes: int,
+                 deadline_s: float = 60.0) -> None:
         self.upstream = upstream
         self.client = client
         self.breaker = breaker
         self.max_body_bytes = max_body_bytes
+        self.deadline_s = deadline_s
 
     @property
     def base_url(self) -> httpx.URL:
@@ -86,7 +88,9 @@ class UpstreamHttp:
         headers: Mapping[str, str] | None = None,
         budget_s: float | None = None,
     ) -> Answer:
-        """One attempt. `budget_s` bounds the whole exchange (connect, send, read) on the scan path."""
+        """One attempt. `budget_s` bounds the whole exchange (connect, send, read) on the scan path;
+        without one, the background deadline does (never unbounded)."""
+        budget_s = self.deadline_s if budget_s is None else budget_s
         self.breaker.before_call()
         try:
             async with asyncio.timeout(budget_s):
