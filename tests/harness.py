@@ -26,6 +26,17 @@ def iso(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
+class SteppingClock:
+    """Moves 5 s per reading: every scan is past the replay window of the one before."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(seconds=5)
+        return self.now
+
+
 @dataclass
 class Site:
     """A central (or standalone site) with its signing key and the bundles it has issued."""

@@ -14,7 +14,6 @@ import subprocess
 import threading
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ import structlog
 
 from bridge import journal, logsetup
 from bridge.inputs.base import Scan
-from tests.harness import T0, Site, door_records, make_config, running, wait_for
+from tests.harness import Site, SteppingClock, T0, door_records, make_config, running, wait_for
 from verifier.types import Source
 
 READER = "R1"
@@ -30,13 +29,6 @@ VALID, REVOKED = "6B06C2A25E99C68EDCBE", "04A22C1A7B3F80"
 JOURNALD = "/lib/systemd/systemd-journald"
 
 
-class SteppingClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self):
-        self.now += timedelta(seconds=5)
-        return self.now
 
 
 def parse(datagram: bytes) -> dict[str, str]:

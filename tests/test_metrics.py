@@ -8,7 +8,6 @@ import collections
 import json
 import socket
 import sqlite3
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -17,22 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import ConfigError
 from bridge.inputs.base import Scan
-from tests.harness import T0, Site, door_records, make_config, relay_pulses, running, wait_for
+from tests.harness import Site, SteppingClock, T0, door_records, make_config, relay_pulses, running, wait_for
 from verifier.types import Source
 
 READER = "R1"
 VALID, REVOKED, EXPIRED = "6B06C2A25E99C68EDCBE", "04A22C1A7B3F80", "0A1B2C3D4E5F"
 
 
-class SteppingClock:
-    """Moves 5 s per reading: every scan is past the replay window of the one before."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self):
-        self.now += timedelta(seconds=5)
-        return self.now
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from structlog.testing import capture_logs
 
 from bridge.config import ConfigError
 from bridge.inputs.base import Scan
-from tests.harness import T0, Site, door_records, ever_high, make_config, relay_pulses, running, wait_for
+from tests.harness import Site, SteppingClock, T0, door_records, ever_high, make_config, relay_pulses, running, wait_for
 from tests.mqtt_broker import Broker, Listener, CertAuthority, publish_retained
 from verifier.types import Source
 
@@ -23,13 +22,6 @@ VALID, REVOKED = "6B06C2A25E99C68EDCBE", "04A22C1A7B3F80"
 BASE = "door-bridge/BRIDGE-T"
 
 
-class SteppingClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self):
-        self.now += timedelta(seconds=5)
-        return self.now
 
 
 @pytest.fixture
