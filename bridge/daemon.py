@@ -620,6 +620,9 @@ class Daemon:
             healthy = asyncio.get_running_loop().call_later(READER_HEALTHY_AFTER_S, self._reader_recovered, inp.reader_id)
             try:
                 await inp.run(self.emit)
+                if getattr(inp, "finite", False):  # standard input at its end: nothing failed
+                    log.info("reader_input_ended", reader=inp.reader_id)
+                    return
                 error = "the reader stopped reading (its input ended)"
             except asyncio.CancelledError:
                 raise

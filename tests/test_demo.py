@@ -26,6 +26,8 @@ def test_demo_decides_each_line_with_reasons():
     ]
     assert "replay: relay not pulsed again" in proc.stdout
     assert "10 decisions, 4 granted, 3 relay pulses" in proc.stdout
+    # The end of standard input is the end of the demo, not a failed reader.
+    assert "reader_failed" not in proc.stderr and "no_reader_working" not in proc.stderr, proc.stderr
 
 
 def test_demo_jwt_it_prints_is_granted():

@@ -21,6 +21,10 @@ from verifier.types import Source
 
 
 class ConsoleInput:
+    # Standard input ends (a piped file, Ctrl-D): that is the end of the demo or the test, not a
+    # reader that failed, so the daemon does not retry it or report the door degraded.
+    finite = True
+
     def __init__(self, reader_id: str, stream: BinaryIO | None = None, on_eof: Callable[[], None] | None = None,
                  *, accept_pins: bool = False) -> None:
         self.reader_id = reader_id
