@@ -382,6 +382,13 @@ class DoorIo:
         with self._lock:
             if self._closed or not self._open or opening != self._opening:
                 return
+            if getattr(self.door, "held", False):
+                # Held unlocked by the door's mode (an `unlocked` slot): open is what it is for.
+                # Look again later, so a door left open after the hold ends is still reported.
+                self._held = threading.Timer(self.cfg.held_open_s, self._held_too_long, args=(opening,))
+                self._held.daemon = True
+                self._held.start()
+                return
             self._raise_alarm(HELD_OPEN, {"heldOpenS": self.cfg.held_open_s})
             self._log.warning("door_held_open", held_open_s=self.cfg.held_open_s,
                               check="door closer, a wedge or propped door, then who was there: "

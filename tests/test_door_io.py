@@ -466,3 +466,16 @@ def test_feedback_and_aux_pulses_start_no_thread_on_the_deciding_thread(rigs, mo
     wait_until(_finished(led, 3), "the last pattern's three blinks")
     assert started == [], f"{len(started)} threads started for 15 feedback/aux calls"
     assert len(relay_pulses(rig.factory.pin(AUX))) >= 1
+
+
+def test_a_door_held_unlocked_by_its_schedule_is_not_held_open_until_the_hold_ends(rigs):
+    """An `unlocked` slot holds the relay and people leave the door open: that is the point, not
+    an alarm. Once the hold ends, a door still open is held open again after held_open_s."""
+    rig = rigs(door_switch_pin=SWITCH, held_open_s=0.2)
+    rig.door.hold()
+    rig.open_door()
+    wait_until(lambda: "DOOR_OPENED" in rig.sink.types(), "the opening")
+    time.sleep(0.6)  # three times held_open_s, while held
+    assert "DOOR_HELD_OPEN" not in rig.sink.types()
+    rig.door.release_hold()
+    wait_until(lambda: "DOOR_HELD_OPEN" in rig.sink.types(), "the held-open alarm after the hold ended")
