@@ -23,7 +23,7 @@ from tests.builders import make_jwt, user_claims  # noqa: E402
 from tests.fakes.digital_id import FakeDigitalId, employee  # noqa: E402
 from tests.fakes.frontelio import API_KEY, FakeFrontelio, Holder  # noqa: E402
 from tests.fakes.sna import FakeSna  # noqa: E402
-from tests.service import READER, Service  # noqa: E402
+from tests.service import Service  # noqa: E402
 
 CARD = "6B06C2A25E99C68EDCBE"
 JOURNAL_EVENTS = ("decision", "upstream_", "started")

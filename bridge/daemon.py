@@ -33,7 +33,7 @@ from bridge.door import Door
 from bridge.gpio import make_pin_factory
 from bridge.inputs.base import Input, Scan
 from bridge.inputs.registry import create_input
-from bridge.outbox import Outbox, open_outbox
+from bridge.outbox import open_outbox
 from bridge.worker import Worker
 from verifier.cache import GrantCache
 from verifier.credentials import parse
@@ -41,7 +41,7 @@ from verifier.decide import Lockout, Policy, Verifier
 from verifier.sources import presented_source
 from verifier.timeutil import from_ms, iso, to_ms
 from verifier.trusted_time import TimeReading, TrustedTime
-from verifier.types import AccessDecision, Credential, DigitalIdToken, InviteCode, Malformed, Pin, Reason, Source
+from verifier.types import AccessDecision, Credential, DigitalIdToken, InviteCode, Malformed, Pin, Source
 
 log = structlog.get_logger()
 

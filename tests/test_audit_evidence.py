@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -10,7 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 from structlog.testing import capture_logs
 
 from bridge.outbox import HighWaterMark, Outbox, OutboxWriteError

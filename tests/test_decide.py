@@ -43,7 +43,6 @@ from verifier.types import (
     Decision,
     Reason,
     Source,
-    fingerprint,
 )
 
 MS = timedelta(milliseconds=1)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 from structlog.testing import capture_logs
 
 from bridge.inputs.evdev_scanner import EvdevScannerConfig, EvdevScannerInput
 from bridge.inputs.keypad import KeypadConfig, KeypadInput
-from tests.harness import T0, Site, iso, make_config, relay_pulses, running, wait_for
+from tests.harness import T0, Site, make_config, relay_pulses, running, wait_for
 from tests.test_evdev_scanner import FakeKeyboard, Plugging, Typist, _us_table
 from tests.test_wiegand import send
 from verifier.hashing import PinHashing, hash_pin
@@ -25,7 +24,6 @@ READERS = ["QR-1", "PAD-1", "WG-1"]
 
 
 def records(pin_params: PinHashing):
-    day = 86400
     return [
         {"type": "zone", "id": "zone_a", "name": "Lobby", "readers": READERS},
         {"type": "user", "id": "u1", "name": "Layla Hassan"},

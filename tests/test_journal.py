@@ -21,7 +21,7 @@ import structlog
 
 from bridge import journal, logsetup
 from bridge.inputs.base import Scan
-from tests.harness import Site, SteppingClock, T0, door_records, make_config, running, wait_for
+from tests.harness import Site, SteppingClock, door_records, make_config, running, wait_for
 from verifier.types import Source
 
 READER = "R1"

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from bridge.config import ConfigError
 from bridge.inputs.base import Scan
-from tests.harness import Site, SteppingClock, T0, door_records, ever_high, make_config, relay_pulses, running, wait_for
+from tests.harness import Site, SteppingClock, door_records, ever_high, make_config, relay_pulses, running, wait_for
 from tests.mqtt_broker import Broker, Listener, CertAuthority, publish_retained
 from verifier.types import Source
 

@@ -49,7 +49,6 @@ def test_the_instant_is_never_below_the_floor_nor_the_wall(floor: int, wall: int
 
 # --- through the daemon ---------------------------------------------------------------------------
 
-import asyncio  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 

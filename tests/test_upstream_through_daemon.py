@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import pytest
 from structlog.testing import capture_logs
 
 from bridge import __version__

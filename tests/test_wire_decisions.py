@@ -13,7 +13,7 @@ from bridge.config import ConfigError
 from bridge.inputs.base import Scan
 from tests.fakes.fixtures import fake_frontelio, fake_sna, frontelio_key_file  # noqa: F401
 from tests.fakes.frontelio import Holder
-from tests.harness import Site, door_records, iso, make_config, relay_pulses, running, wait_for
+from tests.harness import Site, door_records, make_config, relay_pulses, running, wait_for
 from tests.test_upstream_through_daemon import Clock
 from tests.builders import NOW
 from verifier.types import Reason, Source
