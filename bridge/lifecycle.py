@@ -4,11 +4,19 @@ The daemon writes `lifecycle.json` = running at start and stopped at a clean sto
 "running" at start means the last run did not stop cleanly. Under systemd, `ExecStopPost=door-bridge
 record-exit` stores `$SERVICE_RESULT` (e.g. `watchdog`, `signal`, `exit-code`), which tells a
 watchdog restart from a crash — the only place systemd says it.
+
+The unit runs `python -m bridge.lifecycle` rather than the full CLI: ExecStopPost shares the
+unit's TimeoutStopSec (10 s) and the stop after a watchdog kill is exactly when the machine is
+busiest. The full CLI loads the configuration layer (pydantic, httpx, …): ~0.5 s here, and in a
+slow guest it overran the 10 s, so the record was lost and a watchdog restart was reported as a
+crash. This entry imports only the standard library and takes the state directory from
+$STATE_DIRECTORY, which systemd sets for every Exec line of a unit with StateDirectory=.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -73,3 +81,23 @@ def record_exit(state_dir: Path, environ: Mapping[str, str] | None = None) -> No
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bridge.lifecycle [STATE_DIR]`: record_exit() without loading the configuration."""
+    args = sys.argv[1:] if argv is None else argv
+    target = args[0] if args else os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if not target:
+        print("bridge.lifecycle: no state directory: pass it or run from a unit with StateDirectory=",
+              file=sys.stderr)
+        return 2
+    try:
+        record_exit(Path(target))
+    except OSError as e:
+        print(f"bridge.lifecycle: {target}: cannot record why the service stopped: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,6 +27,7 @@ INSTALL = ROOT / "systemd" / "install.sh"
 UNINSTALL = ROOT / "systemd" / "uninstall.sh"
 UDEV_RULES = ROOT / "hardware" / "udev" / "99-door-bridge.rules"
 SHIPPED_EXEC = "/opt/door-bridge/venv/bin/door-bridge"
+SHIPPED_PYTHON = "/opt/door-bridge/venv/bin/python"
 MAX_EXPOSURE = 2.5
 
 ANALYZE = shutil.which("systemd-analyze")
@@ -85,7 +86,7 @@ def verifiable_copy(tmp_path: Path) -> Path:
     copy = unit_dir / "door-bridge.service"
     text = UNIT.read_text()
     assert SHIPPED_EXEC in text
-    copy.write_text(text.replace(SHIPPED_EXEC, str(stub)))
+    copy.write_text(text.replace(SHIPPED_EXEC, str(stub)).replace(SHIPPED_PYTHON, str(stub)))
     return copy
 
 
@@ -159,6 +160,31 @@ def test_unit_is_notify_with_watchdog_and_restarts(service: dict[str, list[str]]
     assert one(service, "KillSignal") == "SIGTERM"
     assert one(service, "TimeoutStopSec") == "10s"
     assert one(service, "SyslogIdentifier") == "door-bridge"
+
+
+def _stop_post_command(service: dict[str, list[str]]) -> list[str]:
+    line = one(service, "ExecStopPost").lstrip("-")
+    argv = line.split()
+    assert argv[0] == SHIPPED_PYTHON, line
+    return [sys.executable, *argv[1:]]
+
+
+def test_exec_stop_post_records_a_watchdog_exit_without_the_configuration(service: dict[str, list[str]], tmp_path: Path) -> None:
+    """ExecStopPost shares TimeoutStopSec; in a slow guest the full CLI (config, pydantic, httpx) overran
+    it after a watchdog kill, the record was lost and the restart reported `crash` (seen in CI)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {**os.environ, "STATE_DIRECTORY": str(state), "SERVICE_RESULT": "watchdog", "EXIT_CODE": "killed",
+           "EXIT_STATUS": "ABRT", "PYTHONPATH": str(ROOT), "DOOR_BRIDGE_CONFIG": str(tmp_path / "absent.toml")}
+    done = subprocess.run([*_stop_post_command(service)[:1], "-X", "importtime", *_stop_post_command(service)[1:]],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = __import__("json").loads((state / "last-exit.json").read_text())
+    assert record["serviceResult"] == "watchdog" and record["exitStatus"] == "ABRT"
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    heavy = sorted(m for m in imported if m.split(".")[0] in {"pydantic", "httpx", "structlog", "cryptography", "gpiozero"}
+                   or m in {"bridge.config", "bridge.cli"})
+    assert heavy == [], heavy
 
 
 def test_unit_runs_as_its_own_user_with_device_groups(service: dict[str, list[str]]) -> None:

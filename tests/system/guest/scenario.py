@@ -470,7 +470,7 @@ def scenario_main(r: Reporter) -> None:
             os.kill(int(pid), 19)  # SIGSTOP: a hung daemon
             wait_until(lambda: active() and service("MainPID") not in ("0", pid), 120, "a watchdog restart")
             st = wait_until(lambda: (s := status_json()).get("previous_exit") and s, 30, "status")
-            hit = [l for l in sh("journalctl -u door-bridge -o cat --no-pager").stdout.splitlines() if "atchdog" in l]
+            hit = [l for l in sh("journalctl -u door-bridge -o cat --no-pager").stdout.splitlines() if re.search(r"atchdog|Control process|bridge\.lifecycle|timed out", l)]
             r.check("watchdog_restart", st.get("previous_exit") == "watchdog", previous_exit=st.get("previous_exit"), journal=hit[-3:])
             Path("/etc/systemd/system/door-bridge.service.d/suite-watchdog.conf").unlink()
             sh("systemctl daemon-reload")
