@@ -10,11 +10,15 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from verifier import jwtcheck
 from verifier.cache import GrantCache, GrantRow, Window, Zone
 from verifier.door_mode import DoorModes, ModeSettings, Verdict
+from verifier.door_rules import DoorRules
+from verifier.duress import DuressRule
+from verifier.emergency import Emergency
+from verifier.interlock import DoorState
 from verifier.schedule import Calendar
 from verifier.guard import RateLimiter, ReplayMemory
 from verifier.hashing import hash_invite, hash_pin
@@ -83,6 +87,7 @@ class _Outcome:
     user_id: str | None = None
     user_name: str | None = None
     zone: Zone | None = None
+    duress: bool = False
 
 
 class Verifier:
@@ -108,6 +113,10 @@ class Verifier:
         self.mode_settings = modes
         self._door_modes: DoorModes | None = None
         self._modes_generation = -1
+        # Emergency precedence and door rules (verifier/emergency.py, door_rules.py): set by the daemon.
+        self.emergency: Emergency | None = None
+        self.rules: DoorRules | None = None
+        self.duress: DuressRule | None = None
 
     def is_stale(self, now: datetime) -> bool:
         self.cache.refresh()
@@ -121,7 +130,8 @@ class Verifier:
             records = self.cache.door_records()
             fresh = DoorModes(list(records.policies), records.schedules, settings.tz, Calendar.of(list(records.holidays)),
                               settings.default_mode, settings.pin_timeout_s, settings.reader_door,
-                              records.override_roles, self.cache.roles_of)
+                              records.override_roles, self.cache.roles_of,
+                              self.emergency.apply if self.emergency is not None else None)
             if self._door_modes is not None:
                 fresh.carry_state(self._door_modes)
             self._door_modes, self._modes_generation = fresh, self.cache.generation
@@ -133,9 +143,11 @@ class Verifier:
         return self.door_modes().gate(decision, credential.kind, number, to_ms(now), clock_trusted)
 
     def decide(self, credential: Credential, reader_id: str, source: Source, now: datetime,
-               verdict: AccessDecision | None = None, clock_trusted: bool = True) -> AccessDecision:
+               verdict: AccessDecision | None = None, clock_trusted: bool = True,
+               doors: Mapping[str, DoorState] | None = None) -> AccessDecision:
         """`verdict`: a decision made elsewhere (the central's answer, a late denial) that takes
-        the cache's place. The door's own replay window and rate limiter apply to it all the same."""
+        the cache's place. The door's own replay window and rate limiter apply to it all the same.
+        `doors`: the position and relay of each door now (for the interlock)."""
         now_ms = to_ms(now)
         fp = fingerprint(credential, self.fingerprint_key)
         previous = self.replays.recall(reader_id, fp, now_ms)
@@ -161,6 +173,7 @@ class Verifier:
                 cache_version=self.cache.meta.version,
                 credential_kind=credential.kind,
                 fingerprint=fp,
+                duress=outcome.duress,
             )
             if (self.learned is not None and outcome.reason is not Reason.RATE_LIMITED
                     and signed_cache_silent(credential, decision, self._jwt_has_key)):
@@ -168,11 +181,18 @@ class Verifier:
                 if recalled is not None:
                     decision = _from_recalled(decision, recalled)
         gated, mode_guess = decision, False
+        if self.emergency is not None and decision.granted:
+            # The designated admin credential toggles the site lockdown before its own decision
+            # is gated: turning lockdown on does not also open the door.
+            self.emergency.admin_presented(reader_id, decision.user_id,
+                                           self.cache.roles_of(decision.user_id) if decision.user_id else frozenset(), now_ms)
         if self.mode_settings is not None:
             # A DENY the door mode adds (PIN_REQUIRED, DOOR_LOCKED, …) is not a guess; a PIN that
             # is not the card holder's is (verdict.guess). Online answers are gated the same way.
             verdict_of_mode = self.gate(credential, decision, now, clock_trusted)
             gated, mode_guess = verdict_of_mode.decision, verdict_of_mode.guess
+        if self.rules is not None:
+            gated = self.rules.gate(gated, now_ms, doors or {})
         if ((counts_as_guess(decision.reason, keypad) and not gated.granted) or mode_guess) \
                 and self.limiter.record_deny(reader_id, keypad, now_ms):
             p = self.policy
@@ -241,6 +261,10 @@ class Verifier:
     def _pin(self, digits: str, reader_id: str, zones: tuple[Zone, ...], now_ms: int) -> _Outcome:
         params = self.cache.meta.pin_hashing
         rows = [r for r in self.cache.passcodes(hash_pin(digits, params)) if reader_id in r.devices] if params else []
+        duress = False
+        if not rows and params and self.duress is not None and (normal := self.duress.normal_of(digits)) is not None:
+            rows = [r for r in self.cache.passcodes(hash_pin(normal, params)) if reader_id in r.devices]
+            duress = bool(rows)
         if rows:
             best = min(rows, key=lambda r: _rank(_window_reason(r.window, now_ms)))
             why = _window_reason(best.window, now_ms)
@@ -248,7 +272,7 @@ class Verifier:
             name = user[0] if user else best.name
             if why is None and user is not None and not user[1]:
                 why = Reason.HOLDER_INACTIVE
-            return _Outcome(why, best.user_id, name, zones[0] if zones else None)
+            return _Outcome(why, best.user_id, name, zones[0] if zones else None, duress and why is None)
         return _Outcome(Reason.NO_GRANT)
 
     def _offline_code(self, pin: Pin, reader_id: str, now: datetime) -> tuple[Reason | None, str] | None:

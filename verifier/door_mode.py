@@ -4,8 +4,8 @@ Pure state, clock injected: `DoorModes` is built from the cache's door-mode, sch
 records (precomputed once per cache version) and advanced only by the instants it is given.
 
 - `effective(reader, now_ms, clock_trusted)` is THE one place the effective mode is computed
-  (fixed mode or schedule → first-person-in → trusted clock). A later precedence layer
-  (evacuation > lockdown > manual override > schedule) wraps this method and nothing else.
+  (fixed mode or schedule → first-person-in → trusted clock), then the emergency precedence
+  (`precedence`, verifier/emergency.py: evacuation > lockdown > manual override) on top.
 - `gate(...)` turns a decision the grants gave (GRANT/DENY, who) into the decision the mode gives:
   a card at a card-and-PIN door is `PIN_REQUIRED` and opens a pairing window for that holder at
   that door; the holder's own PIN inside it is the GRANT.
@@ -72,11 +72,16 @@ class EffectiveMode:
     next_change_ms: int | None = None
     next_mode: Mode | None = None
     first_person_in_pending: bool = False
+    # Which layer of the precedence (verifier/emergency.py) gave this mode: evacuation, lockdown,
+    # override, schedule or normal.
+    layer: str = "normal"
+    # Lockdown: the roles that still pass (instead of the `override` roles of a locked mode).
+    admit_roles: frozenset[str] | None = None
 
     def as_status(self) -> dict[str, object]:
         from verifier.timeutil import from_ms, iso
 
-        return {"mode": self.mode.value, "why": self.why, "door_policy": self.door,
+        return {"mode": self.mode.value, "why": self.why, "layer": self.layer, "door_policy": self.door,
                 "first_person_in_pending": self.first_person_in_pending,
                 "next_change": iso(from_ms(self.next_change_ms)) if self.next_change_ms is not None else None,
                 "next_mode": self.next_mode.value if self.next_mode else None}
@@ -120,6 +125,10 @@ class ModeSettings:
     reader_door: dict[str, str] = field(default_factory=dict)
 
 
+# The emergency precedence (verifier/emergency.py `Emergency.apply`): configured door, the mode
+# the schedule gives, now → the mode the door has.
+Precedence = Callable[[str, "EffectiveMode", int], "EffectiveMode"]
+
 # Holder roles for a user id (the cache's look-up); only asked at locked and first-person-in doors.
 RolesOf = Callable[[str], frozenset[str]]
 
@@ -141,6 +150,7 @@ class DoorModes:
     reader_door: dict[str, str] = field(default_factory=dict)  # config: reader → door name
     override_roles: frozenset[str] = frozenset()
     roles_of: RolesOf = field(default=lambda _user: frozenset())
+    precedence: Precedence | None = None
 
     def __post_init__(self) -> None:
         self._indexes = {sid: ScheduleIndex(s, self.tz, self.calendar) for sid, s in self.schedules.items()}
@@ -167,6 +177,13 @@ class DoorModes:
         return p
 
     def effective(self, reader_id: str, now_ms: int, clock_trusted: bool = True) -> EffectiveMode:
+        """Evacuation > lockdown > manual override (the precedence, if wired) > schedule > normal."""
+        base = self._scheduled(reader_id, now_ms, clock_trusted)
+        if self.precedence is None:
+            return base
+        return self.precedence(self.reader_door.get(reader_id, reader_id), base, now_ms)
+
+    def _scheduled(self, reader_id: str, now_ms: int, clock_trusted: bool) -> EffectiveMode:
         policy = self.policy_for(reader_id)
         if policy is None:
             return EffectiveMode(self.default_mode, self.reader_door.get(reader_id, reader_id), "site default (no door_mode record)")
@@ -179,7 +196,7 @@ class DoorModes:
         mode = _mode(seg.value, self.default_mode)
         nxt = index.next_change(now_ms)
         after = EffectiveMode(mode, policy.id, seg.why, nxt.from_ms if nxt else None,
-                              _mode(nxt.value, self.default_mode) if nxt else None)
+                              _mode(nxt.value, self.default_mode) if nxt else None, layer="schedule")
         if mode is not Mode.UNLOCKED:
             return after
         fallback = self._fallback(index.schedule)
@@ -234,6 +251,9 @@ class DoorModes:
                 verdict = Verdict(d if is_pin else _deny(d, Reason.PIN_REQUIRED), False)
             case Mode.FACILITY_CODE:
                 verdict = Verdict(self._facility(d, card_number, eff), False)
+            case Mode.LOCKED if eff.admit_roles is not None:  # lockdown: its own privilege, not `override`
+                admitted = d.granted and d.user_id is not None and bool(eff.admit_roles & self.roles_of(d.user_id))
+                verdict = Verdict(d if admitted else _deny(d, Reason.LOCKDOWN), False)
             case Mode.LOCKED:
                 verdict = Verdict(d if d.granted and self._overrides(d.user_id) else _deny(d, Reason.DOOR_LOCKED), False)
             case Mode.CARD_AND_PIN:

@@ -41,6 +41,11 @@ class Reason(StrEnum):
     DOOR_LOCKED = "DOOR_LOCKED"  # locked mode: only holders with an override role
     FACILITY_CODE_MISMATCH = "FACILITY_CODE_MISMATCH"  # facility-code mode: not one of the site's codes
     OUT_OF_SCHEDULE = "OUT_OF_SCHEDULE"  # the grant's weekly schedule is closed now
+    # Emergencies and door rules (verifier/emergency.py, antipassback.py, two_person.py, interlock.py).
+    LOCKDOWN = "LOCKDOWN"  # a lockdown is in force: only lockdown-override holders pass
+    ANTIPASSBACK = "ANTIPASSBACK"  # hard or timed anti-passback: this holder's last pass does not allow this one
+    TWO_PERSON_PENDING = "TWO_PERSON_PENDING"  # two-person door: waiting for a second, different holder
+    INTERLOCK = "INTERLOCK"  # mantrap: the other door of the pair is open or unlocked
 
 
 class Source(StrEnum):
@@ -181,6 +186,9 @@ class AccessDecision:
     # what a late denial said; None when `reason` is the central's word exactly.
     upstream_reason: str | None = None
     door_mode: str | None = None  # the effective door mode the decision was taken in (door_mode.py)
+    # The PIN was the holder's duress PIN (verifier/duress.py): the door does exactly what it would
+    # for the normal PIN; only the DURESS alarm event says otherwise. Never on the wire of VERIFY.
+    duress: bool = field(default=False, compare=False)
 
     @property
     def granted(self) -> bool:
