@@ -145,6 +145,7 @@ from bridge.inputs.keypad import KeypadConfig  # noqa: E402
 from bridge.inputs.nfc import NfcReaderConfig  # noqa: E402
 from bridge.inputs.osdp_reader import OsdpReaderConfig  # noqa: E402
 from bridge.inputs.wiegand import WiegandReaderConfig  # noqa: E402
+from bridge.emergency_config import EmergencySection  # noqa: E402
 from bridge.observe_config import MetricsSection, MqttSection  # noqa: E402
 from bridge.offline_config import OfflineSection  # noqa: E402
 from bridge.upstream.config import UpstreamSection  # noqa: E402
@@ -171,6 +172,7 @@ class Config(_Strict):
     metrics: MetricsSection = MetricsSection()
     mqtt: MqttSection = MqttSection()
     offline: OfflineSection = OfflineSection()
+    emergency: EmergencySection = EmergencySection()
     # Site-defined Wiegand card formats, named in a reader's `formats` (docs: hardware/readers.md).
     wiegand_formats: dict[str, SiteFormat] = Field(default_factory=dict)
 
@@ -192,6 +194,14 @@ class Config(_Strict):
             if reader.door not in self.doors:
                 known = ", ".join(sorted(self.doors)) or "none"
                 raise _KeyError(f"readers.{i}.door", f"no door {reader.door!r} (doors: {known})")
+        for key, problem in self.emergency.check_names(set(self.doors), seen):
+            raise _KeyError(key, problem)
+        emergency_pins = self.emergency.pins()
+        for name, door in self.doors.items():
+            for field in ("relay_pin", "door_switch_pin", "rex_pin", "led_pin", "buzzer_pin", "aux_relay_pin"):
+                pin = getattr(door, field)
+                if pin in emergency_pins:
+                    raise _KeyError(f"emergency.{emergency_pins[pin]}", f"GPIO {pin} is also doors.{name}.{field}")
         if self.offline.webhook is not None and self.upstream.frontelio is None:
             raise _KeyError("offline.webhook", "hands offline decisions back to Frontelio: needs [upstream.frontelio]")
         if self.upstream.sna is not None and self.bridge.mode == "local-only":

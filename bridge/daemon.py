@@ -194,6 +194,7 @@ class Daemon:
         # Whether the clock may be believed (a schedule unlocks a door only while it is).
         self.clock_trusted: Callable[[], bool] = clock_trusted or self._clock_is_trusted
         self.modes: Any = None
+        self.emergency: Any = None  # bridge/emergency_shell.py, when [emergency] asks for anything
         self._pin_factory = pin_factory
         self._extra_inputs = inputs or []
         self.adapters: list[Any] = adapters if adapters is not None else []
@@ -268,6 +269,7 @@ class Daemon:
                                  learned=self.learned.recall if self.learned is not None else None,
                                  modes=self._mode_settings(), fingerprint_key=self.fingerprint_key)
         self._start_door_io()
+        self._start_emergency()
         if not self._adapters_given:
             self.adapters = self._build_adapters()
         self.upstream.configured = bool(self.adapters) or getattr(cfg.upstream, "central", None) is not None
@@ -327,15 +329,52 @@ class Daemon:
         from bridge.mode_shell import ModeShell
 
         self.modes = ModeShell(verifier=self.verifier, doors=self.doors, reader_door=self.reader_door,
-                               record=self._record_door_event, clock=self.clock, clock_trusted=self.clock_trusted)
+                               record=self._record_door_event, clock=self.clock, clock_trusted=self.clock_trusted,
+                               door_hold=self.emergency.door_hold if self.emergency is not None else None)
         self.modes.armed = True
         self._worker.submit(self.modes.apply)
         self._spawn_task(self._modes_forever(), "door-modes")
+        if self.emergency is not None:
+            self._worker.submit(self.emergency.read_inputs)  # fire/lockdown/tamper lines as they are now
+            if self.central is not None:
+                self._spawn_task(self.emergency.poll_forever(self.central), "commands")
 
     async def _modes_forever(self, every_s: float = 1.0) -> None:
         while True:
             await asyncio.sleep(every_s)
+            if self.emergency is not None:
+                await asyncio.wrap_future(self._worker.submit(self.emergency.tick))
             await self.apply_modes()
+
+    def _start_emergency(self) -> None:
+        """Emergency inputs, precedence state, door rules and duress (bridge/emergency_shell.py)."""
+        from bridge.emergency_shell import EmergencyShell
+        from bridge.emergency_store import EmergencyStore, EmergencyStoreError
+
+        cfg = self.config
+        try:
+            store = EmergencyStore(self.state_dir / "emergency.db")
+        except EmergencyStoreError as e:
+            raise ConfigError(str(e)) from None
+        key = None
+        if cfg.upstream.central is not None or cfg.cache.public_key or cfg.cache.public_key_file:
+            with contextlib.suppress(ConfigError):
+                key = self._public_key()
+        self.emergency = EmergencyShell(
+            section=cfg.emergency, bridge_id=cfg.bridge.id, doors=self.doors, door_io=self.door_io,
+            reader_door=self.reader_door, verifier=self.verifier, store=store,
+            append=lambda kind, body: self._record_emergency(kind, body), submit=self._worker.submit,
+            clock=self.clock, clock_trusted=self.clock_trusted, tz=cfg.site.zone(), public_key=key,
+            pin_factory=self._pin_factory, apply_modes=lambda: self.modes.apply() if self.modes is not None else None)
+
+    def _record_emergency(self, kind: str, body: dict[str, Any]) -> None:
+        """On the worker: an emergency event's audit row (the shell writes its own journal line)."""
+        try:
+            self.outbox.append(kind, body)
+        except Exception as e:  # the outbox failing must be loud, never silent
+            log.error("audit_append_failed", event=kind, error=str(e)[:200], check="disk space and permissions of the state dir")
+        for listener in self.door_event_listeners:
+            listener(str(body.get("door") or ""), kind)
 
     async def apply_modes(self) -> None:
         """Apply the effective door modes now (slot starts and ends; tests call it after moving the clock)."""
@@ -587,6 +626,8 @@ class Daemon:
         self._worker.shutdown()
         for io in self.door_io.values():
             io.close()
+        if self.emergency is not None:
+            self.emergency.close()
         if self.modes is not None:
             self.modes.armed = False
         for door in self.doors.values():
@@ -600,6 +641,8 @@ class Daemon:
         self.cache.close()
         if self.learned is not None:
             self.learned.close()
+        if self.emergency is not None:
+            self.emergency.store.close()
 
     async def quiesce(self) -> None:
         """Wait until every scan handed to the daemon so far has been decided and recorded."""
@@ -686,6 +729,8 @@ class Daemon:
         failed = sorted(r for r, st in self.stats.readers.items() if st.failed)
         problems = [f"reader {r} offline: {self.stats.readers[r].offline}" if self.stats.readers[r].last_error is None
                     else f"reader {r} failed" for r in failed]
+        if self.emergency is not None:
+            problems += [f"{a.replace('_', ' ')} input in alarm" for a in sorted(self.emergency.emergency.alarms)]
         return {"state": "degraded" if problems else "ok", "problems": problems}
 
     def _health_prefix(self) -> str:
@@ -707,7 +752,8 @@ class Daemon:
         JWT settings, log level, relay pulse lengths, mode); return the sections that need a
         restart. Scans keep flowing: nothing here stops an input."""
         old = self.config
-        restart = [name for name in ("readers", "upstream", "gpio", "audit", "site") if getattr(old, name) != getattr(new, name)]
+        restart = [name for name in ("readers", "upstream", "gpio", "audit", "site", "emergency")
+                   if getattr(old, name) != getattr(new, name)]
         if old.bridge.state_dir != new.bridge.state_dir or old.bridge.id != new.bridge.id:
             restart.append("bridge")
         for name in sorted(set(old.doors) | set(new.doors)):
@@ -729,7 +775,7 @@ class Daemon:
 
         logsetup.configure(new.bridge.log_level, new.bridge.log_format)
         # Keep what needs a restart as it runs now, so `status` tells the truth.
-        kept = {k: getattr(old, k) for k in ("readers", "upstream", "gpio", "audit", "site")}
+        kept = {k: getattr(old, k) for k in ("readers", "upstream", "gpio", "audit", "site", "emergency")}
         kept["doors"] = {name: self.doors[name].cfg for name in old.doors}
         kept["bridge"] = new.bridge.model_copy(update={"state_dir": old.bridge.state_dir, "id": old.bridge.id})
         kept["offline"] = offline
@@ -907,10 +953,14 @@ class Daemon:
         """On the worker thread: decide each scan, commit all their audit rows at once, then act."""
         decisions: list[AccessDecision] = []
         decided: list[str] = []
+        states = self._door_states() if self.verifier.rules is not None else None
         for job in jobs:
-            decision, how = self._decide_one(job)
+            decision, how = self._decide_one(job, states)
             decisions.append(decision)
             decided.append(how)
+            if states is not None and decision.granted and (name := self.reader_door.get(job.scan.reader_id)) in states:
+                # Pulsed after this batch: a second GRANT in the same batch sees this door as unlocked.
+                states[name] = replace(states[name], unlocked=True)
         self._note_staleness()
         doors = [self.reader_door.get(job.scan.reader_id, "") for job in jobs]
         # The rows that explain the relay go to disk before the relay moves; if they cannot be
@@ -918,12 +968,22 @@ class Daemon:
         rows: list[tuple[str, dict[str, Any]]] = [
             ("VERIFY", {**d.as_wire(), "bridgeId": self.config.bridge.id, "door": name if name in self.doors else None})
             for d, name in zip(decisions, doors)]
+        for d, name in zip(decisions, doors):
+            if d.duress and not d.replay:
+                rows.append(("DURESS", {"bridgeId": self.config.bridge.id, "door": name or None, "readerId": d.reader_id,
+                                        "userId": d.user_id, "userName": d.user_name,
+                                        "credentialFingerprint": d.fingerprint}))
+                log.warning("duress_alarm", reader=d.reader_id, door=name or "-", user=d.user_id or "-",
+                            check="a holder opened this door with the duress PIN: someone may be forcing them. "
+                                  "Follow the site's duress procedure; do not call the holder")
         for lock in self.verifier.take_lockouts():
             rows.append(("READER_RATE_LIMITED", lockout_event(lock, self.config.bridge.id)))
             log.warning("reader_rate_limited", reader=lock.reader_id, bucket="keypad" if lock.keypad else "other",
                         denies=lock.denies, cooldown_s=lock.cooldown_s,
                         check="someone guessing codes at this reader? door-bridge events tail; the camera")
         self.outbox.append_many(rows)
+        if self.emergency is not None:
+            self.emergency.flush()  # the admin credential's lockdown, anti-passback presence and violations
         for job, decision, name, how in zip(jobs, decisions, doors, decided):
             door = self.doors.get(name)
             pulse = decision.granted and not decision.replay and door is not None and not door.held
@@ -955,7 +1015,15 @@ class Daemon:
                       check="disk space and permissions of learned.db in the state dir; a DENY not written "
                             "means an earlier learned GRANT may still open offline until its max_age")
 
-    def _decide_one(self, job: _ScanJob) -> tuple[AccessDecision, str]:
+    def _door_states(self) -> dict[str, Any]:
+        """Each door's position and relay now (the interlock's view; worker thread)."""
+        from verifier.interlock import DoorState
+
+        return {name: DoorState(open=name in self.door_io and self.door_io[name].state()["position"] == "open",
+                                unlocked=door.energised or door.held)
+                for name, door in self.doors.items()}
+
+    def _decide_one(self, job: _ScanJob, doors: dict[str, Any] | None = None) -> tuple[AccessDecision, str]:
         """(decision, how it was decided: online | late_deny | cache). Whoever answers, the
         verifier's replay window and rate limiter judge the presentation too."""
         from bridge.late_denials import credential_key
@@ -968,7 +1036,7 @@ class Daemon:
         else:
             late = self.late_denials.verdict(key, to_ms(now))
         decision = self.verifier.decide(job.credential, job.scan.reader_id, job.source, now, verdict=job.online or late,
-                                        clock_trusted=self.clock_trusted())
+                                        clock_trusted=self.clock_trusted(), doors=doors)
         held = late is not None and not decision.online and decision.upstream_reason == late.upstream_reason
         return decision, "late_deny" if held else decision.decided
 
@@ -1091,7 +1159,9 @@ class Daemon:
         age = _age_s(meta.issued_at_ms / 1000, self.clock()) if meta.version else None
         r = self.time_reading
         clock = "" if r.trusted else f"CLOCK UNTRUSTED (behind the floor by {_human(r.behind_ms / 1000)}, deciding with the floor); "
-        return (f"{self._health_prefix()}{clock}{self.config.bridge.mode}; upstream {self.upstream.label}; cache v{meta.version}"
+        emergency = self.emergency.emergency.status_words() if self.emergency is not None else ""
+        emergency = f"{emergency}; " if emergency else ""
+        return (f"{emergency}{self._health_prefix()}{clock}{self.config.bridge.mode}; upstream {self.upstream.label}; cache v{meta.version}"
                 f"{f' age {_human(age)}' if age is not None else ''}; outbox {self.outbox.depth()}; "
                 f"{self.stats.decisions} decisions")
 
@@ -1127,6 +1197,7 @@ class Daemon:
                          "upstreams": self.storage.learned}
                         if self.learned is not None else None),
             "handback": self.handback.state.as_status() if self.handback is not None else None,
+            "emergency": self.emergency.status() if self.emergency is not None else None,
             "readers": {rid: {"type": r.type, "last_scan_at": r.last_scan_at, "last_decision": r.last_decision,
                               "last_reason": r.last_reason, "scans": r.scans, "state": "failed" if r.failed else "ok",
                               "last_error": r.last_error, "failures": r.failures, "offline": r.offline}

@@ -35,13 +35,17 @@ def always_trusted() -> bool:
 
 class ModeShell:
     def __init__(self, *, verifier: Any, doors: dict[str, Door], reader_door: dict[str, str],
-                 record: Callable[[str, str, dict[str, Any]], None], clock: Callable[[], datetime], clock_trusted: Callable[[], bool]) -> None:
+                 record: Callable[[str, str, dict[str, Any]], None], clock: Callable[[], datetime], clock_trusted: Callable[[], bool],
+                 door_hold: Callable[[str, int], bool | None] | None = None) -> None:
         self.verifier = verifier
         self.doors = doors
         self.reader_door = reader_door
         self.record = record  # the daemon's door-event path: audit row, journal, metrics listeners
         self.clock = clock
         self.clock_trusted = clock_trusted
+        # The emergency precedence for a door no reader belongs to (a pure egress door): the
+        # readers' effective modes carry it for every other door.
+        self.door_hold = door_hold
         self.armed = False
         # What `status` shows, written here (worker thread), read by the status socket.
         self.view: dict[str, dict[str, Any]] = {}
@@ -55,19 +59,19 @@ class ModeShell:
         readers = sorted(self.reader_door)
         changes = modes.changes(readers, now_ms, trusted)
         effective = {r: modes.effective(r, now_ms, trusted) for r in readers}
-        relay_changes = self._relays(effective)
+        relay_changes = self._relays(effective, now_ms)
         for change in changes:
             door = self.reader_door.get(change.reader_id, "")
             held = self.doors[door].held if door in self.doors else False
             body = {"readerId": change.reader_id,
                     "from": change.before.value if change.before else None, "to": change.after.mode.value,
-                    "why": change.after.why, "relay": "held" if held else "normal",
+                    "why": change.after.why, "layer": change.after.layer, "relay": "held" if held else "normal",
                     "nextChange": _iso(change.after.next_change_ms),
                     "nextMode": change.after.next_mode.value if change.after.next_mode else None,
                     "clockTrusted": trusted}
             self.record(door, "DOOR_MODE_CHANGED", body)  # logs loudly itself if the outbox fails
             log.info("door_mode_changed", door=door or "-", reader=change.reader_id,
-                     mode_from=body["from"] or "-", mode=body["to"], why=body["why"], relay=body["relay"],
+                     mode_from=body["from"] or "-", mode=body["to"], layer=body["layer"], why=body["why"], relay=body["relay"],
                      next_change=body["nextChange"] or "-")
         for door, held in relay_changes:
             log.info("door_relay_held" if held else "door_relay_released", door=door)
@@ -75,11 +79,14 @@ class ModeShell:
                             "readers": {r: effective[r].as_status() for r in readers if self.reader_door.get(r) == door}}
                      for door, d in self.doors.items()}
 
-    def _relays(self, effective: dict[str, EffectiveMode]) -> list[tuple[str, bool]]:
+    def _relays(self, effective: dict[str, EffectiveMode], now_ms: int) -> list[tuple[str, bool]]:
         """A door is held open while any of its readers' effective mode is `unlocked`."""
         out = []
         for name, door in self.doors.items():
-            want = any(e.mode is Mode.UNLOCKED for r, e in effective.items() if self.reader_door.get(r) == name)
+            mine = [e for r, e in effective.items() if self.reader_door.get(r) == name]
+            want = any(e.mode is Mode.UNLOCKED for e in mine)
+            if not mine and self.door_hold is not None:
+                want = bool(self.door_hold(name, now_ms))
             if want != door.held:
                 if want:
                     door.hold()

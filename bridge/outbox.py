@@ -46,6 +46,10 @@ _VALUE_SQL = (
 )
 _EVICTION_POLICY = ("least valuable first: junk (malformed, rate-limited, replays), then other denials, "
                     "then evidence (grants, door events, alerts), oldest first; junk never evicts anything worth more")
+# Alarm events that replicate ahead of the backlog (docs/bridge-protocol.md): a duress code or a
+# fire alarm must reach the central now, not after a week of offline decisions.
+URGENT_TYPES = ("DURESS", "FIRE_ALARM", "TAMPER", "POWER_FAULT", "LOCKDOWN")
+_URGENT_SQL = f"type IN ({', '.join(repr(t) for t in URGENT_TYPES)})"
 _LOST_CAUSE = "audit.db ends before the sequence the bridge recorded as committed (a damaged WAL, or the file replaced or quarantined)"
 
 
@@ -234,6 +238,7 @@ class Outbox:
         self._migrate()
         self.mark = HighWaterMark(Path(self.path + HighWaterMark.SUFFIX))
         self._count = self._pending = self._next_seq = 0
+        self._urgent = True  # unsent urgent rows may exist: the first `pending` looks (then only after one is written)
         self._recount()
         self.lost: LostEvents | None = None
         self._check_high_water(bridge_id)
@@ -312,6 +317,7 @@ class Outbox:
                             events.append(Event(0, event_id, at_text, type_, body, False))
                             continue
                     seq = self._insert(event_id, at_text, type_, text, value)
+                    self._urgent = self._urgent or type_ in URGENT_TYPES
                     events.append(Event(seq, event_id, at_text, type_, body, False))
                 self.conn.execute("COMMIT")
             except BaseException as e:
@@ -426,12 +432,20 @@ class Outbox:
     # append transaction would see rows that are not committed yet (and might never be).
 
     def pending(self, limit: int = 500, after_seq: int = 0) -> list[Event]:
+        """Unsent events, oldest first — except `URGENT_TYPES` (duress, alarms), which lead."""
         with self._lock:
+            urgent: list[tuple[Any, ...]] = []
+            if self._urgent:
+                urgent = self.conn.execute(
+                    f"SELECT seq, id, at, type, body, acked FROM events WHERE acked = 0 AND seq > ? AND {_URGENT_SQL} "
+                    "ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+                self._urgent = bool(urgent)
             rows = self.conn.execute(
-                "SELECT seq, id, at, type, body, acked FROM events WHERE acked = 0 AND seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
-            ).fetchall()
-        return [_event(r) for r in rows]
+                f"SELECT seq, id, at, type, body, acked FROM events WHERE acked = 0 AND seq > ? "
+                f"{'AND NOT ' + _URGENT_SQL if urgent else ''} ORDER BY seq LIMIT ?",
+                (after_seq, limit - len(urgent)),
+            ).fetchall() if len(urgent) < limit else []
+        return [_event(r) for r in urgent + rows]
 
     def recent(self, limit: int = 20, after_seq: int = 0) -> list[Event]:
         with self._lock:

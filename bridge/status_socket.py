@@ -367,6 +367,12 @@ def format_status(document: Mapping[str, Any]) -> str:
     health = document.get("health")
     if isinstance(health, Mapping) and health.get("state") not in (None, "ok"):
         lines.append(f"DEGRADED   {'; '.join(map(str, health.get('problems') or [])) or health.get('state')}")
+    emergency = document.get("emergency")
+    if isinstance(emergency, Mapping) and (emergency.get("fire_active") or emergency.get("lockdown")):
+        words = (["EVACUATION (fire input active)"] if emergency.get("fire_active") else []) + \
+                [f"LOCKDOWN {scope} (by {_plain((by or {}).get('source'))} {_plain((by or {}).get('by'))})"
+                 for scope, by in (emergency.get("lockdown") or {}).items()]
+        lines.append(f"EMERGENCY  {'; '.join(words)}")
     for key, render in _SECTIONS.items():
         if key in document:
             value = document[key]

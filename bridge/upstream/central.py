@@ -70,6 +70,26 @@ class _IngestBody(BaseModel):
     rejected: list[_Rejection] = []
 
 
+class _CommandEntry(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    seq: int = Field(ge=0)
+    token: str = Field(min_length=1, max_length=8192)
+
+
+class _CommandsBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    commands: list[_CommandEntry] = Field(max_length=1000)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandEntry:
+    """One signed command as the central lists it: `seq` is only its place in the list (unsigned,
+    for paging); everything that matters is inside the signed `token` (verifier/commands.py)."""
+
+    seq: int
+    token: str
+
+
 class CentralHttp(UpstreamHttp):
     """`UpstreamHttp` plus a streamed download with the same breaker and error mapping."""
 
@@ -149,6 +169,7 @@ class CentralClient:
         quoted = quote(bridge_id, safe="")
         self._bundle_path = f"/bridges/{quoted}/bundle"
         self._events_path = f"/bridges/{quoted}/events"
+        self._commands_path = f"/bridges/{quoted}/commands"
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key.reveal()}"}
@@ -180,6 +201,15 @@ class CentralClient:
             raise _status_error(what, answer.status, self.bridge_id)
         body = parse_body(NAME, what, _IngestBody, answer.body)
         return IngestAnswer(tuple(body.stored), tuple(body.duplicates), tuple((r.id, r.error) for r in body.rejected))
+
+    async def get_commands(self, since: int) -> list[CommandEntry]:
+        """One attempt: the signed commands listed after `since` (docs/bridge-protocol.md, Commands)."""
+        answer = await self.http.request("GET", self._commands_path, params={"since": str(since)}, headers=self._auth())
+        what = f"GET {self._commands_path}"
+        if answer.status != 200:
+            raise _status_error(what, answer.status, self.bridge_id)
+        body = parse_body(NAME, what, _CommandsBody, answer.body)
+        return [CommandEntry(c.seq, c.token) for c in body.commands]
 
     async def aclose(self) -> None:
         await self.http.aclose()

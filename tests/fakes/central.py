@@ -114,6 +114,8 @@ class FakeCentral:
         base = f"/bridges/{self.bridge_id}"
         self.server.routes[("GET", f"{base}/bundle")] = self._bundle
         self.server.routes[("POST", f"{base}/events")] = self._ingest
+        self.server.routes[("GET", f"{base}/commands")] = self._commands
+        self.commands: list[str] = []  # signed command tokens; a token's seq is its index + 1
 
     @property
     def url(self) -> str:
@@ -157,6 +159,12 @@ class FakeCentral:
         """The next batch: store its first `after` events (all of them if it is shorter), then
         close the connection without an answer."""
         self._drop_after = after
+
+    def publish_command(self, token: str) -> int:
+        """List a signed command (or any string: the bridge must refuse what is not one)."""
+        with self._lock:
+            self.commands.append(token)
+            return len(self.commands)
 
     def records(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -208,6 +216,16 @@ class FakeCentral:
         self.served.append(Served(since, 200, kind, version))
         headers = (("ETag", etag),) if self.send_etag else ()
         return HeaderReply(200, raw=body, content_type=BUNDLE_MEDIA_TYPE, headers=headers)
+
+    def _commands(self, request: RecordedRequest) -> Reply:
+        if (refusal := self._gate(request)) is not None:
+            return refusal
+        since_text = request.query.get("since", "")
+        if not since_text.isdigit():
+            return Reply(400, {"error": "since must be a non-negative integer"})
+        with self._lock:
+            listed = [{"seq": i + 1, "token": t} for i, t in enumerate(self.commands) if i + 1 > int(since_text)]
+        return Reply(200, {"commands": listed})
 
     def _ingest(self, request: RecordedRequest) -> Reply:
         if (refusal := self._gate(request)) is not None:
