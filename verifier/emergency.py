@@ -229,27 +229,31 @@ class Emergency:
         self._events.append(EmergencyEvent(type_, journal, severity, body))
 
     def status(self, now_ms: int) -> dict[str, Any]:
+        # Read by the status socket's thread while the worker may change the state: copies first
+        # (a dict copy is one step under the GIL).
+        lockdowns, overrides, alarms = dict(self.lockdowns), dict(self.overrides), dict(self.alarms)
         return {
             "fire_active": self.fire_active,
-            "lockdown": {("site" if k == SITE else k): {"source": t.source, "by": t.by} for k, t in sorted(self.lockdowns.items())},
+            "lockdown": {("site" if k == SITE else k): {"source": t.source, "by": t.by} for k, t in sorted(lockdowns.items())},
             "overrides": {d: {"mode": o.mode.value, "until_ms": o.until_ms, "source": o.trigger.source}
-                          for d, o in sorted(self.overrides.items())
+                          for d, o in sorted(overrides.items())
                           if o.until_ms is None or now_ms < o.until_ms},
-            "alarms": sorted(self.alarms),
+            "alarms": sorted(alarms),
         }
 
     def status_words(self) -> str:
         """For STATUS=: empty when nothing is in force."""
         parts = []
+        lockdowns, alarms = dict(self.lockdowns), dict(self.alarms)
         if self.fire_active:
             parts.append("EVACUATION (fire input active)")
-        if SITE in self.lockdowns:
+        if SITE in lockdowns:
             parts.append("LOCKDOWN (site)")
-        doors = sorted(k for k in self.lockdowns if k != SITE)
+        doors = sorted(k for k in lockdowns if k != SITE)
         if doors:
             parts.append(f"LOCKDOWN ({', '.join(doors)})")
-        if self.alarms:
-            parts.append(f"ALARM {', '.join(sorted(a.upper() for a in self.alarms))}")
+        if alarms:
+            parts.append(f"ALARM {', '.join(sorted(a.upper() for a in alarms))}")
         return "; ".join(parts)
 
     def snapshot(self) -> dict[str, Any]:
