@@ -251,8 +251,9 @@ class EmergencyShell:
         body = {"bridgeId": self.bridge_id, "seq": seq, "refusal": checked.refusal.value, "detail": checked.detail,
                 **({"claims": checked.claims} if checked.claims else {}), **(command.as_wire() if command else {})}
         self.append("COMMAND_REFUSED", body)
-        log.warning("command_refused", refusal=checked.refusal.value, command=(checked.claims or {}).get("command", "-"),
-                    command_id=(checked.claims or {}).get("id", "-"), detail=checked.detail,
+        claims = checked.claims or ({"command": command.kind.value, "id": command.id} if command else {})
+        log.warning("command_refused", refusal=checked.refusal.value, command=claims.get("command", "-"),
+                    command_id=claims.get("id", "-"), detail=checked.detail,
                     check="who sent it? a refused command changes nothing at the door; see docs/troubleshooting.md")
 
     def _apply(self, c: Command, seq: int, now_ms: int) -> None:
@@ -326,7 +327,7 @@ class EmergencyShell:
 
     def _record(self, event: EmergencyEvent) -> None:
         self.append(event.type, {"bridgeId": self.bridge_id, **event.body})
-        fields = {k: v for k, v in event.body.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        fields = {k: v for k, v in event.body.items() if isinstance(v, (str, int, float, bool))}
         check = _CHECKS.get(event.type)
         if check:
             fields["check"] = check

@@ -23,6 +23,8 @@ from verifier.two_person import TwoPerson
 from verifier.types import AccessDecision, Decision, Reason, Source
 
 T = 1_780_000_000_000  # ms
+KEY = Ed25519PrivateKey.generate()  # the central's pinned key
+FOREIGN = Ed25519PrivateKey.generate()
 ROLES = {"guard": frozenset({"security"}), "boss": frozenset({"master"}), "layla": frozenset()}
 
 
@@ -126,6 +128,32 @@ class Precedence(RuleBasedStateMachine):
     def override(self, door: str, mode: Mode | None, for_s: int) -> None:
         self.e.set_override(door, mode, self.now + for_s * 1000, Trigger("command", "c", self.now))
 
+    @rule(kind=st.sampled_from(["lockdown_on", "lockdown_off", "hold_unlocked"]), foreign=st.booleans(),
+          bridge=st.sampled_from(["BRIDGE-1", "BRIDGE-2"]), expired=st.booleans())
+    def command(self, kind: str, foreign: bool, bridge: str, expired: bool) -> None:
+        """A signed command: applied only if it is ours, addressed here and in time; else nothing changes."""
+        import uuid
+
+        from verifier.timeutil import from_ms, iso
+
+        at = self.now - (600_000 if expired else 0)
+        claims = {"id": "c", "command": kind, "bridge": bridge, "nonce": uuid.uuid4().hex, "issued_at": iso(from_ms(at)),
+                  "expires_at": iso(from_ms(at + 300_000)),
+                  **({"door": "front", "until": iso(from_ms(self.now + 60_000))} if kind == "hold_unlocked" else {})}
+        before = self.e.snapshot()
+        checked = commands.check(commands.sign(claims, FOREIGN if foreign else KEY), KEY.public_key(),
+                                 bridge_id="BRIDGE-1", doors=frozenset({"front", "vault"}), now_ms=self.now,
+                                 nonce_seen=lambda _n: False)
+        c = checked.command
+        if foreign or bridge != "BRIDGE-1" or expired:
+            assert c is None and self.e.snapshot() == before
+            return
+        assert c is not None
+        if c.kind is commands.CommandKind.HOLD_UNLOCKED:
+            self.e.set_override("front", Mode.UNLOCKED, c.until_ms, Trigger("command", c.id, self.now))
+        else:
+            self.e.set_lockdown(c.kind is commands.CommandKind.LOCKDOWN_ON, None, Trigger("command", c.id, self.now))
+
     @rule(active=st.booleans())
     def tamper(self, active: bool) -> None:
         self.e.set_alarm("tamper", active, "GPIO24", self.now)
@@ -168,10 +196,6 @@ TestPrecedence.settings = settings(max_examples=150, stateful_step_count=30, dea
 
 
 # --- signed commands ----------------------------------------------------------------------------
-
-KEY = Ed25519PrivateKey.generate()
-FOREIGN = Ed25519PrivateKey.generate()
-
 
 def _claims(**kw: object) -> dict:
     return {"id": "cmd_1", "command": "hold_unlocked", "bridge": "BRIDGE-1", "door": "main",

@@ -325,8 +325,14 @@ async def test_signed_commands_lock_hold_unlock_once_and_lockdown(tmp_path: Path
         central.publish_command(_cmd(site, "lock", at=clock.t, door="vault"))
         await wait_for(lambda: rig.mode("VAULT")["mode"] == "locked", what="lock")
         assert (await rig.scan("VAULT", CARDS["layla"])).reason is Reason.DOOR_LOCKED
+        central.publish_command(_cmd(site, "lockdown_on", at=clock.t, door="main"))  # one door only
+        await wait_for(lambda: rig.mode("MAIN-IN")["layer"] == "lockdown", what="door lockdown")
+        assert rig.mode("VAULT")["layer"] == "override" and rig.events("LOCKDOWN")[-1][1]["scope"] == "door"
+        central.publish_command(_cmd(site, "lockdown_off", at=clock.t, door="main"))
+        await wait_for(lambda: rig.mode("MAIN-IN")["layer"] == "schedule", what="door lockdown off")
         applied = [b["command"] for _, b in rig.events("COMMAND_APPLIED")]
-        assert applied == ["hold_unlocked", "lockdown_on", "lockdown_off", "resume", "unlock_once", "lock"]
+        assert applied == ["hold_unlocked", "lockdown_on", "lockdown_off", "resume", "unlock_once", "lock",
+                           "lockdown_on", "lockdown_off"]
 
 
 async def test_every_bad_command_is_refused_and_audited_and_changes_nothing(tmp_path: Path, site: Site,
@@ -342,23 +348,25 @@ async def test_every_bad_command_is_refused_and_audited_and_changes_nothing(tmp_
             "wrong_bridge": _cmd(site, "lockdown_on", at=clock.t, bridge="BRIDGE-OTHER"),
             "unknown_door": _cmd(site, "hold_unlocked", at=clock.t, door="garage", until=iso(clock.t + timedelta(hours=1))),
             "malformed": _cmd(site, "open_all_doors", at=clock.t),
+            "not_yet_valid": _cmd(site, "lockdown_on", at=clock.t + timedelta(minutes=10)),
+            "lifetime_too_long": _cmd(site, "lockdown_on", at=clock.t, life_s=2 * 86_400),
         }
         for token in bad.values():
             central.publish_command(token)
         central.publish_command("eyJhbGciOiJub25lIn0.eyJjb21tYW5kIjoibG9ja2Rvd25fb24ifQ.")  # unsigned
-        await wait_for(lambda: len(rig.events("COMMAND_REFUSED")) == 6, what="six refusals")
+        await wait_for(lambda: len(rig.events("COMMAND_REFUSED")) == 8, what="eight refusals")
         assert not rig.daemon.emergency.emergency.lockdowns
         central.publish_command(good)
         await wait_for(lambda: rig.events("COMMAND_APPLIED"), what="the good one")
         central.publish_command(good)  # the same signed command again: a replay
-        await wait_for(lambda: len(rig.events("COMMAND_REFUSED")) == 7, what="the replay refused")
+        await wait_for(lambda: len(rig.events("COMMAND_REFUSED")) == 9, what="the replay refused")
         refusals = [b["refusal"] for _, b in rig.events("COMMAND_REFUSED")]
         assert refusals == [*bad, "bad_signature", "replayed"]
         assert rig.events("COMMAND_REFUSED")[0][1]["claims"]["command"] == "lockdown_on"
     # A restart does not forget the nonce: the replay is still refused.
     async with _Running(_config(tmp_path, site, central), clock) as rig:
         central.publish_command(good)
-        await wait_for(lambda: rig.events("COMMAND_REFUSED") and rig.events("COMMAND_REFUSED")[-1][1]["seq"] == 9,
+        await wait_for(lambda: rig.events("COMMAND_REFUSED") and rig.events("COMMAND_REFUSED")[-1][1]["seq"] == 11,
                        what="the replay after restart refused")
         assert rig.events("COMMAND_REFUSED")[-1][1]["refusal"] == "replayed"
 
