@@ -42,7 +42,7 @@ from verifier.door_mode import Mode
 from verifier.door_rules import DoorRules
 from verifier.duress import DuressRule
 from verifier.emergency import Emergency, EmergencyEvent, EmergencySettings, Layer, SITE, Trigger
-from verifier.interlock import Interlock
+from verifier.interlock import DoorState, Interlock
 from verifier.timeutil import to_ms
 from verifier.two_person import TwoPerson
 
@@ -264,6 +264,10 @@ class EmergencyShell:
             if e.locked_down(c.door) and e.layer(c.door, now_ms) is Layer.LOCKDOWN:
                 self._refused(Checked(None, Refusal.LOCKDOWN_IN_FORCE, "unlock_once during a lockdown", None), seq, c)
                 return
+            interlock = self.rules.interlock if self.rules is not None else None
+            if interlock is not None and (other := interlock.blocking(c.door, self.door_states())) is not None:
+                self._refused(Checked(None, Refusal.INTERLOCKED, f"unlock_once while {other} is open or unlocked", None), seq, c)
+                return
         self.append("COMMAND_APPLIED", {"bridgeId": self.bridge_id, "seq": seq, **c.as_wire()})
         log.info("command_applied", command=c.kind.value, command_id=c.id, door=c.door or "-")
         match c.kind:
@@ -350,6 +354,11 @@ class EmergencyShell:
         out["commands"] = {"cursor": self.command_cursor, "last_error": self.commands_error,
                            "last_ok": self.commands_last_ok.isoformat(timespec="seconds") if self.commands_last_ok else None}
         return out
+
+    def door_states(self) -> dict[str, DoorState]:
+        """Each door's position and relay now: the interlock's view (worker thread)."""
+        return {name: DoorState(open=name in self.door_io and self.door_io[name].state()["position"] == "open",
+                                unlocked=door.energised or door.held) for name, door in self.doors.items()}
 
     def door_hold(self, door: str, now_ms: int) -> bool | None:
         """For doors with no reader (a pure egress door): True held, False not, None: the door's readers say."""

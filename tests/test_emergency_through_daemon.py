@@ -476,3 +476,20 @@ def test_emergency_config_errors_name_the_key(emergency: dict, message: str) -> 
 
     with pytest.raises(ConfigError, match="^<config>: .*" + message.replace("(", r"\(")):
         from_dict({"doors": {"main": {"relay_pin": 17}}, "readers": [{"type": "console", "id": "R"}], "emergency": emergency})
+
+
+async def test_unlock_once_is_refused_at_a_mantrap_door_while_its_partner_is_open(tmp_path: Path, site: Site,
+                                                                                 central: FakeCentral) -> None:
+    site.install(tmp_path, records(schedule=False), now=MON_1000 - timedelta(minutes=30), pin_hashing=PIN_HASHING)
+    clock = Clock(MON_1000)
+    async with _Running(_config(tmp_path, site, central, interlock=[["main", "vault"]]), clock) as rig:
+        rig.factory.pin(SWITCH_MAIN).drive_low()
+        rig.factory.pin(SWITCH_VAULT).drive_high()  # the vault stands open
+        await wait_for(lambda: rig.daemon.door_io["vault"].state()["position"] == "open", what="vault open")
+        central.publish_command(_cmd(site, "unlock_once", at=clock.t, door="main"))
+        await wait_for(lambda: rig.events("COMMAND_REFUSED"), what="refused")
+        assert rig.events("COMMAND_REFUSED")[-1][1]["refusal"] == "interlocked" and rig.daemon.doors["main"].pulses == 0
+        rig.factory.pin(SWITCH_VAULT).drive_low()
+        await wait_for(lambda: rig.daemon.door_io["vault"].state()["position"] == "closed", what="vault closed")
+        central.publish_command(_cmd(site, "unlock_once", at=clock.t, door="main"))
+        await wait_for(lambda: rig.daemon.doors["main"].pulses == 1, what="unlock_once once the vault is shut")

@@ -20,6 +20,7 @@ the key that signs grant bundles; EdDSA only, so no `alg` confusion). Its claims
 | `lifetime_too_long` | `expires_at - issued_at` over `MAX_LIFETIME_MS` (a nonce must not have to be kept for ever) |
 | `replayed` | this `nonce` was already taken (nonces are kept, on disk, until their command expires) |
 | `clock_untrusted` | the bridge's clock is not trusted: it cannot tell expired from valid |
+| `lockdown_in_force`, `interlocked` | (when applying) an `unlock_once` at a locked-down door, or at a mantrap door whose partner is open |
 
 No command is ever taken from an unsigned or retained source: MQTT carries no commands at all.
 """
@@ -68,6 +69,7 @@ class Refusal(StrEnum):
     CLOCK_UNTRUSTED = "clock_untrusted"
     # Found when applying, not when checking: a signed, valid command the precedence forbids.
     LOCKDOWN_IN_FORCE = "lockdown_in_force"
+    INTERLOCKED = "interlocked"  # unlock_once at a mantrap door whose partner is open or unlocked
 
 
 @dataclass(frozen=True, slots=True)
