@@ -55,7 +55,7 @@ CURSOR_KEY = "commands"
 SETTLE_S = 0.05
 
 Append = Callable[[str, dict[str, Any]], None]
-Submit = Callable[..., "Future[Any]"]
+Submit = Callable[..., Future[Any]]
 
 
 def build_emergency(section: EmergencySection) -> Emergency:

@@ -10,7 +10,7 @@ import hypothesis.strategies as st
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from verifier import commands
 from verifier.antipassback import AntiPassback, ApbMode, Area, Presence
