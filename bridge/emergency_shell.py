@@ -34,7 +34,7 @@ from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
 from bridge.door import Door
 from bridge.emergency_config import EmergencySection
-from bridge.emergency_store import EmergencyStore
+from bridge.emergency_store import EmergencyStore, EmergencyStoreError
 from verifier import commands
 from verifier.antipassback import AntiPassback, ApbMode, Area
 from verifier.commands import Checked, Command, CommandKind, Refusal
@@ -237,13 +237,20 @@ class EmergencyShell:
             now_ms = to_ms(self.clock())
             checked = commands.check(token, self.public_key, bridge_id=self.bridge_id, doors=frozenset(self.doors),
                                      now_ms=now_ms, nonce_seen=self.store.nonce_seen, clock_trusted=self.clock_trusted())
+            try:
+                if checked.command is not None:
+                    # The nonce is on disk before the command acts: a replay after a crash is refused.
+                    self.store.take_nonce(checked.command.nonce, checked.command.expires_at_ms, now_ms)
+                self.store.save(CURSOR_KEY, {"since": seq})
+            except EmergencyStoreError as e:
+                log.error("command_not_taken", error=str(e)[:300], seq=seq,
+                          check="disk space and the SD card (df -h, dmesg); the command is fetched again next poll")
+                break
             if checked.command is None:
                 self._refused(checked, seq)
             else:
-                self.store.take_nonce(checked.command.nonce, checked.command.expires_at_ms, now_ms)
                 self._apply(checked.command, seq, now_ms)
             self.command_cursor = seq
-            self.store.save(CURSOR_KEY, {"since": seq})
         self.flush()
 
     def _refused(self, checked: Checked, seq: int, command: Command | None = None) -> None:
@@ -315,11 +322,18 @@ class EmergencyShell:
         """Persist, then record every event the cores produced, then let the relays follow."""
         events = self.emergency.take_events() + (self.rules.take_events() if self.rules is not None else [])
         snapshot = self.emergency.snapshot()
-        if snapshot != self._saved:
-            self.store.save(STATE_KEY, snapshot)
-            self._saved = snapshot
-        if self.rules is not None and self.rules.antipassback is not None:
-            self.store.apply_presence(self.rules.antipassback.take_changes())
+        try:
+            if snapshot != self._saved:
+                self.store.save(STATE_KEY, snapshot)
+                self._saved = snapshot
+            if self.rules is not None and self.rules.antipassback is not None:
+                self.store.apply_presence(self.rules.antipassback.take_changes())
+        except EmergencyStoreError as e:
+            # The doors go on with the state in memory (a full disk must not stop decisions or a
+            # fire release); what a restart would forget is said, loudly, and retried next time.
+            log.error("emergency_state_not_saved", error=str(e)[:300],
+                      check="disk space and the SD card (df -h, dmesg): a restart now would forget this lockdown, "
+                            "override or anti-passback presence")
         for event in events:
             self._record(event)
         if self.alarm_out is not None and bool(self.alarm_out.value) != self.emergency.alarm_output:

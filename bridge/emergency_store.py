@@ -104,7 +104,11 @@ class _Tx:
         self.store = store
 
     def __enter__(self) -> None:
-        self.store.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.store.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise EmergencyStoreError(f"{self.store.path}: write failed: {e}; check free space and the SD card "
+                                      "(df -h, dmesg)") from None
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
         conn = self.store.conn

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -493,3 +494,18 @@ async def test_unlock_once_is_refused_at_a_mantrap_door_while_its_partner_is_ope
         await wait_for(lambda: rig.daemon.door_io["vault"].state()["position"] == "closed", what="vault closed")
         central.publish_command(_cmd(site, "unlock_once", at=clock.t, door="main"))
         await wait_for(lambda: rig.daemon.doors["main"].pulses == 1, what="unlock_once once the vault is shut")
+
+
+async def test_a_full_emergency_db_is_loud_and_the_lockdown_still_holds(tmp_path: Path, site: Site) -> None:
+    async with _Running(_config(tmp_path, site), Clock(MON_1000)) as rig:
+        conn = rig.daemon.emergency.store.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL from here on
+        for size in (200, 40, 1):  # fill what room the last page has left, down to the smallest row
+            with pytest.raises(sqlite3.OperationalError, match="full"):
+                for i in range(10_000):
+                    conn.execute("INSERT INTO state VALUES (?, ?)", (f"filler-{size}-{i:05d}", "x" * size))
+        with capture_logs() as logs:
+            await rig.contact(LOCKDOWN, closed=True)
+        assert not rig.held("main") and rig.mode("MAIN-IN")["layer"] == "lockdown" and rig.events("LOCKDOWN")
+        assert [e["log_level"] for e in logs if e["event"] == "emergency_state_not_saved"] == ["error"]
