@@ -1,8 +1,8 @@
 """Crash: SIGKILL a real daemon at random moments, restart it, and account for every decision.
 
-A real `python -m bridge.cli run` process (tests/service.py: pty serial reader, mock GPIO, notify
+A real `python -m bridge.cli run` process (tests/support/service.py: pty serial reader, mock GPIO, notify
 socket, status socket) takes scans at a steady pace and replicates its audit outbox to a loopback
-central (tests/fakes/central.py) in small batches. A seeded RNG picks, for each run, when the
+central (tests/support/fakes/central.py) in small batches. A seeded RNG picks, for each run, when the
 SIGKILL lands:
 
 - `mid-append`: a few milliseconds after a scan was written (parse → decide → commit+fsync →
@@ -22,7 +22,7 @@ daemon had not committed when it died has neither, and must be one of the last s
 that run (anything skipped earlier would be a scan dropped mid-run).
 
 Prints progress on stderr and one JSON line (the figures) last on stdout. Nothing here asserts:
-tests/test_crash.py runs this harness at CI size and asserts on the problems it found.
+tests/integration/test_crash.py runs this harness at CI size and asserts on the problems it found.
 
     python bench/crash.py --kills 200 --seed 7
 """
@@ -51,16 +51,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge.status_socket import StatusUnavailable, fetch_status
-from tests.fakes.central import API_KEY, FakeCentral
-from tests.fakes.server import RecordedRequest, Reply
-from tests.harness import Site, iso
-from tests.service import READER, Service, central_section, write_config
+from bridge.service.status_socket import StatusUnavailable, fetch_status
+from tests.support.fakes.central import API_KEY, FakeCentral
+from tests.support.fakes.server import RecordedRequest, Reply
+from tests.support.harness import Site, iso
+from tests.support.service import READER, Service, central_section, write_config
 from verifier.credentials import parse
-from bridge import state_files
+from bridge.state import files as state_files
 from verifier.types import fingerprint
 
-BRIDGE_ID = "BRIDGE-SVC"  # what tests/service.py writes as bridge.id
+BRIDGE_ID = "BRIDGE-SVC"  # what tests/support/service.py writes as bridge.id
 KILL_KINDS = ("mid-append", "mid-pulse", "mid-batch", "random")
 PROBLEM_KINDS = ("lost", "stored_twice", "relay", "boot", "skipped", "log", "central", "exit")
 _DECISION = re.compile(r"^<\d>decision .*\bcred=(\S+)")

@@ -2,10 +2,10 @@
 
 N simulated bridges run in ONE process as asyncio tasks. Each is the real client code: its own
 `FrontelioAdapter` (own httpx client, own circuit breaker, built by `build_adapters`) sending
-`/access/reader-heartbeat` through `bridge.upstream.heartbeat.beat_once`, i.e. through the
+`/access/reader-heartbeat` through `bridge.central.heartbeat.beat_once`, i.e. through the
 project's tenacity policy (`background_retrying`: `wait_random_exponential(multiplier=0.5,
 max=retry_max_wait_s)`, `stop_after_delay(retry_deadline_s)`). ONE loopback Frontelio fake
-(tests/fakes/frontelio.py) serves them all and records the arrival time of every request.
+(tests/support/fakes/frontelio.py) serves them all and records the arrival time of every request.
 
 The outage: the fake is down when every bridge's heartbeat starts (the model is an outage that
 hits the whole fleet at the same moment, e.g. the central restarting under every bridge's in-flight
@@ -19,7 +19,7 @@ cap, base), so only the randomness differs. Peak = most requests that arrived at
 any `--bucket-s` window (100 ms) after it came back; the ratio says what jitter buys the central.
 
 Prints figures on stderr, then one JSON object as the last line. Not a test: nothing here asserts
-(tests/test_fleet.py runs the same harness at CI size and asserts the mechanism only).
+(tests/integration/test_fleet.py runs the same harness at CI size and asserts the mechanism only).
 
     python bench/fleet.py                                  # 500 bridges, 60 s outage, production back-off
     python bench/fleet.py --bridges 200 --outage-s 5 --retry-max-wait-s 2
@@ -54,11 +54,11 @@ from structlog.testing import capture_logs
 from tenacity import AsyncRetrying, wait_exponential, wait_random_exponential
 
 from bridge.upstream import retry
-from bridge.upstream.config import FrontelioSection, HttpSettings, UpstreamSection
+from bridge.config.upstream import FrontelioSection, HttpSettings, UpstreamSection
 from bridge.upstream.errors import UpstreamError
 from bridge.upstream.factory import build_adapters
-from bridge.upstream.heartbeat import beat_once
-from tests.fakes.frontelio import API_KEY, FakeFrontelio
+from bridge.central.heartbeat import beat_once
+from tests.support.fakes.frontelio import API_KEY, FakeFrontelio
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class FleetSettings:
     bridges: int = 500
     outage_s: float = 60.0
     jitter: bool = True
-    # The production defaults of upstream.http (bridge/upstream/config.py); the CI test shortens them.
+    # The production defaults of upstream.http (bridge/config/upstream.py); the CI test shortens them.
     retry_max_wait_s: float = 60.0
     retry_deadline_s: float = 240.0
     breaker_failures: int = 5

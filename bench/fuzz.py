@@ -4,7 +4,7 @@ target (and any failure), e.g.
 
     .venv/bin/python bench/fuzz.py --examples 5000 --seconds 60
 
-Phase 1 runs tests/test_fuzz.py under the "door-bridge-bench" hypothesis profile in a child
+Phase 1 runs tests/unit/test_fuzz.py under the "door-bridge-bench" hypothesis profile in a child
 pytest. Phase 2 (only if `atheris` is importable: `pip install atheris`) runs one child per target
 with libFuzzer's `-max_total_time`, feeding the same `check_*` functions from the bytes atheris
 mutates (coverage-guided over the instrumented `verifier` and `bridge` packages). A check that
@@ -33,7 +33,7 @@ def run_hypothesis(examples: int, timeout_s: float) -> dict[str, Any]:
         counts = Path(tmp) / "counts.json"
         env = {**os.environ, "DOOR_BRIDGE_FUZZ_PROFILE": "door-bridge-bench",
                "DOOR_BRIDGE_FUZZ_EXAMPLES": str(examples), "DOOR_BRIDGE_FUZZ_COUNTS": str(counts)}
-        proc = subprocess.run([sys.executable, "-m", "pytest", "tests/test_fuzz.py", "-q", "-p", "no:cacheprovider",
+        proc = subprocess.run([sys.executable, "-m", "pytest", "tests/unit/test_fuzz.py", "-q", "-p", "no:cacheprovider",
                                f"--timeout={int(timeout_s)}"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
         tail = proc.stdout.strip().splitlines()[-1:] or [""]
         sys.stderr.write(proc.stdout[-4000:] if proc.returncode else f"hypothesis: {tail[0]}\n")
@@ -64,7 +64,7 @@ def run_atheris(seconds: int, work: Path) -> dict[str, Any]:
     return results
 
 
-# --- the atheris child: one target, the checks from tests/test_fuzz.py ---------------------------
+# --- the atheris child: one target, the checks from tests/unit/test_fuzz.py ---------------------------
 
 
 def _child(target: str, libfuzzer_args: list[str]) -> None:
@@ -78,7 +78,7 @@ def _child(target: str, libfuzzer_args: list[str]) -> None:
         import verifier.bundle
         import verifier.credentials
         import verifier.wiegand_formats  # noqa: F401
-    from tests import test_fuzz as tf
+    from tests.unit import test_fuzz as tf
 
     work = Path(tempfile.mkdtemp(prefix=f"fuzz-{target}-"))
     one = _one_input(target, tf, work)

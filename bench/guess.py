@@ -29,7 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from bridge.inputs.base import Scan
-from tests.harness import T0, Site, door_records, make_config, running
+from tests.support.harness import T0, Site, door_records, make_config, running
 from verifier.passcode import PASSCODE_LENGTH, mint
 from verifier.types import Reason, Source
 

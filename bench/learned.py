@@ -29,8 +29,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge.learned import LearnedCache, load_secret  # noqa: E402
-from bridge.offline_config import OfflineSection  # noqa: E402
+from bridge.state.learned import LearnedCache, load_secret  # noqa: E402
+from bridge.config.offline import OfflineSection  # noqa: E402
 from verifier.cache import GrantCache  # noqa: E402
 from verifier.credentials import parse  # noqa: E402
 from verifier.decide import Policy, Verifier  # noqa: E402

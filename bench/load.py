@@ -18,7 +18,7 @@ limiter would turn most scans into cheap RATE_LIMITED answers and time a shortcu
 still runs on every decision.
 
 Prints figures, then one JSON object as the last line. Not a test: nothing here asserts
-(tests/test_load.py runs the same harness at CI size and asserts correctness).
+(tests/integration/test_load.py runs the same harness at CI size and asserts correctness).
 
     python bench/load.py                              # 8 readers, 1,000 scans/s for 60 s
     python bench/load.py --rate 200 --seconds 10 --latencies /tmp/lat.json
@@ -54,12 +54,12 @@ from jwt.algorithms import OKPAlgorithm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge.outbox import Outbox
-from bridge.status_socket import StatusUnavailable, fetch_status
+from bridge.state.outbox import Outbox
+from bridge.service.status_socket import StatusUnavailable, fetch_status
 from verifier.bundle import BundleWriter, apply_file, public_key_text
 from verifier.cache import GrantCache
 from verifier.credentials import parse
-from bridge import state_files
+from bridge.state import files as state_files
 from verifier.types import fingerprint
 
 # BCM pins for the relays, one door per reader (MockFactory accepts any of these).
@@ -494,7 +494,7 @@ class Observers:
     def __init__(self, work: Path) -> None:
         import threading
 
-        from tests.mqtt_broker import Broker, free_port
+        from tests.support.mqtt_broker import Broker, free_port
 
         self.broker = Broker(work / "broker").start()
         self.metrics_port = free_port()
@@ -506,7 +506,7 @@ class Observers:
         self._listener = None
 
     def start(self) -> None:
-        from tests.mqtt_broker import Listener
+        from tests.support.mqtt_broker import Listener
 
         self._listener = Listener(self.broker, "door-bridge/#")
         self._scraper.start()

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.test_osdp_reader import CARD, KEY, READER, config, daemon_on, emulated, key_file, online  # noqa: E402
-from tests.harness import wait_for  # noqa: E402
+from tests.integration.test_osdp_reader import CARD, KEY, READER, config, daemon_on, emulated, key_file, online  # noqa: E402
+from tests.support.harness import wait_for  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

@@ -2,8 +2,8 @@
 
 An in-process `Daemon` (real SQLite grant cache and audit outbox with fsync, gpiozero MockFactory
 relay, local-first) talks to two loopback fakes: the central (bridge protocol: bundle sync and
-event ingest; tests/fakes/central.py, in a process of its own so its JSON parsing does not share
-the daemon's GIL) and Frontelio (heartbeats; tests/fakes/frontelio.py, in this process).
+event ingest; tests/support/fakes/central.py, in a process of its own so its JSON parsing does not share
+the daemon's GIL) and Frontelio (heartbeats; tests/support/fakes/frontelio.py, in this process).
 
 1. Both fakes up: the daemon syncs the central's bundle, whose `not_after` falls inside the day,
    and heartbeats; then both go down and the daemon notices (`daemon.upstream` offline).
@@ -23,7 +23,7 @@ replication idle 0.1 s (1 s). So `drain_s` counts from the central's return with
 sit out; bench/fleet.py measures reconnection with production back-off.
 
 Prints figures on stderr, then one JSON object as the last line. Not a test: nothing here asserts
-(tests/test_outage.py runs the same harness at CI size and asserts).
+(tests/integration/test_outage.py runs the same harness at CI size and asserts).
 
     python bench/outage.py                         # 100,000 scans over 24 h, staleness deny
     python bench/outage.py --events 20000 --staleness warn
@@ -56,12 +56,12 @@ import structlog
 from gpiozero.pins.mock import MockFactory
 
 from bridge.config import Config, from_dict
-from bridge.daemon import Daemon
+from bridge.service.daemon import Daemon
 from bridge.inputs.base import Scan
-from tests.fakes.central import API_KEY as CENTRAL_KEY
-from tests.fakes.central import FakeCentral
-from tests.fakes.frontelio import API_KEY as FRONTELIO_KEY
-from tests.fakes.frontelio import FakeFrontelio
+from tests.support.fakes.central import API_KEY as CENTRAL_KEY
+from tests.support.fakes.central import FakeCentral
+from tests.support.fakes.frontelio import API_KEY as FRONTELIO_KEY
+from tests.support.fakes.frontelio import FakeFrontelio
 from verifier.types import AccessDecision, Decision, Reason, Source
 
 T0 = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)  # the WAN goes down

@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge.outbox import Outbox  # noqa: E402
-from bridge.replicator import Replicator  # noqa: E402
+from bridge.state.outbox import Outbox  # noqa: E402
+from bridge.central.replicator import Replicator  # noqa: E402
 from bridge.upstream.central import build_central  # noqa: E402
-from bridge.upstream.config import CentralSection, HttpSettings  # noqa: E402
-from tests.fakes.central import API_KEY, PREFIX, serve_in_process  # noqa: E402
+from bridge.config.upstream import CentralSection, HttpSettings  # noqa: E402
+from tests.support.fakes.central import API_KEY, PREFIX, serve_in_process  # noqa: E402
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=timezone.utc)
 

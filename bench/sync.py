@@ -36,10 +36,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.decide import NOW, ZONES, card_number, pct  # noqa: E402
-from bridge.sync import BundleSync, SyncState  # noqa: E402
+from bridge.central.sync import BundleSync, SyncState  # noqa: E402
 from bridge.upstream.central import build_central  # noqa: E402
-from bridge.upstream.config import CentralSection, HttpSettings  # noqa: E402
-from tests.fakes.central import API_KEY, PREFIX, serve_in_process  # noqa: E402
+from bridge.config.upstream import CentralSection, HttpSettings  # noqa: E402
+from tests.support.fakes.central import API_KEY, PREFIX, serve_in_process  # noqa: E402
 from verifier.bundle import BundleWriter, apply_file  # noqa: E402
 from verifier.cache import GrantCache  # noqa: E402
 from verifier.credentials import parse  # noqa: E402

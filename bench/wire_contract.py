@@ -3,8 +3,8 @@ central recorded (method, path, body keys, `source`) and the daemon's journal li
 
     .venv/bin/python bench/wire_contract.py
 
-Each run: the real daemon (tests/service.py: a subprocess with a pty serial scanner, as systemd
-would start it), one fake upstream from tests/fakes/ on loopback, scans typed into the pty.
+Each run: the real daemon (tests/support/service.py: a subprocess with a pty serial scanner, as systemd
+would start it), one fake upstream from tests/support/fakes/ on loopback, scans typed into the pty.
 Frontelio runs online-first; SNA and Digital ID run in the default local-first mode (SNA is asked
 for every card there, Digital ID tokens always go online).
 """
@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.builders import make_jwt, user_claims  # noqa: E402
-from tests.fakes.digital_id import FakeDigitalId, employee  # noqa: E402
-from tests.fakes.frontelio import API_KEY, FakeFrontelio, Holder  # noqa: E402
-from tests.fakes.sna import FakeSna  # noqa: E402
-from tests.service import Service  # noqa: E402
+from tests.support.builders import make_jwt, user_claims  # noqa: E402
+from tests.support.fakes.digital_id import FakeDigitalId, employee  # noqa: E402
+from tests.support.fakes.frontelio import API_KEY, FakeFrontelio, Holder  # noqa: E402
+from tests.support.fakes.sna import FakeSna  # noqa: E402
+from tests.support.service import Service  # noqa: E402
 
 CARD = "6B06C2A25E99C68EDCBE"
 JOURNAL_EVENTS = ("decision", "upstream_", "started")

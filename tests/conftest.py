@@ -1,5 +1,9 @@
 """Suite-wide rules.
 
+The layer of a test is its folder: `tests/unit` (one part in-process), `tests/integration` (parts
+together: daemons, processes, loopback servers) and `tests/system` (the Debian guest under QEMU).
+Each test is marked with its layer, so `pytest -m unit` runs the fast pure layer alone.
+
 A test that needs a tool from a Debian package skips with a reason that names the install command
 (`apt-get install …`), so a developer's laptop without it still runs the rest. In CI (`CI=true`)
 `.ci/run` installs those packages, so such a skip means an install step is missing: it fails.
@@ -9,10 +13,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
+from pathlib import Path
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+TESTS = Path(__file__).resolve().parent
+LAYERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        relative = item.path.relative_to(TESTS) if item.path.is_relative_to(TESTS) else None
+        if relative is not None and relative.parts[0] in LAYERS:
+            item.add_marker(getattr(pytest.mark, relative.parts[0]))
 
 
 @pytest.hookimpl(hookwrapper=True)

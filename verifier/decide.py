@@ -99,7 +99,7 @@ class Verifier:
                  learned: LearnedLookup | None = None, modes: ModeSettings | None = None, *,
                  fingerprint_key: bytes | None = None) -> None:
         self.cache = cache
-        # Answers from the central remembered by the daemon (bridge/learned.py), asked only when
+        # Answers from the central remembered by the daemon (bridge/state/learned.py), asked only when
         # the signed cache has no verdict of its own: a bundle stays the authority it is.
         self.learned = learned
         self.policy = policy

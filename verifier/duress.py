@@ -3,7 +3,7 @@
 A holder forced to open a door types the duress PIN instead of the normal one (PIN 4711, offset
 1 → 4712; a last digit 9 wraps to 0). The door grants exactly as it would for the normal PIN —
 same decision, same relay, same LED and beep, same journal decision line — and the daemon raises
-a `DURESS` alarm event that replicates ahead of the backlog (bridge/outbox.py).
+a `DURESS` alarm event that replicates ahead of the backlog (bridge/state/outbox.py).
 
 Rules, so the duress PIN never changes who gets in:
 - the normal PIN is looked up first: a code that is some holder's real PIN is that PIN, never

@@ -1,7 +1,7 @@
 """The rules of the learned offline cache, as pure functions: what a remembered GRANT is worth now.
 
 When a central that ships no signed bundles (Frontelio, SNA) answers GRANT online, the daemon
-remembers the answer (bridge/learned.py stores it). Offline, that memory may answer again — but
+remembers the answer (bridge/state/learned.py stores it). Offline, that memory may answer again — but
 only until the earliest of three limits, each with its own reason so the journal says which one
 closed the door:
 

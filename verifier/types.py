@@ -179,7 +179,7 @@ class AccessDecision:
     credential_kind: str = "unknown"
     fingerprint: str = ""
     # True when the learned offline cache answered (a GRANT the central gave this credential
-    # before, replayed while it is unreachable); see bridge/learned.py.
+    # before, replayed while it is unreachable); see bridge/state/learned.py.
     learned: bool = False
     terms: OnlineTerms | None = field(default=None, repr=False, compare=False)
     # The central's own reason word when it is not one of ours (kept for the audit record), or

@@ -38,9 +38,8 @@ from typing import (
 )
 
 import structlog
-from pydantic import field_validator
 
-from bridge.config_base import EvdevDeviceConfig, Seconds
+from bridge.config.readers import EvdevScannerConfig
 from bridge.inputs import keymap
 from bridge.inputs.base import Emit, Scan
 from verifier.credentials import MAX_SCAN_BYTES
@@ -64,21 +63,6 @@ KEY_UP, KEY_DOWN = 0, 1  # 2 is autorepeat
 # Typed in place of a key the layout does not know, so the scan can never pass for the text that
 # was printed (the verifier answers MALFORMED_CREDENTIAL) instead of silently losing a character.
 UNKNOWN_KEY_CHAR = "\ufffd"
-
-
-class EvdevScannerConfig(EvdevDeviceConfig):
-    type: Literal["evdev"]
-    # Must match the scanner's "keyboard country" setting.
-    layout: str = "us"
-    inter_key_timeout_s: Seconds = 0.5
-    # A scanned line that is a PIN ("1234#") is refused unless this device is a wedge keypad.
-    accept_pins: bool = False
-
-    @field_validator("layout")
-    @classmethod
-    def _known_layout(cls, name: str) -> str:
-        keymap.get_layout(name)
-        return name
 
 
 # --- decoding -----------------------------------------------------------------------------------

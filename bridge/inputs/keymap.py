@@ -14,6 +14,8 @@ from string import ascii_lowercase
 from types import MappingProxyType
 from typing import Mapping
 
+from bridge.config.readers import KEYBOARD_LAYOUTS
+
 
 @dataclass(frozen=True, slots=True)
 class Layout:
@@ -111,6 +113,8 @@ DE = Layout(
 )  # fmt: skip
 
 LAYOUTS: Mapping[str, Layout] = MappingProxyType({layout.name: layout for layout in (US, UK, DE)})
+# The configuration names the layouts without importing this module (bridge/config is a leaf).
+assert tuple(sorted(LAYOUTS)) == KEYBOARD_LAYOUTS, "bridge.config.readers.KEYBOARD_LAYOUTS is out of date"
 
 
 def get_layout(name: str) -> Layout:

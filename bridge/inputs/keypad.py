@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import TYPE_CHECKING, Annotated, Callable, Literal
+from typing import TYPE_CHECKING, Callable
 
 import structlog
-from pydantic import Field
 
-from bridge.config_base import EvdevDeviceConfig, Seconds
+from bridge.config.readers import KeypadConfig
 from bridge.inputs import keymap
 from bridge.inputs.base import Emit, Scan
 from verifier.types import Source
@@ -30,14 +29,6 @@ log = structlog.get_logger()
 DIGITS = frozenset("0123456789")
 SUBMIT = "#"
 CLEAR = "*"
-
-
-class KeypadConfig(EvdevDeviceConfig):
-    """Selected like an evdev scanner: event path, by-id link, device name or `vendor:product`."""
-
-    type: Literal["keypad"]
-    max_length: Annotated[int, Field(ge=1, le=64)] = 12
-    entry_timeout_s: Seconds = 10.0
 
 
 class KeypadBuffer:

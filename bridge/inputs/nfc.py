@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import threading
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import ndef
 import structlog
-from pydantic import Field, field_validator
 
-from bridge.config_base import ReaderId, Seconds, StrictModel
+from bridge.config.readers import NfcReaderConfig
 from bridge.inputs.base import Emit, Scan
 from verifier.types import Source
 
@@ -29,7 +27,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 # nfcpy technology strings: ISO 14443 A, ISO 14443 B, FeliCa at 212/424 kbit/s.
-Technology = Literal["106A", "106B", "212F", "424F"]
 
 # What a technician should look at when the frontend will not open; said once in every warning.
 _CHECKLIST = (
@@ -46,35 +43,6 @@ _TAG_ERRORS_BEFORE_REOPEN = 3
 _STABLE_AFTER_S = 60.0
 # How long cancellation waits for nfcpy to notice `terminate` before giving up on the thread.
 _STOP_WAIT_S = 5.0
-
-
-class NfcReaderConfig(StrictModel):
-    type: Literal["nfc"]
-    id: ReaderId
-    door: str = "main"
-    # An nfcpy path: "usb", "usb:054c:06c3", "usb:001:004", "tty:AMA0:pn532", "udp:127.0.0.1:54321".
-    device: str
-    reconnect_s: Seconds = 2.0
-    # Technologies to poll. Fewer is faster: a FeliCa-only site can say ["212F"].
-    targets: list[Technology] = Field(default=["106A", "106B", "212F"], min_length=1)
-    # Pause between polling rounds; nfcpy's own default is 0.5 s, a door wants a quicker answer.
-    poll_interval_s: Annotated[float, Field(gt=0, le=5)] = 0.2
-    # A card must be away this long before the same UID counts as a new scan: one flaky presence
-    # check (card at the edge of the field) must not become a second scan.
-    rescan_gap_s: Annotated[float, Field(ge=0, le=60)] = 1.0
-    # Read an NDEF text/URI record (phones, credential stickers). Turn off at sites whose badges
-    # carry unrelated NDEF (a company URL): then every tag counts by its UID.
-    read_ndef: bool = True
-
-    @field_validator("device")
-    @classmethod
-    def _nfcpy_path(cls, device: str) -> str:
-        if not re.fullmatch(r"(usb|tty|com|udp)(:\S+)*", device):
-            raise ValueError(
-                "not an nfcpy device path: use usb, usb:VVVV:PPPP, usb:BUS:DEV, tty:PORT:DRIVER "
-                "(e.g. tty:AMA0:pn532) or udp:HOST:PORT"
-            )
-        return device
 
 
 class SameCardGate:

@@ -33,12 +33,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from bridge.config_base import FilePath, ReaderId, Seconds, StrictModel
+from bridge.config.readers import OSDP_RETRY_MAX_S, OsdpReaderConfig
 from bridge.inputs.base import Emit, Scan
 from bridge.inputs.keypad import KeypadBuffer
 from bridge.inputs.nfc import SameCardGate
@@ -53,9 +52,9 @@ from bridge.inputs.osdp_logic import (
     door_patterns,
     led_pattern,
 )
-from bridge.wiegand_config import check_reader_formats, format_table
+from bridge.config.wiegand import format_table
 from verifier.types import AccessDecision, Reason, Source
-from verifier.wiegand_formats import DEFAULT_FORMATS, WiegandCard, WiegandFormat, card_key, decode_bytes
+from verifier.wiegand_formats import WiegandCard, WiegandFormat, card_key, decode_bytes
 
 if TYPE_CHECKING:
     import serial
@@ -72,56 +71,9 @@ _LED_NONE, _LED_RED, _LED_GREEN, _LED_AMBER = 0, 1, 2, 3
 
 # How often the supervisor looks at the bus (port health, retries, reminders).
 SUPERVISE_EVERY_S = 0.1
-# The longest wait between two attempts to bring an offline PD back.
-RETRY_MAX_S = 30.0
+RETRY_MAX_S = OSDP_RETRY_MAX_S
 # While install mode lasts, or a PD stays refused, the warning is repeated this often.
 REMIND_EVERY_S = 60.0
-
-
-class OsdpReaderConfig(StrictModel):
-    """One PD on an RS-485 bus (docs/osdp.md)."""
-
-    type: Literal["osdp"]
-    id: ReaderId
-    door: str = "main"
-    # The RS-485 adapter: /dev/serial/by-id/… (USB) or /dev/ttyAMA0 / /dev/serial0 (Pi UART).
-    port: str = Field(min_length=1)
-    baudrate: Literal[9600, 19200, 38400, 57600, 115200, 230400] = 115200
-    address: Annotated[int, Field(ge=0, le=126)]
-    # The PD's Secure Channel Base Key: 32 hex digits in a file only the service can read
-    # (0600), or a systemd credential (LoadCredential=). Never in this file.
-    scbk_file: FilePath | None = None
-    scbk_credential: str | None = None
-    # Give a factory-fresh PD its own key: only with scbk_file, which must not exist yet.
-    install: bool = False
-    # "wiegand": card bits are decoded with `formats` (parity checked); "hex": the bits are the
-    # card's number as the reader sends it (a CSN/UID reader), spelled like an NFC UID.
-    card_bits: Literal["wiegand", "hex"] = "wiegand"
-    formats: list[str] = Field(default_factory=lambda: list(DEFAULT_FORMATS), min_length=1)
-    # A card read again within this long is the same presentation (readers that repeat while a
-    # card is held).
-    rescan_gap_s: Annotated[float, Field(ge=0, le=60)] = 1.0
-    max_pin_length: Annotated[int, Field(ge=1, le=64)] = 12
-    pin_timeout_s: Seconds = 10.0
-    retry_s: Annotated[float, Field(gt=0, le=RETRY_MAX_S)] = 2.0
-
-    @field_validator("formats")
-    @classmethod
-    def _known_formats(cls, formats: list[str], info: ValidationInfo) -> list[str]:
-        check_reader_formats(formats, info)
-        return formats
-
-    @model_validator(mode="after")
-    def _key_source(self) -> OsdpReaderConfig:
-        if (self.scbk_file is None) == (self.scbk_credential is None):
-            raise ValueError("give exactly one of scbk_file or scbk_credential (the PD's Secure Channel key)")
-        if self.install and self.scbk_file is None:
-            raise ValueError("install = true needs scbk_file: the new key is written there")
-        return self
-
-    @property
-    def key_source(self) -> str:
-        return str(self.scbk_file) if self.scbk_file is not None else f"credential {self.scbk_credential}"
 
 
 class OsdpKeyError(Exception):
@@ -166,7 +118,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class ReaderSink(Protocol):
-    """What a supervised reader tells the daemon (bridge.daemon implements it)."""
+    """What a supervised reader tells the daemon (bridge.service.daemon implements it)."""
 
     def reader_event(self, reader_id: str, kind: str, body: dict[str, Any]) -> None: ...
 
@@ -350,7 +302,7 @@ class OsdpReader:
         """Thread-safe (called from the decision worker): LED and buzzer as the GPIO ones do —
         GRANT green for the relay pulse and one beep; DENY red blinks and two beeps; locked out
         (RATE_LIMITED) red blinks and one long beep."""
-        from bridge.door_io import Blink
+        from bridge.door.monitor import Blink
 
         patterns = door_patterns()
         if decision.granted:

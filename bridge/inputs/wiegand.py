@@ -17,20 +17,17 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from typing import Annotated, Literal
 
 import structlog
 from gpiozero import DigitalInputDevice
 from gpiozero.pins import Factory
-from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from bridge.config_base import GpioPin, ReaderId, Seconds, StrictModel
+from bridge.config.readers import WiegandReaderConfig
 from bridge.inputs.base import Emit, Scan
 from bridge.inputs.keypad import KeypadBuffer
 from verifier.types import Source
-from bridge.wiegand_config import check_reader_formats, format_table
+from bridge.config.wiegand import format_table
 from verifier.wiegand_formats import (
-    DEFAULT_FORMATS,
     WiegandCard,
     WiegandError,
     WiegandFormat,
@@ -47,36 +44,6 @@ MAX_FRAME_BITS = 64
 # The longest PIN the credential parser accepts (and an offline passcode's length). A longer
 # entry is refused whole at '#', never cut to a prefix that could be someone else's PIN.
 MAX_PIN_DIGITS = 12
-
-
-class WiegandReaderConfig(StrictModel):
-    type: Literal["wiegand"]
-    id: ReaderId
-    door: str = "main"
-    d0_pin: GpioPin
-    d1_pin: GpioPin
-    # Quiet time that ends a frame. Readers space bits 1-2 ms apart and frames (or key presses)
-    # far more than 25 ms apart; raise it only for readers with slow, irregular bit timing.
-    frame_gap_ms: Annotated[float, Field(ge=5, le=1000)] = 25.0
-    # A half-typed PIN is forgotten after this long without a key.
-    pin_timeout_s: Seconds = 10.0
-    # The reader has a keypad (4- or 8-bit key bursts). Off: key bursts are logged and dropped.
-    keypad: bool = False
-    # Card formats this site issues, built-in or defined under [wiegand_formats.NAME], at most
-    # one per frame length (H10304 and H10302 are both 37 bits and cannot be told apart).
-    formats: list[str] = Field(default_factory=lambda: list(DEFAULT_FORMATS), min_length=1)
-
-    @field_validator("formats")
-    @classmethod
-    def _known_formats(cls, formats: list[str], info: ValidationInfo) -> list[str]:
-        check_reader_formats(formats, info)  # ValueError names the unknown or clashing formats
-        return formats
-
-    @model_validator(mode="after")
-    def _check(self) -> WiegandReaderConfig:
-        if self.d0_pin == self.d1_pin:
-            raise ValueError("d0_pin and d1_pin must be different GPIO lines")
-        return self
 
 
 class FrameAssembler:

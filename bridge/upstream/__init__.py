@@ -1,14 +1,14 @@
 """Upstream HTTP clients: Frontelio `/access`, Stayforge SNA and Digital ID.
 
 The daemon uses `build_adapters(config.upstream)`, then per scan the first adapter that
-`accepts(credential, source)`, and `run_heartbeats` in the background. Failures arrive as the
+`accepts(credential, source)`, and `bridge.central.heartbeat.run_heartbeats` in the background. Failures arrive as the
 `UpstreamError` subclasses below and never carry a secret.
 """
 
 from bridge.upstream.adapter import UpstreamAdapter
 from bridge.upstream.apikey import ApiKey, ApiKeyError, load_api_key
 from bridge.upstream.breaker import CircuitBreaker, CircuitState
-from bridge.upstream.config import DigitalIdSection, FrontelioSection, HttpSettings, SnaSection, UpstreamSection
+from bridge.config.upstream import DigitalIdSection, FrontelioSection, HttpSettings, SnaSection, UpstreamSection
 from bridge.upstream.errors import (
     UpstreamError,
     UpstreamNotApplicable,
@@ -17,7 +17,6 @@ from bridge.upstream.errors import (
     UpstreamUnavailable,
 )
 from bridge.upstream.factory import build_adapters
-from bridge.upstream.heartbeat import beat_once, run_heartbeats
 from bridge.upstream.retry import background_retrying, call_with_retry
 
 __all__ = [
@@ -37,9 +36,7 @@ __all__ = [
     "UpstreamSection",
     "UpstreamUnavailable",
     "background_retrying",
-    "beat_once",
     "build_adapters",
     "call_with_retry",
     "load_api_key",
-    "run_heartbeats",
 ]

@@ -1,7 +1,7 @@
 """The bridge protocol client: fetch signed grant bundles, post audit events (docs/bridge-protocol.md).
 
 Only the wire lives here: statuses become `BundleFetch` / `IngestAnswer` or one of the upstream
-errors. What to do with them (apply, ack, back off) is `bridge/sync.py` and `bridge/replicator.py`.
+errors. What to do with them (apply, ack, back off) is `bridge/central/sync.py` and `bridge/central/replicator.py`.
 A bundle can be hundreds of megabytes, so it is streamed to a file, never into memory; every
 other answer goes through `UpstreamHttp.request` like the other adapters.
 """
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.upstream.apikey import ApiKey, load_api_key
 from bridge.upstream.breaker import CircuitBreaker
-from bridge.upstream.config import CentralSection, HttpSettings
+from bridge.config.upstream import CentralSection, HttpSettings
 from bridge.upstream.errors import UpstreamError, UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable
 from bridge.upstream.http import UpstreamHttp, build_client
 from bridge.upstream.wire import parse_body

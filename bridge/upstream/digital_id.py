@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bridge.upstream.adapter import online_decision, safe_word
 from bridge.upstream.apikey import ApiKey
-from bridge.upstream.config import DigitalIdSection
+from bridge.config.upstream import DigitalIdSection
 from bridge.upstream.errors import (
     UpstreamNotApplicable,
     UpstreamProtocolError,

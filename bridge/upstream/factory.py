@@ -9,7 +9,7 @@ from typing import Callable
 from bridge.upstream.adapter import UpstreamAdapter
 from bridge.upstream.apikey import FRONTELIO_PREFIX, ApiKey, load_api_key
 from bridge.upstream.breaker import CircuitBreaker
-from bridge.upstream.config import HttpSettings, UpstreamSection
+from bridge.config.upstream import HttpSettings, UpstreamSection
 from bridge.upstream.digital_id import DigitalIdAdapter
 from bridge.upstream.frontelio import FrontelioAdapter
 from bridge.upstream.http import UpstreamHttp, build_client

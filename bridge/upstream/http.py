@@ -20,7 +20,7 @@ import structlog
 
 from bridge import __version__
 from bridge.upstream.breaker import CircuitBreaker
-from bridge.upstream.config import HttpSettings
+from bridge.config.upstream import HttpSettings
 from bridge.upstream.errors import UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable
 
 log = structlog.get_logger()

@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from bridge.upstream.config import HttpSettings
+from bridge.config.upstream import HttpSettings
 from bridge.upstream.errors import UpstreamUnavailable
 
 log = structlog.get_logger()

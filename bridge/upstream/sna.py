@@ -5,7 +5,7 @@ with a command to unlock or to deny, and the terminal obeys without local verifi
 terminal endpoint takes no authentication, only the `X-Environment` header.
 
 The seed does not spell out the identify path nor its bodies. Assumed (docs/upstreams.md, and the
-fake in tests/fakes/sna.py speaks the same):
+fake in tests/support/fakes/sna.py speaks the same):
     POST /card/identify   X-Environment: standard
     {"number": "6B06…", "device_sn": "…", "device_id": "…", "mac": "AA:BB:…"}   (identity: those set)
     200 {"command": "unlock" | "deny",
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bridge.upstream.adapter import online_decision
 from bridge.upstream.apikey import ApiKey
-from bridge.upstream.config import SnaSection
+from bridge.config.upstream import SnaSection
 from bridge.upstream.errors import (
     UpstreamNotApplicable,
     UpstreamProtocolError,

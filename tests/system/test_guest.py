@@ -7,7 +7,7 @@ end with QEMU SIGKILLed mid-scanning, and `final` (audit after the last cut, uni
 guest checks arrives on its second serial port; each test below asserts one part of it.
 
 Stand-ins: the GPIO lines are the kernel's gpio-sim (a real gpiochip driven through lgpio); the
-central is tests/fakes' FakeCentral inside the guest on loopback, made durable (guest/central.py).
+central is tests/support/fakes' FakeCentral inside the guest on loopback, made durable (guest/central.py).
 
 Outside CI a missing QEMU/mmdebstrap skips with the packages to install; with CI=true it fails.
 DOOR_BRIDGE_POWER_CUTS sets the number of cuts (bench/guest.py runs 50).

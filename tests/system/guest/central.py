@@ -17,9 +17,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.fakes.central import FakeCentral
-from tests.fakes.server import Reply
-from tests.harness import door_records
+from tests.support.fakes.central import FakeCentral
+from tests.support.fakes.server import Reply
+from tests.support.harness import door_records
 
 HOME = Path("/var/lib/fake-central")
 PORT = 8787

@@ -41,7 +41,7 @@ CENTRAL_HOME = Path("/var/lib/fake-central")
 SCANNER_NAME = "DoorBridge Test Wedge"
 RELAY, DOOR_SWITCH, REX = 17, 22, 27
 PULSE_S = 1.0
-GRANT_CARD = "6B06C2A25E99C68EDCBE"  # tests.harness.door_records: user_ok, zone with reader qr1
+GRANT_CARD = "6B06C2A25E99C68EDCBE"  # tests.support.harness.door_records: user_ok, zone with reader qr1
 PIP_ENV = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(RUN / "wheels")}
 
 
@@ -363,9 +363,9 @@ def scenario_main(r: Reporter) -> None:
 
     def level_first_claim() -> None:
         """gpiozero's own LGPIOPin claims an output at 0 and then writes the level: for an
-        active-low relay a brief 'energised'. door-bridge's pin claims at the level (bridge/gpio.py).
+        active-low relay a brief 'energised'. door-bridge's pin claims at the level (bridge/door/pins.py).
         Both on spare lines of the same chip, seen in the kernel's trace."""
-        code = (f"from bridge.gpio import make_pin_factory\nfrom gpiozero import DigitalOutputDevice\n"
+        code = (f"from bridge.door.pins import make_pin_factory\nfrom gpiozero import DigitalOutputDevice\n"
                 f"from gpiozero.pins.lgpio import LGPIOPin\nf = make_pin_factory('lgpio', {sim.number})\n"
                 "ours = DigitalOutputDevice(5, active_high=False, initial_value=False, pin_factory=f)\n"
                 "f.pin_class = LGPIOPin\n"
@@ -470,7 +470,7 @@ def scenario_main(r: Reporter) -> None:
             os.kill(int(pid), 19)  # SIGSTOP: a hung daemon
             wait_until(lambda: active() and service("MainPID") not in ("0", pid), 120, "a watchdog restart")
             st = wait_until(lambda: (s := status_json()).get("previous_exit") and s, 30, "status")
-            hit = [l for l in sh("journalctl -u door-bridge -o cat --no-pager").stdout.splitlines() if re.search(r"atchdog|Control process|bridge\.lifecycle|timed out", l)]
+            hit = [l for l in sh("journalctl -u door-bridge -o cat --no-pager").stdout.splitlines() if re.search(r"atchdog|Control process|bridge\.state\.lifecycle|timed out", l)]
             r.check("watchdog_restart", st.get("previous_exit") == "watchdog", previous_exit=st.get("previous_exit"), journal=hit[-3:])
             Path("/etc/systemd/system/door-bridge.service.d/suite-watchdog.conf").unlink()
             sh("systemctl daemon-reload")

@@ -1,0 +1,2 @@
+"""Background exchanges with the central: bundle sync, audit replication, heartbeats and the
+offline-decision webhook hand-back."""

@@ -1,0 +1,205 @@
+"""Prometheus metrics: a scripted door day through a real daemon, scraped over loopback HTTP and
+parsed with prometheus_client's own parser; the figures must match the audit DB read on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import socket
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.config import ConfigError
+from bridge.inputs.base import Scan
+from tests.support.harness import Site, SteppingClock, T0, door_records, make_config, relay_pulses, running, wait_for
+from verifier.types import Source
+
+READER = "R1"
+VALID, REVOKED, EXPIRED = "6B06C2A25E99C68EDCBE", "04A22C1A7B3F80", "0A1B2C3D4E5F"
+
+
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = collections.defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[s.name].append((s.labels, s.value))
+    return out
+
+
+def one(found: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    hits = [v for lab, v in found[name] if all(lab.get(k) == x for k, x in labels.items())]
+    assert len(hits) == 1, (name, labels, found.get(name))
+    return hits[0]
+
+
+def audit(state_dir: Path) -> list[tuple[str, dict, int]]:
+    with sqlite3.connect(f"file:{state_dir / 'audit.db'}?mode=ro", uri=True) as c:
+        return [(t, json.loads(b), a) for t, b, a in c.execute("SELECT type, body, acked FROM events ORDER BY seq")]
+
+
+def config(tmp_path: Path, site: Site, port: int, **metrics):
+    return make_config(tmp_path, site, [], doors={"main": {"relay_pin": 17, "pulse_s": 0.2, "door_switch_pin": 22,
+                                                            "held_open_s": 0.3, "forced_open_grace_s": 0.2}},
+                       metrics={"http": True, "port": port, **metrics})
+
+
+async def scrape(port: int) -> str:
+    async with httpx.AsyncClient() as client:
+        r = await client.get(f"http://127.0.0.1:{port}/metrics")
+    r.raise_for_status()
+    return r.text
+
+
+async def test_scraped_metrics_match_the_audit_db_after_a_scripted_day(tmp_path):
+    site = Site()
+    site.install(tmp_path, door_records(READER))
+    port = free_port()
+    cfg = config(tmp_path, site, port)
+    async with running(cfg, clock=SteppingClock()) as (daemon, factory):
+        daemon.reader_door[READER] = "main"
+        switch = factory.pin(22)
+        switch.drive_low()  # closed
+        await wait_for(lambda: daemon.door_io["main"].state()["position"] == "closed", what="door closed")
+        relay = factory.pin(17)
+        for raw in (VALID, REVOKED, EXPIRED, VALID, "hello world!", VALID):
+            d = await daemon.handle(Scan(READER, Source.CARD, raw.encode()))
+            if d.granted:  # the door is opened and shut well inside the forced-open logic's view
+                await wait_for(lambda: not relay.state, what="relay released")
+        assert len(relay_pulses(relay)) == 3
+        await asyncio.sleep(0.5)  # past forced_open_grace_s after the last pulse
+        switch.drive_high()  # opened with no grant: forced, then held
+        await wait_for(lambda: "held_open" in daemon.door_io["main"].alarms(), what="held open")
+        await daemon.quiesce()
+        text = await scrape(port)
+        rows = audit(tmp_path)
+        meta = daemon.cache.meta
+
+    found = samples(text)
+    verify = [b for t, b, _ in rows if t == "VERIFY"]
+    expected = collections.Counter((b["decision"], b["reason"] or "none", b["readerId"]) for b in verify)
+    assert sum(expected.values()) == 6 and expected[("GRANT", "none", READER)] == 3
+    scraped = {(lab["decision"], lab["reason"], lab["reader"]): v for lab, v in found["door_bridge_decisions_total"]}
+    assert scraped == {k: float(n) for k, n in expected.items()}
+    assert {lab["mode"] for lab, _ in found["door_bridge_decisions_total"]} == {"cache"}
+    assert one(found, "door_bridge_scan_to_relay_seconds_count", reader=READER) == 6
+    assert 0 < one(found, "door_bridge_scan_to_relay_seconds_sum", reader=READER) < 6 * 5.0
+    assert one(found, "door_bridge_relay_pulses_total", door="main") == 3
+    pending = sum(1 for *_, acked in rows if not acked)
+    assert one(found, "door_bridge_outbox_depth") == pending > 0
+    # Standalone door: nothing is ever acknowledged, so the oldest pending row is the BOOT one.
+    assert one(found, "door_bridge_outbox_oldest_pending_age_seconds") > 0
+    door_events = collections.Counter(t for t, _, _ in rows if t.startswith("DOOR_"))
+    for kind, n in door_events.items():
+        assert one(found, "door_bridge_door_events_total", door="main", type=kind) == n
+    assert door_events["DOOR_FORCED_OPEN"] == door_events["DOOR_HELD_OPEN"] == 1
+    assert one(found, "door_bridge_door_open", door="main") == 1
+    assert one(found, "door_bridge_door_alarm", door="main", alarm="held_open") == 1
+    assert one(found, "door_bridge_door_alarm", door="main", alarm="forced_open") == 1
+    assert one(found, "door_bridge_cache_version") == meta.version == 1
+    assert one(found, "door_bridge_cache_grants") == len([r for r in door_records(READER) if r["type"] in ("grant", "card")])
+    assert one(found, "door_bridge_cache_stale") == 0
+    assert one(found, "door_bridge_cache_age_seconds") > 0
+    assert one(found, "door_bridge_build_info", version=__import__("bridge").__version__) == 1
+    assert one(found, "door_bridge_start_time_seconds") > T0.timestamp()
+
+
+async def test_no_label_carries_a_credential_user_or_name(tmp_path):
+    site = Site()
+    site.install(tmp_path, door_records(READER))
+    port = free_port()
+    async with running(config(tmp_path, site, port), clock=SteppingClock()) as (daemon, _):
+        daemon.reader_door[READER] = "main"
+        for raw in (VALID, REVOKED, "hello world!"):
+            await daemon.handle(Scan(READER, Source.CARD, raw.encode()))
+        await daemon.quiesce()
+        text = await scrape(port)
+        fingerprints = {e.body.get("credentialFingerprint") for e in daemon.outbox.recent(50) if e.type == "VERIFY"}
+    secrets = {VALID, REVOKED, "user_ok", "user_rev", "Layla Hassan", "Omar Said", "Stockroom", "zone_a"}
+    secrets |= {f for f in fingerprints if f}
+    values = {v for family in text_string_to_metric_families(text) for s in family.samples for v in s.labels.values()}
+    assert values and not (values & secrets), values & secrets
+    assert not any(s in text for s in secrets)
+
+
+async def test_the_textfile_for_node_exporter_is_written_whole(tmp_path):
+    site = Site()
+    site.install(tmp_path, door_records(READER))
+    target = tmp_path / "textfile" / "door_bridge.prom"
+    target.parent.mkdir()
+    cfg = make_config(tmp_path, site, [], metrics={"textfile": str(target), "textfile_interval_s": 0.05})
+    async with running(cfg, clock=SteppingClock()) as (daemon, _):
+        await daemon.handle(Scan(READER, Source.CARD, VALID.encode()))
+        await wait_for(lambda: target.exists() and "door_bridge_decisions_total{" in target.read_text(),
+                       what="textfile with the decision")
+    found = samples(target.read_text())
+    assert one(found, "door_bridge_decisions_total", decision="GRANT", reader=READER) == 1
+    assert [p.name for p in target.parent.iterdir()] == ["door_bridge.prom"]  # no temporary file left behind
+
+
+async def test_metrics_listen_on_loopback_unless_told_otherwise(tmp_path):
+    site = Site()
+    site.install(tmp_path, door_records(READER))
+    port = free_port()
+    cfg = config(tmp_path, site, port)
+    assert cfg.metrics.address == "127.0.0.1"
+    async with running(cfg) as (daemon, _):
+        server = daemon.outward.exporter.server
+        assert server.server_address[0] == "127.0.0.1" and server.server_address[1] == port
+
+
+def test_textfile_must_end_in_prom(tmp_path):
+    with pytest.raises(ConfigError, match=r"metrics: .*\.prom"):
+        make_config(tmp_path, Site(), [], metrics={"textfile": str(tmp_path / "x.txt")})
+
+
+async def test_a_port_in_use_is_logged_and_the_door_still_decides(tmp_path):
+    site = Site()
+    site.install(tmp_path, door_records(READER))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cfg = config(tmp_path, site, busy.getsockname()[1])
+        from structlog.testing import capture_logs
+
+        with capture_logs() as logs:
+            async with running(cfg, clock=SteppingClock()) as (daemon, _):
+                daemon.reader_door[READER] = "main"
+                d = await daemon.handle(Scan(READER, Source.CARD, VALID.encode()))
+    assert d.granted
+    assert [e for e in logs if e["event"] == "metrics_unavailable" and e["log_level"] == "error"]
+
+
+async def test_upstream_and_reader_gauges_follow_the_daemon_state(tmp_path):
+    """The per-upstream book-keeping the adapters feed (`_mark_upstream(name=...)`, as `_ask` and the
+    heartbeats call it) and reader health as `door-bridge status` shows it, as scraped."""
+    site = Site()
+    site.install(tmp_path, door_records(READER))
+    port = free_port()
+    async with running(config(tmp_path, site, port), clock=SteppingClock()) as (daemon, _):
+        daemon._mark_upstream(True, name="frontelio")
+        daemon._mark_upstream(False, "digital_id: UpstreamUnavailable: no route", name="digital_id")
+        await daemon.handle(Scan(READER, Source.CARD, VALID.encode()))
+        await daemon.quiesce()
+        daemon.stats.readers["R2"] = type(daemon.stats.readers[READER])(type="serial", last_error="OSError: gone")
+        found = samples(await scrape(port))
+        seen = daemon.upstream.by_name["frontelio"].last_success
+    assert one(found, "door_bridge_upstream_up", upstream="frontelio") == 1
+    assert one(found, "door_bridge_upstream_up", upstream="digital_id") == 0
+    assert one(found, "door_bridge_upstream_last_success_timestamp_seconds", upstream="frontelio") == seen.timestamp()
+    assert not [v for lab, v in found["door_bridge_upstream_last_success_timestamp_seconds"]
+                if lab["upstream"] == "digital_id"]
+    assert one(found, "door_bridge_reader_up", reader=READER) == 1
+    assert one(found, "door_bridge_reader_up", reader="R2") == 0

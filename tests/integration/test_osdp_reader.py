@@ -1,0 +1,330 @@
+"""The OSDP reader against libosdp's own PeripheralDevice in a second process, over a real pty.
+
+`tests/support/osdp_pd_emulator.py` runs the PDs on the master side of a pseudo-terminal pair; the daemon
+opens the slave by path with pyserial, exactly as it opens a USB-RS485 adapter. The whole libosdp
+stack runs on both ends (Secure Channel handshake, AES session, KEYSET, polling, retries). GPIO is
+gpiozero's MockFactory. Every wait has a deadline; nothing asserts how fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+import tty
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from bridge.inputs.osdp_logic import ReplyWatch, diagnose, led_pattern, units
+from tests.support.harness import T0, Site, make_config, relay_pulses, running, wait_for
+from verifier.hashing import PinHashing, hash_pin
+from verifier.wiegand_formats import encode, encode_bytes
+
+EMULATOR = Path(__file__).resolve().parents[1] / "support" / "osdp_pd_emulator.py"
+KEY = "00112233445566778899AABBCCDDEEFF"
+OTHER_KEY = "FFEEDDCCBBAA99887766554433221100"
+READER = "OSDP-1"
+CARD = encode("H10301", 4567, 123)  # granted below
+# libosdp gives up on a silent PD after 8 retries (~8 s) and we retry it every few seconds.
+DEADLINE_S = 30.0
+
+
+class Clock:
+    def __call__(self) -> Any:
+        return T0
+
+
+class Pd:
+    """The emulator process: orders on stdin, what the PDs saw on stdout (read on a thread)."""
+
+    def __init__(self, master: int, specs: list[str]) -> None:
+        args = [sys.executable, str(EMULATOR), "--fd", str(master)]
+        for spec in specs:
+            args += ["--pd", spec]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(master,), text=True)
+        self.lines: list[dict[str, Any]] = []
+        import threading
+
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.lines.append(json.loads(line))
+            except ValueError:
+                if os.environ.get("OSDP_PD_LOG"):
+                    print("PD:", line.rstrip(), file=sys.stderr)
+
+    def send(self, **order: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(order) + "\n")
+        self.proc.stdin.flush()
+
+    def card(self, address: int, frame: tuple[int, ...]) -> None:
+        self.send(pd=address, card=encode_bytes(frame).hex(), bits=len(frame))
+
+    def commands(self, address: int, kind: int) -> list[dict[str, Any]]:
+        return [line["command"] for line in self.lines if line.get("pd") == address and "command" in line
+                and line["command"]["command"] == kind]
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def bus() -> Iterator[tuple[int, str]]:
+    master, slave = os.openpty()
+    tty.setraw(master)
+    path = os.ttyname(slave)
+    os.close(slave)  # the daemon opens it by path
+    try:
+        yield master, path
+    finally:
+        os.close(master)
+
+
+@contextlib.contextmanager
+def emulated(master: int, *specs: str) -> Iterator[Pd]:
+    pd = Pd(master, list(specs))
+    deadline = time.monotonic() + DEADLINE_S
+    while not any(line.get("ready") for line in pd.lines) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield pd
+    finally:
+        if pd.proc.poll() is None:
+            pd.kill()
+
+
+def records(pin: PinHashing) -> list[dict[str, Any]]:
+    readers = [READER, "OSDP-2"]
+    return [
+        {"type": "zone", "id": "zone_a", "name": "Lobby", "readers": readers},
+        {"type": "user", "id": "u1", "name": "Layla Hassan"},
+        {"type": "grant", "id": "g1", "userId": "u1", "zoneId": "zone_a"},
+        {"type": "card", "number": "123:4567", "userId": "u1"},
+        {"type": "passcode", "id": "p1", "keyboardPwdHash": hash_pin("2468", pin), "devices": readers},
+    ]
+
+
+def key_file(tmp_path: Path, name: str, key: str | None) -> Path:
+    path = tmp_path / name
+    if key is not None:
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+    return path
+
+
+def config(tmp_path: Path, port: str, readers: list[dict[str, Any]]) -> Any:
+    site = Site()
+    pin = PinHashing(os.urandom(16))
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    site.install(state, records(pin), pin_hashing=pin)
+    full = [{"type": "osdp", "id": READER, "port": port, "address": 101, "retry_s": 1.0, **r} for r in readers]
+    return make_config(state, site, full, doors={"main": {"relay_pin": 17, "pulse_s": 0.2}})
+
+
+@contextlib.asynccontextmanager
+async def daemon_on(cfg: Any) -> AsyncIterator[Any]:
+    async with running(cfg, clock=Clock()) as (daemon, factory):
+        daemon.factory = factory
+        yield daemon
+
+
+def reader_bus(daemon: Any, reader: str = READER) -> Any:
+    return daemon.reader_feedback[reader].bus
+
+
+def events(daemon: Any, kind: str) -> list[dict[str, Any]]:
+    return [e.body for e in daemon.outbox.recent(200) if e.type == kind]
+
+
+def online(daemon: Any, reader: str = READER) -> bool:
+    return bool(daemon.reader_feedback[reader].state.online)
+
+
+# --- sessions -----------------------------------------------------------------------------------
+
+
+async def test_card_read_and_pin_become_decisions_relay_pulses_and_feedback(tmp_path: Path, bus: tuple[int, str]) -> None:
+    master, port = bus
+    cfg = config(tmp_path, port, [{"scbk_file": str(key_file(tmp_path, "pd101.key", KEY))}])
+    with emulated(master, f"101:{KEY}") as pd, capture_logs() as logs:
+        async with daemon_on(cfg) as daemon:
+            await wait_for(lambda: online(daemon), DEADLINE_S, "PD online with Secure Channel")
+            await wait_for(lambda: any(line.get("pd") == 101 and line.get("secure") for line in pd.lines), DEADLINE_S,
+                           "the PD's side of the session")
+            pd.card(101, CARD)
+            await wait_for(lambda: daemon.stats.decisions >= 1, DEADLINE_S, "card decision")
+            pd.send(pd=101, keys="9*2468#")  # '*' clears the 9
+            await wait_for(lambda: daemon.stats.decisions >= 2, DEADLINE_S, "PIN decision")
+            pd.card(101, encode("H10301", 1, 7))  # nobody's card
+            await wait_for(lambda: daemon.stats.decisions >= 3, DEADLINE_S, "deny decision")
+            await daemon.quiesce()
+            rows = [e.body for e in daemon.outbox.recent(100) if e.type == "VERIFY"]
+            assert [(r["readerId"], r["source"], r["decision"], r["reason"]) for r in rows] == [
+                (READER, "CARD", "GRANT", None), (READER, "KEYPAD", "GRANT", None), (READER, "CARD", "DENY", "NO_GRANT")]
+            relay = daemon.factory.pin(17)
+            await wait_for(lambda: len(relay_pulses(relay)) == 2 and not relay.state, DEADLINE_S, "two relay pulses")
+            # GRANT: green for the pulse and one beep; DENY: red blinks and two beeps.
+            await wait_for(lambda: len(pd.commands(101, 3)) >= 3, DEADLINE_S, "three buzzer commands")
+            leds = [c for c in pd.commands(101, 2) if c["temporary"]]
+            assert [(c["on_color"], c["on_count"]) for c in leds[:3]] == [(2, 2), (2, 2), (1, 2)]
+            assert [(c["on_count"], c["off_count"], c["rep_count"]) for c in pd.commands(101, 3)[:3]] == [
+                (1, 0, 1), (1, 0, 1), (1, 1, 2)]
+    assert "2468" not in repr(logs) and "4567" not in repr(logs)
+    assert KEY.lower() not in repr(logs).lower()
+
+
+async def test_wrong_key_is_refused_naming_the_reader_and_the_key_file(tmp_path: Path, bus: tuple[int, str]) -> None:
+    master, port = bus
+    path = key_file(tmp_path, "pd101.key", KEY)
+    cfg = config(tmp_path, port, [{"scbk_file": str(path)}])
+    with emulated(master, f"101:{OTHER_KEY}") as pd, capture_logs() as logs:
+        async with daemon_on(cfg) as daemon:
+            await wait_for(lambda: events(daemon, "READER_OFFLINE"), DEADLINE_S, "READER_OFFLINE")
+            pd.card(101, CARD)
+            await asyncio.sleep(1.0)
+            assert not online(daemon) and daemon.stats.decisions == 0
+            assert events(daemon, "READER_OFFLINE")[0]["problem"] == "wrong_key"
+            state = daemon.snapshot()["readers"][READER]
+            assert state["state"] == "failed" and str(path) in state["offline"]
+            assert "offline" in daemon.status_line() and READER in daemon.status_line()
+    errors = [e for e in logs if e["event"] == "osdp.offline"]
+    assert errors and errors[0]["log_level"] == "error" and errors[0]["reader"] == READER
+    assert errors[0]["problem"] == "wrong_key" and str(path) in errors[0]["detail"]
+    assert KEY.lower() not in repr(logs).lower() and OTHER_KEY.lower() not in repr(logs).lower()
+
+
+async def test_clear_text_pd_is_refused_when_secure_channel_is_enforced(tmp_path: Path, bus: tuple[int, str]) -> None:
+    master, port = bus
+    cfg = config(tmp_path, port, [{"scbk_file": str(key_file(tmp_path, "pd101.key", KEY))}])
+    with emulated(master, f"101:{KEY}:clear") as pd, capture_logs() as logs:
+        async with daemon_on(cfg) as daemon:
+            await wait_for(lambda: events(daemon, "READER_OFFLINE"), DEADLINE_S, "READER_OFFLINE")
+            pd.card(101, CARD)
+            await asyncio.sleep(1.0)
+            assert not online(daemon) and daemon.stats.decisions == 0
+            assert events(daemon, "READER_OFFLINE")[0]["problem"] == "clear_text_only"
+    refused = [e for e in logs if e["event"] == "osdp.offline"]
+    assert refused[0]["problem"] == "clear_text_only" and "Secure Channel" in refused[0]["check"]
+
+
+async def test_install_mode_hands_over_a_new_key_and_the_next_session_uses_it(tmp_path: Path, bus: tuple[int, str]) -> None:
+    master, port = bus
+    path = key_file(tmp_path, "pd101.key", None)
+    cfg = config(tmp_path, port, [{"scbk_file": str(path), "install": True}])
+    with emulated(master, "101:none") as pd, capture_logs() as logs:
+        async with daemon_on(cfg) as daemon:
+            await wait_for(lambda: path.exists(), DEADLINE_S, "the new key saved")
+            await wait_for(lambda: online(daemon), DEADLINE_S, "online with the new key")
+            await wait_for(lambda: events(daemon, "OSDP_KEY_INSTALLED"), DEADLINE_S, "OSDP_KEY_INSTALLED")
+            assert events(daemon, "OSDP_KEY_INSTALLED") == [{"bridgeId": "BRIDGE-T", "readerId": READER, "door": "main",
+                                                             "address": 101}]
+        given = [c for c in pd.commands(101, 5)]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and not path.with_name("pd101.key.new").exists()
+    new_key = path.read_text().strip()
+    assert len(given) == 1 and given[0]["data"].upper() == new_key  # the PD got what the file holds
+    warnings = [e["event"] for e in logs if e["log_level"] == "warning"]
+    assert "osdp.install_mode" in warnings and any(e["event"] == "osdp.key_installed" for e in logs)
+    assert new_key.lower() not in repr(logs).lower()
+    # The PD restarts with the key it was given; install = true is still in the config, but the
+    # key file now exists: Secure Channel is enforced with it, and no new key is handed over.
+    with emulated(master, f"101:{new_key}") as pd, capture_logs() as logs:
+        async with daemon_on(cfg) as daemon:
+            await wait_for(lambda: online(daemon), DEADLINE_S, "online with the installed key")
+            pd.card(101, CARD)
+            await wait_for(lambda: daemon.stats.decisions >= 1, DEADLINE_S, "decision")
+        assert pd.commands(101, 5) == []
+    assert any(e["event"] == "osdp.install_ignored" for e in logs)
+
+
+async def test_killed_pd_is_reader_offline_and_its_return_reader_online(tmp_path: Path, bus: tuple[int, str]) -> None:
+    master, port = bus
+    cfg = config(tmp_path, port, [{"scbk_file": str(key_file(tmp_path, "pd101.key", KEY))}])
+    async with daemon_on(cfg) as daemon:
+        with emulated(master, f"101:{KEY}") as pd:
+            await wait_for(lambda: online(daemon), DEADLINE_S, "online")
+            pd.kill()
+            await wait_for(lambda: events(daemon, "READER_OFFLINE"), DEADLINE_S, "READER_OFFLINE")
+            assert daemon.health()["state"] == "degraded"
+            assert daemon.snapshot()["readers"][READER]["offline"].startswith("the PD stopped answering")
+        with emulated(master, f"101:{KEY}") as pd:
+            await wait_for(lambda: events(daemon, "READER_ONLINE"), DEADLINE_S, "READER_ONLINE")
+            assert daemon.health()["state"] == "ok" and daemon.snapshot()["readers"][READER]["offline"] is None
+            pd.card(101, CARD)
+            await wait_for(lambda: daemon.stats.decisions >= 1, DEADLINE_S, "decision after the return")
+        assert len(events(daemon, "READER_OFFLINE")) == 1
+
+
+async def test_two_pds_on_one_bus_are_two_readers_and_tamper_is_an_audit_event(tmp_path: Path, bus: tuple[int, str]) -> None:
+    master, port = bus
+    cfg = config(tmp_path, port, [{"scbk_file": str(key_file(tmp_path, "pd101.key", KEY))},
+                                  {"id": "OSDP-2", "address": 102, "scbk_file": str(key_file(tmp_path, "pd102.key", OTHER_KEY))}])
+    with emulated(master, f"101:{KEY}", f"102:{OTHER_KEY}") as pd:
+        async with daemon_on(cfg) as daemon:
+            await wait_for(lambda: online(daemon) and online(daemon, "OSDP-2"), DEADLINE_S, "both online")
+            assert reader_bus(daemon) is reader_bus(daemon, "OSDP-2")
+            pd.card(102, CARD)
+            await wait_for(lambda: daemon.stats.decisions >= 1, DEADLINE_S, "decision")
+            pd.send(pd=101, status=[1, 0])
+            await wait_for(lambda: events(daemon, "READER_TAMPER"), DEADLINE_S, "tamper event")
+            await daemon.quiesce()
+            rows = [e.body for e in daemon.outbox.recent(100) if e.type == "VERIFY"]
+            assert [(r["readerId"], r["decision"]) for r in rows] == [("OSDP-2", "GRANT")]
+            assert events(daemon, "READER_TAMPER")[0] == {"bridgeId": "BRIDGE-T", "readerId": READER, "door": "main",
+                                                         "tamper": True, "where": "local"}
+
+
+async def test_malformed_frames_on_the_line_never_crash_the_reader(tmp_path: Path, bus: tuple[int, str]) -> None:
+    master, port = bus
+    cfg = config(tmp_path, port, [{"scbk_file": str(key_file(tmp_path, "pd101.key", KEY))}])
+    with emulated(master, f"101:{KEY}") as pd:
+        async with daemon_on(cfg) as daemon:
+            await wait_for(lambda: online(daemon), DEADLINE_S, "online")
+            junk = [os.urandom(300), b"\x53\xe5\xff\xff\x00" + os.urandom(40), b"\x53\xe5\x08\x00\x04\x40",
+                    b"\x53" * 64, bytes(range(256))]
+            for chunk in junk:  # written onto the line as if another device babbled
+                os.write(master, chunk)
+                await asyncio.sleep(0.05)
+            await wait_for(lambda: online(daemon), DEADLINE_S, "still (or again) online")
+            pd.card(101, CARD)
+            await wait_for(lambda: daemon.stats.decisions >= 1, DEADLINE_S, "decision after the noise")
+            assert reader_bus(daemon).watch.noise_bytes > 0
+            assert all(not t.done() for t in daemon._tasks if t.get_name().startswith("input-"))
+
+
+# --- the pure parts -----------------------------------------------------------------------------
+
+
+def test_reply_watch_tells_how_far_a_pd_got() -> None:
+    watch = ReplyWatch()
+    # PDID reply from address 5 (0x85), then junk, then a CCRYPT reply with a security block.
+    watch.feed(b"\xff\x53\x85\x08\x00\x04\x45\x00\x00" + b"\x13\x37" + b"\x53\x85\x0b\x00\x0c\x03\x12\x00\x76\x00\x00")
+    assert watch.seen(5).codes == {0x45, 0x76} and watch.noise_bytes >= 3
+    assert diagnose(watch.seen(5), True, install_mode=False, key_source="/k").kind == "wrong_key"
+    assert diagnose(watch.seen(6), None, install_mode=False, key_source="/k").kind == "no_answer"
+    watch.feed(b"\x53\x86\x08\x00\x04\x46\x00\x00")
+    assert diagnose(watch.seen(6), False, install_mode=False, key_source="/k").kind == "clear_text_only"
+
+
+def test_feedback_patterns_are_the_gpio_ones_in_100_ms_units() -> None:
+    from bridge.door.monitor import DENY_LED, OFFLINE_IDLE_LED
+
+    assert units(0.15) == 2 and units(0.0) == 0 and units(0.01) == 1 and units(100) == 255
+    deny = led_pattern(DENY_LED, 1, 0)
+    assert (deny.on, deny.off, deny.timer) == (2, 2, 12)
+    idle = led_pattern(OFFLINE_IDLE_LED, 3, 0, permanent=True)
+    assert (idle.on, idle.off, idle.timer) == (1, 19, 0)
