@@ -112,17 +112,25 @@ class ReplyWatch:
 class Problem:
     """Why a PD is not online, for the journal and `status`. Never carries key material."""
 
-    kind: str  # no_answer | clear_text_only | wrong_key | secure_channel_refused | protocol_error
+    kind: str  # no_answer | clear_text_only | wrong_key | handshake_failed | secure_channel_refused | protocol_error
     text: str
     check: str
 
 
-def diagnose(seen: PdReplies, sc_capable: bool | None, *, install_mode: bool, key_source: str) -> Problem:
-    """How far the PD got → the problem. `sc_capable` is from its PDCAP (None: not known)."""
+def diagnose(seen: PdReplies, sc_capable: bool | None, *, install_mode: bool, key_source: str,
+             key_worked: bool = False) -> Problem:
+    """How far the PD got → the problem. `sc_capable` is from its PDCAP (None: not known);
+    `key_worked`: a session on this key was up with this PD a moment ago, so a failed handshake
+    says more about the line than about the key."""
     if not seen.codes:
         return Problem("no_answer", "the PD does not answer",
                        "RS-485 wiring (A/B swapped?), termination at both ends, common ground, the PD's power, "
                        "its address and baud rate (they must match this reader's address and the bus baudrate)")
+    if (REPLY_CCRYPT in seen.codes or REPLY_RMAC_I in seen.codes) and key_worked:
+        return Problem("handshake_failed", "the Secure Channel handshake failed with the key that worked "
+                       "with this PD a moment ago (a reply came late or garbled)",
+                       "noise on the RS-485 line (termination, cable, common ground), a slow PD; if the PD was "
+                       "reset to factory defaults or replaced, its key (" + key_source + ")")
     if REPLY_CCRYPT in seen.codes or REPLY_RMAC_I in seen.codes:
         if install_mode:
             return Problem("wrong_key", "the PD refused both the new key and the default install key (SCBK-D)",

@@ -43,6 +43,7 @@ from bridge.inputs.keypad import KeypadBuffer
 from bridge.inputs.nfc import SameCardGate
 from bridge.inputs.osdp_logic import (
     KEY_CODES,
+    REPLY_PDCAP,
     BuzzerPattern,
     LedPattern,
     Problem,
@@ -74,6 +75,11 @@ SUPERVISE_EVERY_S = 0.1
 RETRY_MAX_S = OSDP_RETRY_MAX_S
 # While install mode lasts, or a PD stays refused, the warning is repeated this often.
 REMIND_EVERY_S = 60.0
+# A key that has worked with a PD since start is not blamed for this many failed handshakes in
+# a row: one late reply during the handshake fails it as well (libosdp retries osdp_CHLNG and
+# gives up on the answer; seen with libosdp's own PD under CPU load). After that the key is
+# suspected again (a PD reset to factory defaults or swapped while the daemon runs).
+KEY_TRUSTED_ATTEMPTS = 2
 
 
 class OsdpKeyError(Exception):
@@ -238,6 +244,7 @@ class PdState:
     tamper: bool | None = None
     power_failure: bool | None = None
     key_sent: bool = False  # install mode: the PD acknowledged osdp_KEYSET
+    failed_attempts: int = 0  # attempts to bring it back that failed since it was last online
     # From its PDCAP: commands it does not announce are never sent (a NAK takes a PD offline).
     has_led: bool = False
     has_buzzer: bool = False
@@ -512,6 +519,13 @@ class OsdpBus:
     def _from_refresh_thread(self, pd: int, event: dict[str, Any]) -> int:
         """Called inside ControlPanel.refresh with its lock held: hand over and return at once."""
         at = time.monotonic()
+        cp = self.cp
+        if cp is not None and 0 <= pd < len(self.readers):
+            # libosdp's ControlPanel also queues every event it hands a handler, for get_event();
+            # nothing reads that queue here, so it would grow with every card read and command
+            # for the life of the daemon. Take this event back out of it.
+            with contextlib.suppress(Exception):
+                cp.get_event(self.readers[pd].cfg.address, timeout=-1)
         loop = self.loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):
@@ -575,6 +589,7 @@ class OsdpBus:
         state.online, state.ever_online = True, True
         state.offline_since, state.next_retry_at, state.problem = None, None, None
         state.retry_s, state.reported, state.warned_at = reader.cfg.retry_s, False, None
+        state.failed_attempts = 0
         self.watch.reset(reader.cfg.address)
         info = self._pd_info(reader)
         caps = str(info.get("capabilities", "")).split(",")
@@ -592,16 +607,22 @@ class OsdpBus:
         state.online = False
         if state.offline_since is None or was_online:
             state.offline_since = now
-        state.next_retry_at = now + state.retry_s
-        state.retry_s = min(state.retry_s * 2, RETRY_MAX_S)
         if was_online:
-            # It had answered: diagnose from what happens on the retries; report at once.
+            # A session that was up is lost by one late or garbled reply (libosdp retries after
+            # 200 + 800 ms and its own PD cannot answer a retry in Secure Channel): ask again at
+            # once; the back-off is for a PD that keeps failing. Report at once all the same.
+            state.next_retry_at = now
             self._problem(reader, Problem("no_answer", "the PD stopped answering",
                                           "the PD's power and RS-485 cable; then its address and baud rate"))
         else:
+            state.next_retry_at = now + state.retry_s
+            state.retry_s = min(state.retry_s * 2, RETRY_MAX_S)
+            state.failed_attempts += 1
             sc_capable = self._sc_capable(reader)
+            worked = state.ever_online and state.failed_attempts <= KEY_TRUSTED_ATTEMPTS
             self._problem(reader, diagnose(self.watch.seen(reader.cfg.address), sc_capable,
-                                           install_mode=reader.installing, key_source=reader.cfg.key_source))
+                                           install_mode=reader.installing, key_source=reader.cfg.key_source,
+                                           key_worked=worked))
 
     def _problem(self, reader: OsdpReader, problem: Problem) -> None:
         state = reader.state
@@ -620,33 +641,10 @@ class OsdpBus:
                 retry_s=round(state.retry_s, 1))
 
     def _sc_capable(self, reader: OsdpReader) -> bool | None:
-        import osdp
-
-        seen = self.watch.seen(reader.cfg.address)
-        if 0x46 not in seen.codes or self.cp is None:
-            return None
-        with contextlib.suppress(Exception):
-            level, _ = self.cp.check_capability(reader.cfg.address, osdp.Capability.CommunicationSecurity)
-            return bool(level & 1)
-        return None
+        return sc_capable(self.cp, self.watch, reader.cfg.address)
 
     def _pd_info(self, reader: OsdpReader) -> dict[str, Any]:
-        import osdp
-
-        info: dict[str, Any] = {}
-        assert self.cp is not None
-        with contextlib.suppress(Exception):
-            pd_id = self.cp.get_pd_id(reader.cfg.address)
-            info.update(vendor=f"{pd_id.vendor_code & 0xFFFFFF:06X}", model=pd_id.model, version=pd_id.version,
-                        serial=f"{pd_id.serial_number & 0xFFFFFFFF:08X}", firmware=f"{pd_id.firmware_version & 0xFFFFFF:06X}")
-        caps = []
-        for name, cap in (("led", osdp.Capability.LEDControl), ("buzzer", osdp.Capability.AudibleControl),
-                          ("card_format", osdp.Capability.CardDataFormat), ("text", osdp.Capability.TextOutput)):
-            with contextlib.suppress(Exception):
-                if self.cp.check_capability(reader.cfg.address, cap)[0]:
-                    caps.append(name)
-        info["capabilities"] = ",".join(caps) or "-"
-        return info
+        return pd_info(self.cp, reader.cfg.address)
 
     def _install_done(self, reader: OsdpReader) -> None:
         """A session on the new key is up: keep the key, leave install mode, enforce from now on."""
@@ -759,6 +757,39 @@ class OsdpBus:
     def status(self) -> dict[str, Any]:
         return {"port": self.port, "broken": self.channel.broken, "rx_bytes": self.channel.rx_bytes,
                 "tx_bytes": self.channel.tx_bytes, "noise_bytes": self.watch.noise_bytes}
+
+
+def sc_capable(cp: Any, watch: ReplyWatch, address: int) -> bool | None:
+    """Whether the PD announced Secure Channel in its PDCAP; None before it sent one."""
+    import osdp
+
+    if REPLY_PDCAP not in watch.seen(address).codes or cp is None:
+        return None
+    with contextlib.suppress(Exception):
+        level, _ = cp.check_capability(address, osdp.Capability.CommunicationSecurity)
+        return bool(level & 1)
+    return None
+
+
+def pd_info(cp: Any, address: int) -> dict[str, Any]:
+    """Who the PD is (its PDID) and what it can do (its PDCAP), as libosdp recorded them; the
+    journal's `osdp.online` line, `READER_ONLINE` and `door-bridge doctor` spell them alike."""
+    import osdp
+
+    info: dict[str, Any] = {}
+    assert cp is not None
+    with contextlib.suppress(Exception):
+        pd_id = cp.get_pd_id(address)
+        info.update(vendor=f"{pd_id.vendor_code & 0xFFFFFF:06X}", model=pd_id.model, version=pd_id.version,
+                    serial=f"{pd_id.serial_number & 0xFFFFFFFF:08X}", firmware=f"{pd_id.firmware_version & 0xFFFFFF:06X}")
+    caps = []
+    for name, cap in (("led", osdp.Capability.LEDControl), ("buzzer", osdp.Capability.AudibleControl),
+                      ("card_format", osdp.Capability.CardDataFormat), ("text", osdp.Capability.TextOutput)):
+        with contextlib.suppress(Exception):
+            if cp.check_capability(address, cap)[0]:
+                caps.append(name)
+    info["capabilities"] = ",".join(caps) or "-"
+    return info
 
 
 def _led_command(osdp: Any, p: LedPattern, *, temporary: bool) -> dict[str, Any]:

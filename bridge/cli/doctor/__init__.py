@@ -4,7 +4,10 @@ A technician runs it on a door Pi before (and whenever) the daemon misbehaves. I
 stats device nodes and reads sysfs, never claims a GPIO line (re-claiming the relay's line as an
 input would release it, and an active-low relay module energises on a floating input), never opens
 a serial port (opening toggles DTR, which resets some scanners) and never opens an NFC frontend (a
-running daemon holds it). So it is safe to run next to a live daemon.
+running daemon holds it). So it is safe to run next to a live daemon. One exception, because a
+PD tells who it is only when asked: a configured OSDP bus (RS-485 adapters do not reset on DTR)
+is asked for a few seconds (bridge/cli/doctor/osdp.py) — only if no one holds its port (the daemon
+opens it exclusively), and without ever changing a PD.
 
 Every probe runs under a guard: a probe that breaks becomes a `warn` line naming the error, never a
 traceback. Exit codes: 0 when nothing is `fail` (warnings allowed: a laptop has no GPIO), 1 when a
@@ -562,6 +565,9 @@ def check_reader(reader: Any, who: Identity, sys_usb: str = SYS_USB_DEVICES) -> 
         return _check_nfc_reader(label, reader.device, who, sys_usb)
     if kind == "wiegand":
         return [ok(f"{label}: D0 on BCM {reader.d0_pin}, D1 on BCM {reader.d1_pin} (checked with the pins below)")]
+    if kind == "osdp":
+        return [check_node(label, reader.port, "serial", who), *_stable_name_hint(label, reader.port),
+                ok(f"{label}: address {reader.address} on {reader.port} (its PD is asked in the OSDP bus section below)")]
     return [warn(f"{label}: the doctor has no check for this reader type")]
 
 
@@ -727,6 +733,10 @@ def build_report(config_path: str | None, sys_usb: str = SYS_USB_DEVICES) -> tup
             report.section(f"reader {reader.id}", functools.partial(check_reader, reader, who, sys_usb))
         report.section("configured pins",
                        lambda: check_pins(configured_pins(config), config.gpio.pin_factory, who))
+        from bridge.cli.doctor.osdp import osdp_buses, probe_osdp_bus
+
+        for port, members in osdp_buses(config.readers).items():
+            report.section(f"OSDP bus {port}", functools.partial(probe_osdp_bus, members))
     return report, invalid
 
 

@@ -1,0 +1,88 @@
+"""OSDP sessions that are lost and come back, against libosdp's own PeripheralDevice in a second
+process over a real pty (tests/support/osdp_pd_emulator.py).
+
+A late reply is made by stopping the PD's process (SIGSTOP) for longer than libosdp's 200 ms
+reply timeout: libosdp's CP retries the command after 800 ms, and libosdp's PD cannot answer a
+retry inside a Secure Channel session (it checks the retried frame's MAC against a chain that has
+moved on, NAKs, and drops the session). That is the multi-second outlier of bench/osdp_latency.py.
+Every wait has a deadline; nothing asserts how fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from bridge.inputs.osdp_logic import REPLY_CCRYPT, REPLY_PDCAP, REPLY_PDID, PdReplies, diagnose
+from tests.support.harness import wait_for
+from tests.integration.test_osdp_reader import (  # noqa: F401 - bus is a fixture
+    CARD,
+    KEY,
+    Pd,
+    bus,
+    config,
+    daemon_on,
+    emulated,
+    events,
+    key_file,
+    online,
+    reader_bus,
+)
+
+# The back-off a PD that keeps failing gets (the largest retry_s allowed): the reader must be back
+# well before it, i.e. the first attempt after a lost session is not paced by it.
+LONG_RETRY_S = 30.0
+BACK_WITHIN_S = 20.0
+
+
+async def late_reply(pd: Pd) -> None:
+    os.kill(pd.proc.pid, signal.SIGSTOP)
+    await asyncio.sleep(0.4)
+    os.kill(pd.proc.pid, signal.SIGCONT)
+
+
+async def test_a_lost_session_is_brought_back_at_once_not_after_the_retry_back_off(
+        tmp_path: Path, bus: tuple[int, str]) -> None:
+    master, port = bus
+    cfg = config(tmp_path, port, [{"scbk_file": str(key_file(tmp_path, "pd101.key", KEY)), "retry_s": LONG_RETRY_S}])
+    with emulated(master, f"101:{KEY}") as pd, capture_logs() as logs:
+        async with daemon_on(cfg) as daemon:
+            await wait_for(lambda: online(daemon), 30, "online")
+            await late_reply(pd)
+            await wait_for(lambda: events(daemon, "READER_OFFLINE"), 30, "the session lost (READER_OFFLINE)")
+            await wait_for(lambda: events(daemon, "READER_ONLINE"), BACK_WITHIN_S,
+                           f"back online before the {LONG_RETRY_S:.0f} s back-off")
+            pd.card(101, CARD)
+            await wait_for(lambda: daemon.stats.decisions >= 1, 30, "a decision after the return")
+    # A session that had been up with this key is never blamed on the key.
+    assert not [e for e in logs if e["event"] == "osdp.offline" and e["problem"] == "wrong_key"]
+
+
+async def test_libosdp_keeps_no_copy_of_the_events_it_handed_over(tmp_path: Path, bus: tuple[int, str]) -> None:
+    master, port = bus
+    cfg = config(tmp_path, port, [{"scbk_file": str(key_file(tmp_path, "pd101.key", KEY))}])
+    with emulated(master, f"101:{KEY}") as pd:
+        async with daemon_on(cfg) as daemon:
+            await wait_for(lambda: online(daemon), 30, "online")
+            for n in range(3):
+                pd.card(101, CARD)
+                await wait_for(lambda: daemon.stats.decisions >= n + 1, 30, "decision")
+                await asyncio.sleep(1.1)  # past rescan_gap_s: a new presentation
+            await wait_for(lambda: len(pd.commands(101, 3)) >= 3, 30, "the buzzer commands (events too)")
+            # ControlPanel.get_event() reads libosdp's own queue of every event: empty means it
+            # does not grow for the life of the daemon.
+            assert reader_bus(daemon).cp.get_event(101, timeout=-1) is None
+
+
+def test_a_failed_handshake_is_blamed_on_the_key_only_if_the_key_has_not_just_worked() -> None:
+    seen = PdReplies({REPLY_PDID, REPLY_PDCAP, REPLY_CCRYPT})
+    fresh = diagnose(seen, True, install_mode=False, key_source="/etc/door-bridge/pd.key")
+    assert fresh.kind == "wrong_key" and "/etc/door-bridge/pd.key" in fresh.text
+    after = diagnose(seen, True, install_mode=False, key_source="/etc/door-bridge/pd.key", key_worked=True)
+    assert after.kind == "handshake_failed" and "RS-485" in after.check and "/etc/door-bridge/pd.key" in after.check
+    silent = diagnose(PdReplies(set()), None, install_mode=False, key_source="/k", key_worked=True)
+    assert silent.kind == "no_answer"
