@@ -309,6 +309,7 @@ class Daemon:
         self.outward = Outward.start(self)
         meta = self.cache.meta
         stale = self._stale = self.verifier.is_stale(self.clock())
+        self._reader_idle(offline=stale)  # _note_staleness only sees changes: stale from the start wink now
         log.info("started", bridge=cfg.bridge.id, version=__version__, mode=cfg.bridge.mode,
                  readers=",".join(i.reader_id for i in self.inputs) or "-", doors=",".join(self.doors) or "-",
                  upstream=",".join(a.name for a in self.adapters) or "none", cache_version=meta.version,
