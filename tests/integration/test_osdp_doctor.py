@@ -11,17 +11,19 @@ from pathlib import Path
 
 from bridge.cli.doctor import run
 from tests.support.harness import wait_for
-from tests.integration.test_osdp_reader import (  # noqa: F401 - bus is a fixture
+from tests.integration.test_osdp_reader import (
     KEY,
     OTHER_KEY,
     READER,
-    bus,
     config,
     daemon_on,
     emulated,
     key_file,
     online,
 )
+from tests.integration.test_osdp_reader import bus as _pty_bus
+
+bus = _pty_bus  # the pty fixture: the daemon's end by path, the emulator's by fd
 
 
 def write_config(tmp_path: Path, port: str, pds: list[tuple[int, str, bool]]) -> str:

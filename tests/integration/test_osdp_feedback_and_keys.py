@@ -1,5 +1,5 @@
 """Issue 14's remaining cases, against libosdp's own PeripheralDevice in a second process over a
-real pty (tests/osdp_pd_emulator.py): the lockout and offline/stale feedback, PD power reports, one
+real pty (tests/support/osdp_pd_emulator.py): the lockout and offline/stale feedback, PD power reports, one
 scan per presentation, and the SCBK read like every secret (mode-checked file, systemd credential).
 """
 
@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from bridge.door_io import DENY_LED, OFFLINE_IDLE_LED, RATE_LIMITED_BEEP
+from bridge.door.monitor import DENY_LED, OFFLINE_IDLE_LED, RATE_LIMITED_BEEP
 from bridge.inputs.osdp_logic import buzzer_pattern, led_pattern
-from bridge.inputs.osdp_reader import OsdpKeyError, OsdpReaderConfig, load_scbk
-from tests.harness import T0, relay_pulses, running, wait_for
-from tests.test_osdp_reader import (  # noqa: F401 - bus is a fixture
+from bridge.config.readers import OsdpReaderConfig
+from bridge.inputs.osdp_reader import OsdpKeyError, load_scbk
+from tests.support.harness import T0, relay_pulses, running, wait_for
+from tests.integration.test_osdp_reader import (
     CARD,
     KEY,
     READER,
-    bus,
     config,
     daemon_on,
     emulated,
@@ -28,6 +28,9 @@ from tests.test_osdp_reader import (  # noqa: F401 - bus is a fixture
     key_file,
     online,
 )
+from tests.integration.test_osdp_reader import bus as _pty_bus
+
+bus = _pty_bus  # the pty fixture: the daemon's end by path, the emulator's by fd
 
 LED, BUZZER = 2, 3  # osdp.Command values, as the emulator reports them
 RED, AMBER, NONE = 1, 3, 0
