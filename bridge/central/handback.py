@@ -31,7 +31,7 @@ from bridge.state.export import is_offline_decision
 from bridge.config.offline import WebhookSection
 from bridge.state.outbox import Event, Outbox
 from bridge.state.json_file import write_json
-from bridge.upstream.apikey import ApiKey, load_api_key
+from bridge.config.secret_files import ApiKey, load_api_key
 from bridge.config.upstream import HttpSettings, UpstreamSection
 from bridge.upstream.errors import UpstreamError, UpstreamRejected, UpstreamUnavailable
 from bridge.upstream.http import build_client

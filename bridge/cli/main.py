@@ -468,7 +468,7 @@ def cmd_record_exit(args: argparse.Namespace) -> int:
 
 
 def cmd_passcode_mint(args: argparse.Namespace) -> int:
-    from bridge.upstream.apikey import ApiKeyError, load_api_key
+    from bridge.config.secret_files import ApiKeyError, load_api_key
     from verifier.passcode import mint
     from verifier.timeutil import TimeFormatError, parse_instant
 

@@ -88,7 +88,7 @@ class OsdpKeyError(Exception):
 
 def load_scbk(cfg: OsdpReaderConfig) -> bytes:
     """The PD's SCBK through the project's secret loader (mode check, credential directory)."""
-    from bridge.upstream.apikey import ApiKeyError, load_api_key
+    from bridge.config.secret_files import ApiKeyError, load_api_key
 
     try:
         text = load_api_key(key_file=cfg.scbk_file, credential=cfg.scbk_credential).reveal()

@@ -101,7 +101,7 @@ def door_views(daemon: "Daemon") -> dict[str, "DoorView"]:
 def _publisher(daemon: "Daemon") -> "MqttPublisher":
     """Read the password and check the TLS files now: a bad file is a config error at start."""
     from bridge.outward.mqtt import MqttPublisher
-    from bridge.upstream.apikey import ApiKeyError, load_api_key
+    from bridge.config.secret_files import ApiKeyError, load_api_key
 
     s = daemon.config.mqtt
     for key, path in s.files().items():

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from bridge.config import Config, ConfigError
-from bridge.upstream.apikey import FRONTELIO_PREFIX, ApiKeyError, load_api_key
+from bridge.config.secret_files import FRONTELIO_PREFIX, ApiKeyError, load_api_key
 
 MIN_PASSCODE_SECRET_BYTES = 16
 

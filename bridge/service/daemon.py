@@ -395,7 +395,7 @@ class Daemon:
             if door.passcode_secret_file is None:
                 continue
             from bridge.service.config_files import load_passcode_secret
-            from bridge.upstream.apikey import ApiKeyError
+            from bridge.config.secret_files import ApiKeyError
 
             try:
                 secret = load_passcode_secret(door.passcode_secret_file)
@@ -439,7 +439,7 @@ class Daemon:
         if section is None:
             return
         from bridge.central.handback import WebhookHandback, build_handback
-        from bridge.upstream.apikey import ApiKeyError
+        from bridge.config.secret_files import ApiKeyError
 
         try:
             self.handback = build_handback(section, self.config.upstream, self.outbox, self.state_dir, clock=self.clock)
@@ -476,7 +476,7 @@ class Daemon:
         section = self.config.upstream
         if not (section.frontelio or section.sna or section.digital_id):
             return []
-        from bridge.upstream.apikey import ApiKeyError
+        from bridge.config.secret_files import ApiKeyError
         from bridge.upstream.factory import build_adapters
 
         try:
@@ -545,7 +545,7 @@ class Daemon:
             return
         from bridge.central.replicator import Replicator, run_replication
         from bridge.central.sync import BundleSync, run_sync
-        from bridge.upstream.apikey import ApiKeyError
+        from bridge.config.secret_files import ApiKeyError
         from bridge.upstream.central import build_central
 
         settings = self.config.upstream.http

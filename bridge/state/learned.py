@@ -219,7 +219,7 @@ def _lifetime(upstream: str, credential: Credential, decision: AccessDecision, s
 def load_secret(state_dir: Path, section: OfflineSection, credentials_dir: str | None = None) -> bytes:
     """The per-bridge secret: from `key_credential`, `key_file`, or `learned.key` in the state dir
     (made on first start, 0600 whatever the umask)."""
-    from bridge.upstream.apikey import ApiKeyError, load_api_key
+    from bridge.config.secret_files import ApiKeyError, load_api_key
 
     path = section.key_file or state_dir / KEY_FILE
     if section.key_credential is None and section.key_file is None and not path.exists():

@@ -6,7 +6,7 @@ The daemon uses `build_adapters(config.upstream)`, then per scan the first adapt
 """
 
 from bridge.upstream.adapter import UpstreamAdapter
-from bridge.upstream.apikey import ApiKey, ApiKeyError, load_api_key
+from bridge.config.secret_files import ApiKey, ApiKeyError, load_api_key
 from bridge.upstream.breaker import CircuitBreaker, CircuitState
 from bridge.config.upstream import DigitalIdSection, FrontelioSection, HttpSettings, SnaSection, UpstreamSection
 from bridge.upstream.errors import (

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from bridge.upstream.apikey import ApiKey, load_api_key
+from bridge.config.secret_files import ApiKey, load_api_key
 from bridge.upstream.breaker import CircuitBreaker
 from bridge.config.upstream import CentralSection, HttpSettings
 from bridge.upstream.errors import UpstreamError, UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from bridge.upstream.adapter import online_decision, safe_word
-from bridge.upstream.apikey import ApiKey
+from bridge.config.secret_files import ApiKey
 from bridge.config.upstream import DigitalIdSection
 from bridge.upstream.errors import (
     UpstreamNotApplicable,

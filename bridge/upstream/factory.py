@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from bridge.upstream.adapter import UpstreamAdapter
-from bridge.upstream.apikey import FRONTELIO_PREFIX, ApiKey, load_api_key
+from bridge.config.secret_files import FRONTELIO_PREFIX, ApiKey, load_api_key
 from bridge.upstream.breaker import CircuitBreaker
 from bridge.config.upstream import HttpSettings, UpstreamSection
 from bridge.upstream.digital_id import DigitalIdAdapter

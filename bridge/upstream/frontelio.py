@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from bridge import __version__
 from bridge.upstream.adapter import central_deny_reason, online_decision
-from bridge.upstream.apikey import ApiKey
+from bridge.config.secret_files import ApiKey
 from bridge.upstream.errors import (
     UpstreamNotApplicable,
     UpstreamUnavailable,

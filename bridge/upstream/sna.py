@@ -23,7 +23,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict
 
 from bridge.upstream.adapter import online_decision
-from bridge.upstream.apikey import ApiKey
+from bridge.config.secret_files import ApiKey
 from bridge.config.upstream import SnaSection
 from bridge.upstream.errors import (
     UpstreamNotApplicable,

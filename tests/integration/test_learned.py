@@ -237,7 +237,7 @@ def test_events_export_cli(tmp_path):
 
 async def test_the_hand_back_resumes_from_its_cursor_none_lost_none_doubled(tmp_path):
     from bridge.central.handback import WebhookHandback
-    from bridge.upstream.apikey import ApiKey
+    from bridge.config.secret_files import ApiKey
     from bridge.config.upstream import HttpSettings
     from bridge.upstream.errors import UpstreamUnavailable
     from bridge.upstream.http import build_client

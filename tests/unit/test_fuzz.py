@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from bridge.config import Config, ConfigError, from_dict, load
 from bridge.inputs import keymap
 from bridge.inputs.evdev_scanner import DiscardedScan, TypedScan, WedgeDecoder
-from bridge.upstream.apikey import ApiKey
+from bridge.config.secret_files import ApiKey
 from bridge.upstream.breaker import CircuitBreaker
 from bridge.config.upstream import DigitalIdSection, SnaSection
 from bridge.upstream.digital_id import DigitalIdAdapter

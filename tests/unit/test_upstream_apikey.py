@@ -9,7 +9,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from bridge.upstream.apikey import FRONTELIO_PREFIX, ApiKey, ApiKeyError, load_api_key
+from bridge.config.secret_files import FRONTELIO_PREFIX, ApiKey, ApiKeyError, load_api_key
 
 KEY = "mk_Zm9vYmFyYmF6cXV4cXV1eHF1dXpxdXV6cXV1eg"
 
