@@ -114,6 +114,7 @@ def records(pin: PinHashing) -> list[dict[str, Any]]:
         {"type": "user", "id": "u1", "name": "Layla Hassan"},
         {"type": "grant", "id": "g1", "userId": "u1", "zoneId": "zone_a"},
         {"type": "card", "number": "123:4567", "userId": "u1"},
+        {"type": "card", "number": "04A22C1A7B3F80", "userId": "u1"},  # a CSN reader's (card_bits = "hex")
         {"type": "passcode", "id": "p1", "keyboardPwdHash": hash_pin("2468", pin), "devices": readers},
     ]
 

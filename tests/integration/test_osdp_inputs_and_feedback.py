@@ -1,6 +1,8 @@
-"""Issue 14's remaining cases, against libosdp's own PeripheralDevice in a second process over a
-real pty (tests/support/osdp_pd_emulator.py): the lockout and offline/stale feedback, PD power reports, one
-scan per presentation, and the SCBK read like every secret (mode-checked file, systemd credential).
+"""The OSDP reader's inputs and feedback beyond the basic card/PIN case, against libosdp's own
+PeripheralDevice in a second process over a real pty (tests/support/osdp_pd_emulator.py): card
+numbers from a CSN reader, the PIN entry timeout, one scan per presentation, the lockout and
+offline/stale feedback, PD power reports; and the SCBK read like every secret (mode-checked
+file, systemd credential).
 """
 
 from __future__ import annotations
@@ -109,6 +111,32 @@ async def test_a_card_held_on_the_reader_is_one_presentation(tmp_path: Path, bus
             await wait_for(lambda: daemon.stats.decisions >= 2, 30, "the second presentation")
             relay = daemon.factory.pin(17)
             await wait_for(lambda: len(relay_pulses(relay)) == 2 and not relay.state, 30, "two relay pulses")
+
+
+async def test_a_csn_readers_bits_are_the_card_number_in_hex(tmp_path: Path, bus: tuple[int, str]) -> None:
+    master, port = bus
+    cfg = config(tmp_path, port, [{"scbk_file": str(key_file(tmp_path, "pd101.key", KEY)), "card_bits": "hex"}])
+    with emulated(master, f"101:{KEY}") as pd:
+        async with daemon_on(cfg) as daemon:
+            await wait_for(lambda: online(daemon), 30, "online")
+            pd.send(pd=101, card="04a22c1a7b3f80", bits=56)  # the card on record as 04A22C1A7B3F80
+            await wait_for(lambda: daemon.stats.decisions >= 1, 30, "decision")
+            await daemon.quiesce()
+            assert [(r["source"], r["decision"], r["reason"]) for r in verify_rows(daemon)] == [("CARD", "GRANT", None)]
+
+
+async def test_a_pin_entry_left_unfinished_is_forgotten_after_pin_timeout_s(tmp_path: Path, bus: tuple[int, str]) -> None:
+    master, port = bus
+    cfg = config(tmp_path, port, [{"scbk_file": str(key_file(tmp_path, "pd101.key", KEY)), "pin_timeout_s": 1.0}])
+    with emulated(master, f"101:{KEY}") as pd:
+        async with daemon_on(cfg) as daemon:
+            await wait_for(lambda: online(daemon), 30, "online")
+            pd.send(pd=101, keys="13")  # walked away
+            await asyncio.sleep(2.0)
+            pd.send(pd=101, keys="2468#")  # without the timeout this is 132468: nobody's
+            await wait_for(lambda: daemon.stats.decisions >= 1, 30, "decision")
+            await daemon.quiesce()
+            assert [(r["source"], r["decision"]) for r in verify_rows(daemon)] == [("KEYPAD", "GRANT")]
 
 
 def osdp_cfg(**key: Any) -> OsdpReaderConfig:
