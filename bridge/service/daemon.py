@@ -37,10 +37,12 @@ from bridge.door.pins import make_pin_factory
 from bridge.inputs.base import Input, Scan
 from bridge.inputs.registry import create_input
 from bridge.state.outbox import open_outbox
+from bridge.service.reload_plan import plan_reload
 from bridge.service.worker import Worker
 from verifier.cache import GrantCache
 from verifier.credentials import parse
 from verifier.decide import Lockout, Policy, Verifier
+from verifier.guard import RateLimiter, ReplayMemory
 from verifier.sources import presented_source
 from verifier.timeutil import from_ms, iso, to_ms
 from verifier.trusted_time import TimeReading, TrustedTime
@@ -754,37 +756,20 @@ class Daemon:
     def reload(self, new: Config) -> list[str]:
         """Apply what can change without touching hardware or connections (policy, staleness,
         JWT settings, log level, relay pulse lengths, mode); return the sections that need a
-        restart. Scans keep flowing: nothing here stops an input."""
-        old = self.config
-        restart = [name for name in ("readers", "upstream", "gpio", "audit", "site", "emergency")
-                   if getattr(old, name) != getattr(new, name)]
-        if old.bridge.state_dir != new.bridge.state_dir or old.bridge.id != new.bridge.id:
-            restart.append("bridge")
-        for name in sorted(set(old.doors) | set(new.doors)):
-            before, after = old.doors.get(name), new.doors.get(name)
-            if before is None or after is None or before.model_copy(update={"pulse_s": after.pulse_s}) != after:
-                restart.append(f"doors.{name}")
-            elif before.pulse_s != after.pulse_s:
-                self.doors[name].cfg = after
-        self._worker.submit(self._swap_policy, policy_from(new))
+        restart (bridge/service/reload_plan.py decides which). Scans keep flowing: nothing here
+        stops an input."""
+        plan = plan_reload(self.config, new)
+        for name, section in plan.pulses.items():
+            self.doors[name].cfg = section
+        self._worker.submit(self._swap_policy, policy_from(new), plan.guards_changed)
         self._rotate_bundle_key(new)
-        # [offline]: the limits (learn, max_age_s, card_ttl_s) apply at once; key, bound and webhook need a restart.
-        fixed = ("key_file", "key_credential", "max_entries", "webhook")
-        if any(getattr(old.offline, k) != getattr(new.offline, k) for k in fixed):
-            restart.append("offline")
-        offline = new.offline.model_copy(update={k: getattr(old.offline, k) for k in fixed})
         if self.learned is not None:
-            self._worker.submit(setattr, self.learned, "section", offline)
+            self._worker.submit(setattr, self.learned, "section", plan.offline)
         from bridge.service import logsetup
 
         logsetup.configure(new.bridge.log_level, new.bridge.log_format)
-        # Keep what needs a restart as it runs now, so `status` tells the truth.
-        kept = {k: getattr(old, k) for k in ("readers", "upstream", "gpio", "audit", "site", "emergency")}
-        kept["doors"] = {name: self.doors[name].cfg for name in old.doors}
-        kept["bridge"] = new.bridge.model_copy(update={"state_dir": old.bridge.state_dir, "id": old.bridge.id})
-        kept["offline"] = offline
-        self.config = new.model_copy(update=kept)
-        return restart
+        self.config = plan.running
+        return list(plan.restart)
 
     def _rotate_bundle_key(self, new: Config) -> None:
         """A new pinned key takes effect at once for every later sync: keeping the old one until a
@@ -801,13 +786,14 @@ class Daemon:
                         check="bundles signed with the previous key are refused from now on; "
                               "the central must sign with the new key")
 
-    def _swap_policy(self, policy: Policy) -> None:
-        old = self.verifier.policy
+    def _swap_policy(self, policy: Policy, guards_changed: bool) -> None:
+        """On the decision worker, between two decisions. New replay or rate limits start with an
+        empty memory sized by them (a shorter window must not keep what the longer one saw)."""
         self.verifier.policy = policy
-        if (old.replay_window_s, old.rate_limit_denies, old.rate_limit_window_s, old.rate_limit_cooldown_s) != (
-                policy.replay_window_s, policy.rate_limit_denies, policy.rate_limit_window_s, policy.rate_limit_cooldown_s):
-            fresh = Verifier(self.cache, policy, offline_codes=self.verifier.offline_codes)
-            self.verifier.replays, self.verifier.limiter = fresh.replays, fresh.limiter
+        if guards_changed:
+            self.verifier.replays = ReplayMemory(int(policy.replay_window_s * 1000))
+            self.verifier.limiter = RateLimiter(policy.rate_limit_denies, int(policy.rate_limit_window_s * 1000),
+                                                int(policy.rate_limit_cooldown_s * 1000))
 
     # --- the scan path --------------------------------------------------------------------------
 
