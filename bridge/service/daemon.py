@@ -943,7 +943,7 @@ class Daemon:
         """On the worker thread: decide each scan, commit all their audit rows at once, then act."""
         decisions: list[AccessDecision] = []
         decided: list[str] = []
-        states = self._door_states() if self.verifier.rules is not None else None
+        states = self.emergency.door_states() if self.verifier.rules is not None else None
         for job in jobs:
             decision, how = self._decide_one(job, states)
             decisions.append(decision)
@@ -1004,14 +1004,6 @@ class Daemon:
                       error=f"{type(e).__name__}: {e}"[:200],
                       check="disk space and permissions of learned.db in the state dir; a DENY not written "
                             "means an earlier learned GRANT may still open offline until its max_age")
-
-    def _door_states(self) -> dict[str, Any]:
-        """Each door's position and relay now (the interlock's view; worker thread)."""
-        from verifier.interlock import DoorState
-
-        return {name: DoorState(open=name in self.door_io and self.door_io[name].state()["position"] == "open",
-                                unlocked=door.energised or door.held)
-                for name, door in self.doors.items()}
 
     def _decide_one(self, job: _ScanJob, doors: dict[str, Any] | None = None) -> tuple[AccessDecision, str]:
         """(decision, how it was decided: online | late_deny | cache). Whoever answers, the
