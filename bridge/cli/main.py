@@ -425,15 +425,13 @@ def _event_line(e) -> str:
 
 
 def _status_path(args: argparse.Namespace) -> Path:
-    if os.environ.get("RUNTIME_DIRECTORY"):
-        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "status.sock"
+    from bridge.service.status_socket import find_socket
+
     try:
-        config = _load(args)
+        state_dir: Path | None = Path(_load(args).bridge.state_dir)
     except ConfigError:
-        return Path("/run/door-bridge/status.sock")
-    systemd_socket = Path("/run/door-bridge/status.sock")
-    local = Path(config.bridge.state_dir) / "status.sock"
-    return local if local.exists() or not systemd_socket.exists() else systemd_socket
+        state_dir = None
+    return find_socket(state_dir)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

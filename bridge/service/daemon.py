@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -585,8 +584,9 @@ class Daemon:
                         check="RuntimeDirectory= in the unit, or permissions of the state dir")
 
     def status_socket_path(self) -> Path:
-        runtime = os.environ.get("RUNTIME_DIRECTORY")
-        return Path(runtime.split(":")[0]) / "status.sock" if runtime else self.state_dir / "status.sock"
+        from bridge.service.status_socket import socket_path
+
+        return socket_path(state_dir=self.state_dir)
 
     async def stop(self, reason: str = "requested") -> None:
         if self._stopped.is_set():

@@ -40,11 +40,26 @@ _MAX_ANSWER = 4 * 1024 * 1024
 Snapshot = Callable[[], Mapping[str, Any]]
 
 
-def socket_path(environ: Mapping[str, str] | None = None) -> Path:
-    """The service's `$RUNTIME_DIRECTORY` (set by RuntimeDirectory=) or /run/door-bridge, plus status.sock."""
+def socket_path(environ: Mapping[str, str] | None = None, state_dir: Path | None = None) -> Path:
+    """Where the daemon binds its socket, the one rule: the service's `$RUNTIME_DIRECTORY` (set by
+    RuntimeDirectory=), else the state directory (a laptop, a test), else /run/door-bridge."""
     env = os.environ if environ is None else environ
     runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    return (Path(runtime) if runtime else DEFAULT_RUNTIME_DIR) / SOCKET_NAME
+    if runtime:
+        return Path(runtime) / SOCKET_NAME
+    return (state_dir if state_dir is not None else DEFAULT_RUNTIME_DIR) / SOCKET_NAME
+
+
+def find_socket(state_dir: Path | None, environ: Mapping[str, str] | None = None) -> Path:
+    """Where `door-bridge status` looks. A technician's shell has no `$RUNTIME_DIRECTORY`: then the
+    state directory's socket if it exists (a daemon run by hand) or if no systemd one does, else
+    the service's under /run/door-bridge."""
+    env = os.environ if environ is None else environ
+    service = socket_path(env)
+    if env.get("RUNTIME_DIRECTORY") or state_dir is None:
+        return service
+    local = socket_path(env, state_dir)
+    return local if local.exists() or not service.exists() else service
 
 
 class StatusUnavailable(Exception):

@@ -19,6 +19,7 @@ from bridge.service.status_socket import (
     StatusServer,
     StatusUnavailable,
     fetch_status,
+    find_socket,
     format_status,
     socket_path,
 )
@@ -222,6 +223,22 @@ def test_socket_path_follows_runtime_directory() -> None:
     assert socket_path({"RUNTIME_DIRECTORY": "/run/door-bridge"}) == Path("/run/door-bridge/status.sock")
     assert socket_path({"RUNTIME_DIRECTORY": "/run/a:/run/b"}) == Path("/run/a/status.sock")
     assert socket_path({}) == Path("/run/door-bridge/status.sock")
+
+
+def test_status_looks_where_the_daemon_binds(tmp_path: Path) -> None:
+    """One rule for the socket's place: `door-bridge status` (find_socket) finds what the daemon
+    (socket_path with its state dir) binds, under systemd and when run by hand."""
+    state = tmp_path / "state"
+    state.mkdir()
+    under_systemd = {"RUNTIME_DIRECTORY": str(tmp_path / "run")}
+    assert find_socket(state, under_systemd) == socket_path(under_systemd, state) == tmp_path / "run" / "status.sock"
+    by_hand: dict[str, str] = {}
+    bound = socket_path(by_hand, state)
+    assert bound == state / "status.sock"
+    bound.touch()
+    assert find_socket(state, by_hand) == bound
+    # No daemon run by hand and the config unreadable: the service's socket.
+    assert find_socket(None, by_hand) == Path("/run/door-bridge/status.sock")
 
 
 # --- format_status ----------------------------------------------------------------------------------
