@@ -25,12 +25,21 @@ from verifier.types import (
 )
 
 MAX_SCAN_BYTES = 4096
+# The PIN rule, its one copy: 4 to 12 ASCII digits. Every keypad buffer keeps at most
+# PIN_MAX_DIGITS (a longer entry is refused whole, never cut to a prefix that could be someone
+# else's PIN), `grants add` refuses any other PIN, and an offline passcode is this long.
+PIN_MIN_DIGITS = 4
+PIN_MAX_DIGITS = 12
+_PIN = re.compile(rf"^[0-9]{{{PIN_MIN_DIGITS},{PIN_MAX_DIGITS}}}$")
+
+
+def is_pin(text: str) -> bool:
+    return _PIN.match(text) is not None
 
 _B64URL = r"[A-Za-z0-9_-]"
 _JWT = re.compile(rf"^{_B64URL}+\.{_B64URL}+\.{_B64URL}*$")
 _INVITE = re.compile(rf"^vis_{_B64URL}{{16,64}}$")
 _DIGITAL_ID_TOKEN = re.compile(rf"^{_B64URL}{{8,512}}$")
-_PIN = re.compile(r"^[0-9]{4,12}$")
 _HEX = re.compile(r"^[0-9A-F]{4,40}$")
 _HEX_GROUPS = re.compile(r"^[0-9A-F]{2,4}(?:([:\- ])[0-9A-F]{2,4})+$")
 _FACILITY_CARD = re.compile(r"^([0-9]{1,7}):([0-9]{1,12})$")
@@ -53,7 +62,7 @@ def parse(raw: bytes, hint: str | None = None) -> Credential:
     if _ASCII_CONTROL.search(text) if text.isascii() else any(unicodedata.category(c)[0] == "C" for c in text):
         return Malformed("control or unassigned characters")
     if hint == "pin":
-        return Pin(text) if _PIN.match(text) else Malformed("keypad entry is not 4-12 digits")
+        return Pin(text) if _PIN.match(text) else Malformed(f"keypad entry is not {PIN_MIN_DIGITS}-{PIN_MAX_DIGITS} digits")
     if hint == "card":
         return normalise_card(text)
     return _parse_text(text)

@@ -226,7 +226,7 @@ def _window(args: argparse.Namespace, start: str, end: str) -> dict[str, Any]:
 def cmd_grants_add(args: argparse.Namespace) -> int:
     from bridge.cli.standalone import pin_hashing_for
     from verifier.bundle import BundleRejected
-    from verifier.credentials import normalise_card
+    from verifier.credentials import PIN_MAX_DIGITS, PIN_MIN_DIGITS, is_pin, normalise_card
     from verifier.hashing import hash_pin
     from verifier.types import CardNumber
 
@@ -255,8 +255,8 @@ def cmd_grants_add(args: argparse.Namespace) -> int:
             print("a passcode needs --devices", file=sys.stderr)
             return EXIT_CONFIG
         pin = (sys.stdin.readline().strip() if not sys.stdin.isatty() else getpass.getpass("PIN: ")).strip()
-        if not (pin.isdigit() and 4 <= len(pin) <= 12):
-            print("a PIN is 4-12 digits", file=sys.stderr)
+        if not is_pin(pin):
+            print(f"a PIN is {PIN_MIN_DIGITS}-{PIN_MAX_DIGITS} digits", file=sys.stderr)
             return EXIT_CONFIG
         pin_hashing = pin_hashing_for(cache)
         records = [{"type": "passcode", "id": args.value, "keyboardPwdHash": hash_pin(pin, pin_hashing),

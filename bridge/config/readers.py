@@ -14,6 +14,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from bridge.config.base import EvdevDeviceConfig, FilePath, GpioPin, ReaderId, Seconds, StrictModel
 from bridge.config.wiegand import check_reader_formats
+from verifier.credentials import PIN_MAX_DIGITS
 from verifier.wiegand_formats import DEFAULT_FORMATS
 
 # Keyboard layouts an evdev scanner can be set to; bridge/inputs/keymap.py holds their tables and
@@ -64,7 +65,7 @@ class KeypadConfig(EvdevDeviceConfig):
     """Selected like an evdev scanner: event path, by-id link, device name or `vendor:product`."""
 
     type: Literal["keypad"]
-    max_length: Annotated[int, Field(ge=1, le=64)] = 12
+    max_length: Annotated[int, Field(ge=1, le=64)] = PIN_MAX_DIGITS
     entry_timeout_s: Seconds = 10.0
 
 
@@ -150,7 +151,7 @@ class OsdpReaderConfig(StrictModel):
     # A card read again within this long is the same presentation (readers that repeat while a
     # card is held).
     rescan_gap_s: Annotated[float, Field(ge=0, le=60)] = 1.0
-    max_pin_length: Annotated[int, Field(ge=1, le=64)] = 12
+    max_pin_length: Annotated[int, Field(ge=1, le=64)] = PIN_MAX_DIGITS
     pin_timeout_s: Seconds = 10.0
     retry_s: Annotated[float, Field(gt=0, le=OSDP_RETRY_MAX_S)] = 2.0
 

@@ -17,6 +17,7 @@ import structlog
 from bridge.config.readers import KeypadConfig
 from bridge.inputs import keymap
 from bridge.inputs.base import Emit, Scan
+from verifier.credentials import PIN_MAX_DIGITS
 from verifier.types import Source
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class KeypadBuffer:
 
     def __init__(
         self,
-        max_length: int = 12,
+        max_length: int = PIN_MAX_DIGITS,
         entry_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -25,6 +25,7 @@ from gpiozero.pins import Factory
 from bridge.config.readers import WiegandReaderConfig
 from bridge.inputs.base import Emit, Scan
 from bridge.inputs.keypad import KeypadBuffer
+from verifier.credentials import PIN_MAX_DIGITS
 from verifier.types import Source
 from bridge.config.wiegand import format_table
 from verifier.wiegand_formats import (
@@ -41,9 +42,6 @@ log = structlog.get_logger()
 # The longest frame kept bit by bit; longer bursts are noise (or a format we do not know) and
 # are only counted, so a stuck line cannot grow memory.
 MAX_FRAME_BITS = 64
-# The longest PIN the credential parser accepts (and an offline passcode's length). A longer
-# entry is refused whole at '#', never cut to a prefix that could be someone else's PIN.
-MAX_PIN_DIGITS = 12
 
 
 class FrameAssembler:
@@ -106,7 +104,7 @@ class WiegandInput:
         self._formats = format_table(cfg.formats, site_formats or {})
         self._pin_factory = pin_factory
         self._frames = FrameAssembler(cfg.frame_gap_ms / 1000)
-        self._entry = KeypadBuffer(MAX_PIN_DIGITS, cfg.pin_timeout_s)
+        self._entry = KeypadBuffer(PIN_MAX_DIGITS, cfg.pin_timeout_s)
         self._log = log.bind(reader=cfg.id)  # re-bound in run(), after logging is configured
         self._wake: Callable[[], object] = lambda: None
         self._lines: tuple[DigitalInputDevice, DigitalInputDevice] | None = None
@@ -171,7 +169,7 @@ class WiegandInput:
                 refused = self._entry.too_long
                 entry = self._entry.feed(frame.symbol, at)
                 if self._entry.too_long > refused:
-                    self._log.warning("wiegand.pin_too_long", limit=MAX_PIN_DIGITS)
+                    self._log.warning("wiegand.pin_too_long", limit=PIN_MAX_DIGITS)
                 if entry is not None:
                     self._log.debug("wiegand.pin", digits=len(entry))
                     emit(Scan(self.reader_id, Source.KEYPAD, entry.encode(), hint="pin", at_monotonic=at))
