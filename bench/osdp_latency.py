@@ -8,9 +8,11 @@ became a decision; the sessions lost (READER_OFFLINE).
 
 `--late-every N` stops the PD's process for `--late-ms` right after every Nth card read, so one
 reply comes late, as from a PD on a noisy line or a test machine starved of CPU: the shape of the
-rare multi-second outlier of the plain run (docs/osdp.md, "One late reply").
+rare multi-second outlier of the plain run (docs/osdp.md, "One late reply"). The emulated PD
+repeats its last reply when the CP repeats a command, as OSDP asks; `--pd-no-repeat` shows
+libosdp's PD as it is (the session and sometimes the card read are lost).
 
-    .venv/bin/python bench/osdp_latency.py [--reads 100] [--late-every 10 --late-ms 300]
+    .venv/bin/python bench/osdp_latency.py [--reads 100] [--late-every 10 --late-ms 300] [--pd-no-repeat]
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(reads: int, late_every: int, late_ms: float) -> None:
+async def measure(reads: int, late_every: int, late_ms: float, repeat: bool) -> None:
     master, slave = os.openpty()
     import tty
 
@@ -59,7 +61,7 @@ async def measure(reads: int, late_every: int, late_ms: float) -> None:
     relayed: list[tuple[float, float]] = []
     done: list[Read] = []
     lost = 0
-    with emulated(master, f"101:{KEY}") as pd:
+    with emulated(master, f"101:{KEY}" + ("" if repeat else ":no-repeat")) as pd:
         async with daemon_on(cfg) as daemon:
             daemon.decision_listeners.append(lambda d, ms, *rest: relayed.append((time.monotonic(), ms)))
             await wait_for(lambda: online(daemon), 30, "online")
@@ -90,6 +92,7 @@ async def measure(reads: int, late_every: int, late_ms: float) -> None:
     inside = [r.inside_ms for r in done]
     on_bus = [r.total_ms - r.inside_ms for r in done]
     late = f", PD {late_ms:.0f} ms late after every {late_every}th read" if late_every else ""
+    late += "" if repeat else ", libosdp's PD as it is (no repeat of its last reply)"
     print(f"OSDP card read → relay, {reads} reads{late}, 115200 baud, Secure Channel, libosdp refresh 20 ms, "
           "poll every 50 ms")
     for name, values in (("total", total), ("in daemon", inside), ("bus share", on_bus)):
@@ -108,8 +111,10 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=100)
     parser.add_argument("--late-every", type=int, default=0, help="stop the PD after every Nth read (0: never)")
     parser.add_argument("--late-ms", type=float, default=300.0, help="for this long (libosdp waits 200 ms for a reply)")
+    parser.add_argument("--pd-no-repeat", action="store_true",
+                        help="libosdp's PD as it is: a repeated command is processed again (tests/support/osdp_pd_emulator.py)")
     args = parser.parse_args()
-    asyncio.run(measure(args.reads, args.late_every, args.late_ms))
+    asyncio.run(measure(args.reads, args.late_every, args.late_ms, not args.pd_no_repeat))
 
 
 if __name__ == "__main__":

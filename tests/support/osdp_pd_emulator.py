@@ -15,16 +15,24 @@ Lines on stdout (JSON): {"ready": true}, {"pd": 101, "secure": true} when a sess
 {"pd": 101, "command": {...}, "at": t} for each command the PD receives (LED, BUZ, KEYSET with its
 key in hex: this is the test's own throwaway key), {"pd": 101, "sent": "card", "at": t}.
 
---pd ADDRESS:KEY[:clear]   KEY is 32 hex digits or "none" (factory-fresh: install mode, SCBK-D).
-"clear" makes the PD announce no Secure Channel in its capabilities, as a reader configured
-without SC does: libosdp's PD always announces it, so its PDCAP reply is rewritten on the way out
-(capability 9, communication security, compliance 0; CRC recomputed).
+--pd ADDRESS:KEY[:clear][:no-repeat]   KEY is 32 hex digits or "none" (factory-fresh: install
+mode, SCBK-D). "clear" makes the PD announce no Secure Channel in its capabilities, as a reader
+configured without SC does: libosdp's PD always announces it, so its PDCAP reply is rewritten on
+the way out (capability 9, communication security, compliance 0; CRC recomputed).
+
+A command repeated by the CP (the same frame again: libosdp's CP resends it when a reply is later
+than 200 ms) is answered with the PD's last reply, as OSDP asks of a PD, and not handed to
+libosdp's PD, which would process it again: inside a Secure Channel session that fails the MAC
+check, drops the session and loses a card read that was in the late reply (docs/osdp.md, "One
+late reply"). Each such answer is a {"pd": 101, "repeated": true, "at": t} line. "no-repeat"
+leaves libosdp's PD as it is, for the tests and the bench that show what that costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import binascii
+import contextlib
 import errno
 import json
 import os
@@ -38,6 +46,9 @@ import osdp
 
 CAP_COMMUNICATION_SECURITY = 9
 REPLY_PDCAP = 0x46
+SOM, MIN_FRAME, MAX_FRAME = 0x53, 7, 1440
+# An incomplete frame is held back this long at most (the CP writes a frame at once).
+HOLD_S = 0.1
 _out_lock = threading.Lock()
 
 
@@ -50,16 +61,63 @@ def say(obj: dict[str, Any]) -> None:
 class BusTap(osdp.Channel):
     """One PD's view of the shared line: its own copy of every byte, writes to the line."""
 
-    def __init__(self, fd: int, clear_text: bool) -> None:
+    def __init__(self, fd: int, address: int, clear_text: bool, repeat: bool) -> None:
         super().__init__()
         self.fd = fd
+        self.address = address
         self.clear_text = clear_text
+        self.repeat = repeat
         self.rx = bytearray()
         self.lock = threading.Lock()
+        self.pending = bytearray()  # the start of a frame not complete yet (repeat mode)
+        self.pending_since = 0.0
+        self.last_command = b""
+        self.last_reply = b""
+        self.answered = False  # the PD has written its reply to last_command
 
     def deliver(self, data: bytes) -> None:
+        passed = self._without_repeats(data) if self.repeat else data
         with self.lock:
-            self.rx += data
+            self.rx += passed
+
+    def _without_repeats(self, data: bytes) -> bytes:
+        """Whole frames for this address pass once; the same frame again gets the last reply."""
+        buf, out = self.pending, bytearray()
+        if buf and time.monotonic() - self.pending_since > HOLD_S:
+            out += buf  # a frame start that never completed: noise, libosdp's to skip
+            buf.clear()
+        was_holding = bool(buf)
+        buf += data
+        while buf:
+            start = buf.find(SOM)
+            start = len(buf) if start < 0 else start
+            out += buf[:start]
+            del buf[:start]
+            if len(buf) < 4:
+                break
+            length = buf[2] | buf[3] << 8
+            if not MIN_FRAME <= length <= MAX_FRAME:
+                out += buf[:1]
+                del buf[:1]
+                continue
+            if len(buf) < length:
+                break
+            frame = bytes(buf[:length])
+            del buf[:length]
+            if frame[1] == self.address and frame == self.last_command:
+                # Answered already: the same reply again. Not yet (both copies came in while the
+                # PD was held up): its answer to the first copy will answer this one too.
+                if self.answered:
+                    with contextlib.suppress(OSError):
+                        os.write(self.fd, self.last_reply)
+                say({"pd": self.address, "repeated": True, "answered": self.answered, "at": time.monotonic()})
+                continue
+            if frame[1] == self.address:
+                self.last_command, self.answered = frame, False
+            out += frame
+        if buf and not was_holding:
+            self.pending_since = time.monotonic()
+        return bytes(out)
 
     def read(self, max_bytes: int) -> bytes:
         with self.lock:
@@ -69,6 +127,7 @@ class BusTap(osdp.Channel):
 
     def write(self, buf: bytes) -> int:
         data = without_secure_channel(bytes(buf)) if self.clear_text else bytes(buf)
+        self.last_reply, self.answered = data, True
         try:
             return os.write(self.fd, data) and len(buf)
         except OSError:
@@ -117,14 +176,14 @@ def make_pd(address: int, key: bytes | None, tap: BusTap) -> osdp.PeripheralDevi
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fd", type=int, required=True, help="the pty master, inherited")
-    parser.add_argument("--pd", action="append", required=True, help="ADDRESS:KEY[:clear]")
+    parser.add_argument("--pd", action="append", required=True, help="ADDRESS:KEY[:clear][:no-repeat]")
     args = parser.parse_args(argv)
     os.set_blocking(args.fd, False)
     pds: dict[int, osdp.PeripheralDevice] = {}
     taps: list[BusTap] = []
     for spec in args.pd:
         address_text, key_text, *rest = spec.split(":")
-        tap = BusTap(args.fd, clear_text="clear" in rest)
+        tap = BusTap(args.fd, int(address_text), clear_text="clear" in rest, repeat="no-repeat" not in rest)
         taps.append(tap)
         pds[int(address_text)] = make_pd(int(address_text), None if key_text == "none" else bytes.fromhex(key_text), tap)
     for pd in pds.values():
