@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import structlog
 
-from bridge.door.relay import Door
+from bridge.door.relay import Relay
 from verifier.door_mode import EffectiveMode, Mode
 from verifier.timeutil import from_ms, iso, to_ms
 
@@ -34,7 +34,7 @@ def always_trusted() -> bool:
 
 
 class ModeShell:
-    def __init__(self, *, verifier: Any, doors: dict[str, Door], reader_door: dict[str, str],
+    def __init__(self, *, verifier: Any, doors: dict[str, Relay], reader_door: dict[str, str],
                  record: Callable[[str, str, dict[str, Any]], None], clock: Callable[[], datetime], clock_trusted: Callable[[], bool],
                  door_hold: Callable[[str, int], bool | None] | None = None) -> None:
         self.verifier = verifier

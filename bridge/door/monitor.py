@@ -1,6 +1,6 @@
 """Everything at a door besides the main relay: position switch, request-to-exit, LED, buzzer, aux relay.
 
-The main relay belongs to `bridge.door.relay.Door`; this module watches what the door then does and tells
+The main relay belongs to `bridge.door.relay.Relay`; this module watches what the door then does and tells
 the people in front of it what happened.
 
 Threads: gpiozero calls the switch and REX handlers from its own callback thread (on MockFactory,
@@ -33,7 +33,7 @@ import structlog
 from gpiozero import LED, Button, Buzzer, DigitalInputDevice, DigitalOutputDevice
 
 from bridge.config import DoorSection
-from bridge.door.relay import Door
+from bridge.door.relay import Relay
 from bridge.door.timed_output import Scheduled, TimedOutput, shared_timeline
 from verifier.types import AccessDecision, Reason
 
@@ -178,15 +178,15 @@ class Feedback:
                 device.close()
 
 
-class DoorIo:
-    """The door's inputs and feedback outputs around one `Door`.
+class DoorMonitor:
+    """The door's inputs and feedback outputs around one `Relay`.
 
     `switch.is_active` means *closed*: the contact's pull resistor is set from `door_closed_level`
     (pull-up when a closed door reads LOW, pull-down when it reads HIGH), so the line never floats
     and "active" is the closed level either way.
     """
 
-    def __init__(self, door: Door, cfg: DoorSection, pin_factory: Any, on_event: EventSink,
+    def __init__(self, door: Relay, cfg: DoorSection, pin_factory: Any, on_event: EventSink,
                  clock: Callable[[], float] = time.monotonic, *, settle_s: float = DEFAULT_SETTLE_S) -> None:
         self.door = door
         self.cfg = cfg
@@ -315,7 +315,7 @@ class DoorIo:
             self._emit("REX", {})  # recorded before the relay moves, like a decision
             try:
                 self.door.pulse()
-            except Exception as e:  # noqa: BLE001 - Door has released; a gpiozero thread must not die
+            except Exception as e:  # noqa: BLE001 - Relay has released; a gpiozero thread must not die
                 self._log.error("rex_pulse_failed", error=_why(e),
                                 check="relay wiring and GPIO permissions; door-bridge doctor")
             if self.aux is not None and self.cfg.aux_relay_mode == "grant":

@@ -23,7 +23,7 @@ from bridge.door.timed_output import TimedOutput
 log = structlog.get_logger()
 
 
-class Door:
+class Relay:
     def __init__(self, name: str, cfg: DoorSection, pin_factory: Any) -> None:
         self.name = name
         self.cfg = cfg

@@ -31,7 +31,7 @@ from bridge.state import lifecycle
 from bridge.service import sdnotify
 from bridge.state import files as state_files
 from bridge.config import Config, ConfigError
-from bridge.door.relay import Door
+from bridge.door.relay import Relay
 from bridge.door.pins import make_pin_factory
 from bridge.inputs.base import Input, Scan
 from bridge.inputs.registry import create_input
@@ -219,7 +219,7 @@ class Daemon:
         self.dropped_by_reader: collections.Counter[str] = collections.Counter()
         self._in_flight: collections.Counter[str] = collections.Counter()
         self._stale = False
-        self.doors: dict[str, Door] = {}
+        self.doors: dict[str, Relay] = {}
         self.door_io: dict[str, Any] = {}
         self.reader_door: dict[str, str] = {}
         self.reader_feedback: dict[str, Any] = {}
@@ -253,7 +253,7 @@ class Daemon:
         if self._pin_factory is None and (cfg.doors or any(r.type == "wiegand" for r in cfg.readers)):
             self._pin_factory = make_pin_factory(cfg.gpio.pin_factory, cfg.gpio.chip)
         for name, door_cfg in cfg.doors.items():
-            self.doors[name] = Door(name, door_cfg, self._pin_factory)
+            self.doors[name] = Relay(name, door_cfg, self._pin_factory)
         self.previous_exit = lifecycle.previous_exit(self.state_dir)
         lifecycle.mark_running(self.state_dir)
         from bridge.state import integrity
@@ -454,9 +454,9 @@ class Daemon:
             pins = (door_cfg.door_switch_pin, door_cfg.rex_pin, door_cfg.led_pin, door_cfg.buzzer_pin, door_cfg.aux_relay_pin)
             if all(p is None for p in pins):
                 continue
-            from bridge.door.monitor import DoorIo
+            from bridge.door.monitor import DoorMonitor
 
-            self.door_io[name] = DoorIo(self.doors[name], door_cfg, self._pin_factory,
+            self.door_io[name] = DoorMonitor(self.doors[name], door_cfg, self._pin_factory,
                                         on_event=lambda kind, body, door=name: self._door_event(door, kind, body))
 
     def _door_event(self, door: str, kind: str, body: dict[str, Any]) -> None:
@@ -1050,7 +1050,7 @@ class Daemon:
         else:
             log.info("cache_fresh", cache_version=meta.version)
 
-    def _account(self, d: AccessDecision, latency_ms: float, door: Door | None, pulsed: bool, how: str = "cache") -> None:
+    def _account(self, d: AccessDecision, latency_ms: float, door: Relay | None, pulsed: bool, how: str = "cache") -> None:
         s = self.stats
         s.decisions += 1
         s.grants += d.granted

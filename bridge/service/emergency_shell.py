@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 import structlog
 from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
-from bridge.door.relay import Door
+from bridge.door.relay import Relay
 from bridge.config.emergency import EmergencySection
 from bridge.state.emergency_store import EmergencyStore, EmergencyStoreError
 from verifier import commands
@@ -120,7 +120,7 @@ class _Line:
 
 
 class EmergencyShell:
-    def __init__(self, *, section: EmergencySection, bridge_id: str, doors: dict[str, Door], door_io: dict[str, Any],
+    def __init__(self, *, section: EmergencySection, bridge_id: str, doors: dict[str, Relay], door_io: dict[str, Any],
                  reader_door: dict[str, str], verifier: Any, store: EmergencyStore, append: Append, submit: Submit,
                  clock: Callable[[], datetime], clock_trusted: Callable[[], bool], tz: ZoneInfo,
                  public_key: Any, pin_factory: Any, apply_modes: Callable[[], None]) -> None:

@@ -9,7 +9,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from bridge.config import DoorSection
-from bridge.door.relay import Door
+from bridge.door.relay import Relay
 from tests.support.harness import relay_pulses
 
 
@@ -28,7 +28,7 @@ def _wait_released(pin, timeout=5.0):
 
 
 def test_relay_is_never_energised_at_start(factory):
-    door = Door("main", DoorSection(relay_pin=17, pulse_s=0.2), factory)
+    door = Relay("main", DoorSection(relay_pin=17, pulse_s=0.2), factory)
     pin = factory.pin(17)
     assert [s.state for s in pin.states] == [False]
     assert not door.energised
@@ -36,7 +36,7 @@ def test_relay_is_never_energised_at_start(factory):
 
 
 def test_active_low_relay_starts_high_and_pulses_low(factory):
-    door = Door("main", DoorSection(relay_pin=22, relay_active_high=False, pulse_s=0.2), factory)
+    door = Relay("main", DoorSection(relay_pin=22, relay_active_high=False, pulse_s=0.2), factory)
     pin = factory.pin(22)
     # states[0] is the mock pin before gpiozero claimed it (an input); from the moment it is an
     # output (output_with_state: function and level set together) it must only ever be HIGH.
@@ -52,7 +52,7 @@ def test_active_low_relay_starts_high_and_pulses_low(factory):
 
 
 def test_pulse_has_configured_length_and_release_on_close(factory):
-    door = Door("main", DoorSection(relay_pin=17, pulse_s=0.25), factory)
+    door = Relay("main", DoorSection(relay_pin=17, pulse_s=0.25), factory)
     pin = factory.pin(17)
     door.pulse()
     assert door.energised
@@ -65,7 +65,7 @@ def test_pulse_has_configured_length_and_release_on_close(factory):
 
 
 def test_a_failing_pulse_leaves_the_relay_released(factory, monkeypatch):
-    door = Door("main", DoorSection(relay_pin=17, pulse_s=0.25), factory)
+    door = Relay("main", DoorSection(relay_pin=17, pulse_s=0.25), factory)
 
     real_on = door.relay.on
 
@@ -95,7 +95,7 @@ def _count_thread_starts(monkeypatch) -> list[threading.Thread]:
 def test_pulses_start_and_join_no_thread(factory, monkeypatch):
     """The decision worker calls pulse() inside a batch: it must not start (or join) a thread per
     pulse, as gpiozero's blink() does. The pulse timing runs on one long-lived thread."""
-    door = Door("main", DoorSection(relay_pin=17, pulse_s=0.05), factory)
+    door = Relay("main", DoorSection(relay_pin=17, pulse_s=0.05), factory)
     pin = factory.pin(17)
     door.pulse()
     _wait_released(pin)
@@ -113,7 +113,7 @@ def test_pulses_start_and_join_no_thread(factory, monkeypatch):
 
 
 def test_a_new_pulse_restarts_the_timer_and_hold_outlives_a_pulse(factory):
-    door = Door("main", DoorSection(relay_pin=17, pulse_s=0.3), factory)
+    door = Relay("main", DoorSection(relay_pin=17, pulse_s=0.3), factory)
     pin = factory.pin(17)
     door.pulse()
     time.sleep(0.2)

@@ -15,8 +15,8 @@ from gpiozero.pins.mock import MockFactory
 from structlog.testing import capture_logs
 
 from bridge.config import DoorSection
-from bridge.door.relay import Door
-from bridge.door.monitor import DoorIo
+from bridge.door.relay import Relay
+from bridge.door.monitor import DoorMonitor
 from tests.support.harness import relay_pulses
 from verifier.types import AccessDecision, Decision, Reason, Source
 
@@ -76,10 +76,10 @@ class Rig:
                  settle_s: float = 0.05, closed: bool = True, **door: Any) -> None:
         self.factory = factory
         self.cfg = DoorSection(relay_pin=RELAY, pulse_s=door.pop("pulse_s", 0.2), **door)
-        self.door = Door("main", self.cfg, factory)
+        self.door = Relay("main", self.cfg, factory)
         self.relay = factory.pin(RELAY)
         self.sink = Sink(self.relay)
-        self.io = DoorIo(self.door, self.cfg, factory, self.sink, clock=clock, settle_s=settle_s)
+        self.io = DoorMonitor(self.door, self.cfg, factory, self.sink, clock=clock, settle_s=settle_s)
         if closed and self.cfg.door_switch_pin is not None:
             self.close_door()
             wait_until(lambda: self.io.state()["position"] == "closed", "door to settle closed")
@@ -418,12 +418,12 @@ def test_a_door_with_only_a_relay_accepts_every_call(rigs):
 
 def test_a_failing_event_sink_does_not_stop_request_to_exit(factory):
     cfg = DoorSection(relay_pin=RELAY, pulse_s=0.2, rex_pin=REX)
-    door = Door("main", cfg, factory)
+    door = Relay("main", cfg, factory)
 
     def disk_full(kind: str, body: dict[str, Any]) -> None:
         raise OSError("database or disk is full")
 
-    io = DoorIo(door, cfg, factory, disk_full)
+    io = DoorMonitor(door, cfg, factory, disk_full)
     try:
         with capture_logs() as logs:
             factory.pin(REX).drive_low()
