@@ -34,6 +34,12 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
+class UserRow:
+    name: str | None
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CardRow:
     name: str | None
     user_id: str | None
@@ -153,9 +159,9 @@ class GrantCache:
 
     # --- point look-ups ---------------------------------------------------------------------
 
-    def user(self, user_id: str) -> tuple[str | None, bool] | None:
+    def user(self, user_id: str) -> UserRow | None:
         row = self.conn.execute("SELECT name, active FROM users WHERE id = ?", (user_id,)).fetchone()
-        return None if row is None else (row[0], bool(row[1]))
+        return None if row is None else UserRow(row[0], bool(row[1]))
 
     def card(self, number: str) -> CardRow | None:
         row = self.conn.execute(

@@ -247,10 +247,10 @@ class Verifier:
         if card is None:
             return _Outcome(Reason.NO_GRANT)
         user = self.cache.user(card.user_id) if card.user_id else None
-        name = user[0] if user else card.name
+        name = user.name if user else card.name
         if (why := _window_reason(card.window, now_ms)) is not None:
             return _Outcome(why, card.user_id, name)
-        if user is not None and not user[1]:
+        if user is not None and not user.active:
             return _Outcome(Reason.HOLDER_INACTIVE, card.user_id, name)
         if card.devices is not None and reader_id in card.devices:
             return _Outcome(None, card.user_id, name, zones[0] if zones else None)
@@ -269,8 +269,8 @@ class Verifier:
             best = min(rows, key=lambda r: _rank(_window_reason(r.window, now_ms)))
             why = _window_reason(best.window, now_ms)
             user = self.cache.user(best.user_id) if best.user_id else None
-            name = user[0] if user else best.name
-            if why is None and user is not None and not user[1]:
+            name = user.name if user else best.name
+            if why is None and user is not None and not user.active:
                 why = Reason.HOLDER_INACTIVE
             return _Outcome(why, best.user_id, name, zones[0] if zones else None, duress and why is None)
         return _Outcome(Reason.NO_GRANT)
@@ -311,8 +311,8 @@ class Verifier:
     def _user_grants(self, user_id: str, name: str | None, zones: tuple[Zone, ...], now_ms: int) -> _Outcome:
         user = self.cache.user(user_id)
         if user is not None:
-            name = user[0] or name
-            if not user[1]:
+            name = user.name or name
+            if not user.active:
                 return _Outcome(Reason.HOLDER_INACTIVE, user_id, name)
         best: tuple[int, Reason | None, Zone | None] = (_rank(Reason.NO_GRANT), Reason.NO_GRANT, None)
         for zone in zones:
