@@ -66,6 +66,16 @@ def iso(instant: datetime | None) -> str | None:
     return instant.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_ms(ms: int | None) -> str | None:
+    """`iso` of an epoch-milliseconds value (a stored window edge, a next change)."""
+    return iso(from_ms(ms)) if ms is not None else None
+
+
+def iso_seconds(instant: datetime | None) -> str | None:
+    """Whole seconds with the offset (`…T10:00:00+00:00`): the spelling `status` has always shown."""
+    return instant.isoformat(timespec="seconds") if instant is not None else None
+
+
 def within(start_ms: int, end_ms: int, now_ms: int) -> bool:
     """Half-open: the first millisecond of `start` counts, the first of `end` does not."""
     return start_ms <= now_ms < end_ms

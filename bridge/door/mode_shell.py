@@ -23,7 +23,7 @@ import structlog
 
 from bridge.door.relay import Relay
 from verifier.door_mode import EffectiveMode, Mode
-from verifier.timeutil import from_ms, iso, to_ms
+from verifier.timeutil import iso_ms, to_ms
 
 log = structlog.get_logger()
 
@@ -66,7 +66,7 @@ class ModeShell:
             body = {"readerId": change.reader_id,
                     "from": change.before.value if change.before else None, "to": change.after.mode.value,
                     "why": change.after.why, "layer": change.after.layer, "relay": "held" if held else "normal",
-                    "nextChange": _iso(change.after.next_change_ms),
+                    "nextChange": iso_ms(change.after.next_change_ms),
                     "nextMode": change.after.next_mode.value if change.after.next_mode else None,
                     "clockTrusted": trusted}
             self.record(door, "DOOR_MODE_CHANGED", body)  # logs loudly itself if the outbox fails
@@ -96,5 +96,3 @@ class ModeShell:
         return out
 
 
-def _iso(ms: int | None) -> str | None:
-    return iso(from_ms(ms)) if ms is not None else None

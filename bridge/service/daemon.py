@@ -43,7 +43,7 @@ from verifier.credentials import parse
 from verifier.decide import Lockout, Policy, Verifier
 from verifier.guard import RateLimiter, ReplayMemory
 from verifier.sources import presented_source
-from verifier.timeutil import from_ms, iso, to_ms
+from verifier.timeutil import from_ms, iso, iso_seconds, to_ms
 from verifier.trusted_time import TimeReading, TrustedTime
 from verifier.types import AccessDecision, Credential, DigitalIdToken, InviteCode, Malformed, Pin, Source
 
@@ -1131,7 +1131,7 @@ class Daemon:
                 view.grants += c.execute("SELECT count(*) FROM cards").fetchone()[0]
             view.counted_version = version
         if self.learned is not None:
-            view.learned = {name: {"entries": u.entries, "oldest_learned_at": _iso_ms(u.oldest_learned_ms)}
+            view.learned = {name: {"entries": u.entries, "oldest_learned_at": iso_seconds(from_ms(u.oldest_learned_ms)) if u.oldest_learned_ms is not None else None}
                             for name, u in sorted(self.learned.summary().items())}
 
     # --- status ----------------------------------------------------------------------------------
@@ -1162,7 +1162,7 @@ class Daemon:
                       "floor": iso(from_ms(self.trusted_time.floor_now(time.monotonic()))),
                       "wall": self._wall_clock().isoformat(timespec="seconds")},
             "mqtt": self.outward.mqtt_status() if self.outward is not None else None,
-            "upstream": ({"online": bool(up.online), "since": _iso(up.since), "last_heartbeat": _iso(up.last_heartbeat),
+            "upstream": ({"online": bool(up.online), "since": iso_seconds(up.since), "last_heartbeat": iso_seconds(up.last_heartbeat),
                           "last_error": up.last_error} if up.configured else {"state": "none (standalone)"}),
             "cache": {"version": meta.version, "issued_at": iso(from_ms(meta.issued_at_ms)) if meta.version else None,
                       "age_s": _age_s(meta.issued_at_ms / 1000, now) if meta.version else None,
@@ -1211,14 +1211,6 @@ def _check_for(error: Exception) -> str:
         return ("the upstream answered, but not in its documented format: check base_url and the path point at "
                 "that service (not a proxy or captive portal); decisions continue from the cache")
     return "network/DNS from the Pi, the upstream URL and TLS; decisions continue from the cache"
-
-
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat(timespec="seconds") if t else None
-
-
-def _iso_ms(ms: int | None) -> str | None:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds") if ms is not None else None
 
 
 def _age_s(epoch_s: float, now: datetime) -> float:

@@ -28,6 +28,8 @@ from typing import Any, Callable
 import sqlite_utils
 import structlog
 
+from verifier.timeutil import iso
+
 log = structlog.get_logger()
 
 SCHEMA_VERSION = 1
@@ -301,7 +303,7 @@ class Outbox:
         stored but counted (`refused` in the newest unsent OUTBOX_OVERFLOW). Its Event has seq 0.
         Raises OutboxWriteError (nothing committed, counters re-read from disk) on a failed write.
         """
-        at_text = _iso(at or self._clock())
+        at_text = iso(at or self._clock())
         rows = [(str(uuid.uuid4()), at_text, type_, json.dumps(body, separators=(",", ":"), default=str))
                 for type_, body in items]
         events = []
@@ -488,5 +490,3 @@ def _event(row: tuple[Any, ...]) -> Event:
     return Event(row[0], row[1], row[2], row[3], json.loads(row[4]), bool(row[5]))
 
 
-def _iso(at: datetime) -> str:
-    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
