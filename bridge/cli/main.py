@@ -119,18 +119,6 @@ def _check_keys(config: Config, source: str) -> None:
     check_files(config, source)
 
 
-def _public_key(config: Config, source: str):
-    from verifier.bundle import load_public_key
-
-    text = config.cache.public_key_text(source)
-    if text is None:
-        raise ConfigError(f"{source}: cache.public_key: required to accept bundles (the central's Ed25519 public key)")
-    try:
-        return load_public_key(text)
-    except ValueError as e:
-        raise ConfigError(f"{source}: cache.public_key: {e}") from None
-
-
 # --- grants ----------------------------------------------------------------------------------------
 
 
@@ -147,7 +135,9 @@ def cmd_grants_import(args: argparse.Namespace) -> int:
     from verifier.bundle import BundleRejected, apply_file
 
     config = _load(args)
-    key = _public_key(config, _config_path(args))
+    from bridge.service.config_files import bundle_public_key
+
+    key = bundle_public_key(config, _config_path(args))
     cache = _cache(config)
     state_dir = Path(config.bridge.state_dir)
     try:

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from bridge.config import Config, ConfigError
 from bridge.config.secret_files import FRONTELIO_PREFIX, ApiKeyError, load_api_key
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 MIN_PASSCODE_SECRET_BYTES = 16
 
@@ -43,6 +46,22 @@ def check_files(config: Config, source: str, *, credentials_dir: str | None = No
             problems.append(f"{source}: {key}: {_text(e)}")
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def bundle_public_key(config: Config, source: str | None = None, *, needed: str = "to accept bundles") -> Ed25519PublicKey:
+    """The central's Ed25519 bundle key the config names (`cache.public_key` or `_file`): the one
+    loader for the daemon (sync, grants, a rotated key on reload) and `grants import`.
+    `source` names the file in the message, when the caller knows it."""
+    from verifier.bundle import load_public_key
+
+    prefix = f"{source}: " if source else ""
+    text = config.cache.public_key_text(source or "<config>")
+    if text is None:
+        raise ConfigError(f"{prefix}cache.public_key: required {needed} (the central's Ed25519 public key)")
+    try:
+        return load_public_key(text)
+    except ValueError as e:
+        raise ConfigError(f"{prefix}cache.public_key: {e}") from None
 
 
 def _text(e: Exception) -> str:

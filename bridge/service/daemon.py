@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
 
@@ -36,6 +36,7 @@ from bridge.door.pins import make_pin_factory
 from bridge.inputs.base import Input, Scan
 from bridge.inputs.registry import create_input
 from bridge.state.outbox import open_outbox
+from bridge.service.config_files import bundle_public_key
 from bridge.service.reload_plan import plan_reload
 from bridge.service.worker import Worker
 from verifier.cache import GrantCache
@@ -46,6 +47,9 @@ from verifier.sources import presented_source
 from verifier.timeutil import from_ms, iso, iso_seconds, to_ms
 from verifier.trusted_time import TimeReading, TrustedTime
 from verifier.types import AccessDecision, Credential, DigitalIdToken, InviteCode, Malformed, Pin, Source
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = structlog.get_logger()
 
@@ -560,16 +564,8 @@ class Daemon:
         self._spawn_task(run_sync(self.sync), "sync")
         self._spawn_task(run_replication(self.replicator), "replication")
 
-    def _public_key(self, config: Config | None = None) -> Any:
-        from verifier.bundle import load_public_key
-
-        text = (config or self.config).cache.public_key_text("<config>")
-        if text is None:
-            raise ConfigError("cache.public_key: required when upstream.central is configured (the central's Ed25519 key)")
-        try:
-            return load_public_key(text)
-        except ValueError as e:
-            raise ConfigError(f"cache.public_key: {e}") from None
+    def _public_key(self, config: Config | None = None) -> Ed25519PublicKey:
+        return bundle_public_key(config or self.config, needed="when upstream.central is configured")
 
     async def _start_status_server(self) -> None:
         from bridge.service.status_socket import StatusServer
