@@ -345,7 +345,8 @@ class EmergencyShell:
 
     def _record(self, event: EmergencyEvent) -> None:
         self.append(event.type, {"bridgeId": self.bridge_id, **event.body})
-        fields = {k: v for k, v in event.body.items() if isinstance(v, (str, int, float, bool))}
+        fields: dict[str, Any] = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in event.body.items()
+                                  if isinstance(v, (str, int, float, bool, list))}
         check = _CHECKS.get(event.type)
         if check:
             fields["check"] = check

@@ -195,6 +195,7 @@ async def test_fire_releases_egress_doors_while_active_and_lockdown_ends_back_to
             await rig.contact(FIRE, closed=True)  # fire during lockdown
         [line] = [e for e in logs if e["event"] == "fire_alarm"]
         assert line["log_level"] == "warning" and line["input"] == f"GPIO{FIRE}" and "check" in line
+        assert line["egressDoors"] == "back,main"
         assert rig.held("main") and rig.relay("main") and rig.held("back") and rig.relay("back")
         assert not rig.held("vault"), "a door that is not an egress door stays locked down"
         assert rig.mode("MAIN-IN")["layer"] == "evacuation"
