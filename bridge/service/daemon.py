@@ -51,6 +51,9 @@ from verifier.types import AccessDecision, Credential, DigitalIdToken, InviteCod
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from bridge.upstream.adapter import UpstreamAdapter
+    from bridge.upstream.errors import UpstreamError
+
 log = structlog.get_logger()
 
 Clock = Callable[[], datetime]
@@ -1070,23 +1073,18 @@ class Daemon:
     # --- background ------------------------------------------------------------------------------
 
     async def _heartbeats_forever(self) -> None:
-        from bridge.central.heartbeat import beat_once
+        from bridge.central.heartbeat import run_heartbeats
 
-        settings = self.config.upstream.http
         reader_ids = [r.id for r in self.config.readers] or [self.config.bridge.id]
-        while True:
-            for adapter in self.adapters:
-                if not getattr(adapter, "has_heartbeat", True):
-                    continue  # the seed has no heartbeat: a no-op is no proof the upstream is there
-                for reader_id in reader_ids:
-                    error = await beat_once(adapter, reader_id, settings)
-                    if error is None:
-                        self.upstream.last_heartbeat = self.clock()
-                        self._mark_upstream(True, name=adapter.name)
-                    else:
-                        self._mark_upstream(False, str(error), check=_check_for(error),  # names the heartbeat path
-                                            name=adapter.name)
-            await asyncio.sleep(settings.heartbeat_interval_s)
+        await run_heartbeats(self.adapters, reader_ids, self.config.upstream.http, on_result=self._heartbeat_result)
+
+    def _heartbeat_result(self, adapter: UpstreamAdapter, reader_id: str, error: UpstreamError | None) -> None:
+        if error is None:
+            self.upstream.last_heartbeat = self.clock()
+            self._mark_upstream(True, name=adapter.name)
+        else:
+            self._mark_upstream(False, str(error), check=_check_for(error),  # names the heartbeat path
+                                name=adapter.name)
 
     async def _refresh_storage_forever(self, every_s: float = 2.0) -> None:
         while True:
