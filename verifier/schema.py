@@ -14,6 +14,8 @@ from typing import Callable
 
 import sqlite_utils
 
+from verifier.migrations import migrate as run_migrations
+
 SCHEMA_VERSION = 2
 
 
@@ -118,20 +120,6 @@ def file_identity(path: str) -> FileIdentity:
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to SCHEMA_VERSION; refuse a database written by a newer daemon."""
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    if current > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"grant cache schema {current} is newer than this daemon understands ({SCHEMA_VERSION}); "
-            "upgrade door-bridge or remove the cache file to re-sync"
-        )
-    db = sqlite_utils.Database(conn)
-    for version in range(current + 1, SCHEMA_VERSION + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            MIGRATIONS[version](db)
-            conn.execute(f"PRAGMA user_version={version}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    return SCHEMA_VERSION
+    return run_migrations(conn, MIGRATIONS, lambda found, latest: RuntimeError(
+        f"grant cache schema {found} is newer than this daemon understands ({latest}); "
+        "upgrade door-bridge or remove the cache file to re-sync"))

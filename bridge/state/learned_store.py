@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import sqlite_utils
+
+from verifier.migrations import Step, migrate
+
 SCHEMA_VERSION = 1
 TOUCH_EVERY_MS = 60_000
 
@@ -77,6 +81,14 @@ CREATE INDEX learned_used ON learned(used_ms);
 """
 
 
+def _v1(db: sqlite_utils.Database) -> None:
+    for stmt in (s for s in _SCHEMA.split(";") if s.strip()):
+        db.conn.execute(stmt)
+
+
+_MIGRATIONS: dict[int, Step] = {1: _v1}
+
+
 class LearnedStore:
     def __init__(self, path: str | Path, max_entries: int) -> None:
         self.path = str(path)
@@ -92,20 +104,8 @@ class LearnedStore:
         self._count = self.conn.execute("SELECT count(*) FROM learned").fetchone()[0]
 
     def _migrate(self) -> None:
-        current = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if current > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: learned cache schema {current} is newer than this daemon "
-                               f"({SCHEMA_VERSION}); upgrade door-bridge")
-        if current == 0:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                for stmt in (s for s in _SCHEMA.split(";") if s.strip()):
-                    self.conn.execute(stmt)
-                self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
+        migrate(self.conn, _MIGRATIONS, lambda found, latest: RuntimeError(
+            f"{self.path}: learned cache schema {found} is newer than this daemon ({latest}); upgrade door-bridge"))
 
     def close(self) -> None:
         with self._lock:

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import sqlite_utils
 import structlog
 
+from verifier.migrations import migrate
 from verifier.timeutil import iso
 
 log = structlog.get_logger()
@@ -270,19 +271,8 @@ class Outbox:
             self.mark.advance(top)
 
     def _migrate(self) -> None:
-        current = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if current > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: outbox schema {current} is newer than this daemon ({SCHEMA_VERSION}); upgrade door-bridge")
-        db = sqlite_utils.Database(self.conn)
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                _MIGRATIONS[version](db)
-                self.conn.execute(f"PRAGMA user_version={version}")
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
+        migrate(self.conn, _MIGRATIONS, lambda found, latest: RuntimeError(
+            f"{self.path}: outbox schema {found} is newer than this daemon ({latest}); upgrade door-bridge"))
 
     def close(self) -> None:
         with self._lock:
