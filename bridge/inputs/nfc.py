@@ -140,7 +140,7 @@ class NfcInput:
             stop.set()
             await asyncio.to_thread(thread.join, _STOP_WAIT_S)
             if thread.is_alive():
-                log.warning("nfc.stop_slow", reader=self.reader_id, waited_s=_STOP_WAIT_S)
+                log.warning("nfc_stop_slow", reader=self.reader_id, waited_s=_STOP_WAIT_S)
 
     # --- worker thread ---------------------------------------------------------------------------
 
@@ -160,23 +160,23 @@ class NfcInput:
             except Exception as error:  # noqa: BLE001 — nfcpy raises OSError, ValueError, usb1 errors, …
                 attempts += 1
                 say = rlog.warning if trouble.problem(time.monotonic()) else rlog.debug
-                say("nfc.frontend_unavailable", error=_describe(error), attempts=attempts,
+                say("nfc_frontend_unavailable", error=_describe(error), attempts=attempts,
                          retry_s=cfg.reconnect_s, check=_CHECKLIST)
                 stop.wait(cfg.reconnect_s)
                 continue
             say = rlog.info if trouble.ready(time.monotonic()) else rlog.debug
-            say("nfc.frontend_ready", frontend=str(clf.device), after_attempts=attempts)
+            say("nfc_frontend_ready", frontend=str(clf.device), after_attempts=attempts)
             attempts = 0
             try:
                 why = self._read_presentations(clf, emit, stop, gate, rlog)
             except Exception as error:  # noqa: BLE001 — our bug or emit failing: keep the reader alive
-                rlog.exception("nfc.reader_error", error=_describe(error))
+                rlog.exception("nfc_reader_error", error=_describe(error))
                 why = _describe(error)
             finally:
                 clf.close()
             if not stop.is_set():
                 say = rlog.warning if trouble.problem(time.monotonic()) else rlog.debug
-                say("nfc.frontend_lost", error=why, retry_s=cfg.reconnect_s, check=_CHECKLIST)
+                say("nfc_frontend_lost", error=why, retry_s=cfg.reconnect_s, check=_CHECKLIST)
                 stop.wait(cfg.reconnect_s)
 
     def _read_presentations(self, clf: nfc.ContactlessFrontend, emit: Emit, stop: threading.Event,
@@ -217,7 +217,7 @@ class NfcInput:
             except (nfc.tag.TagCommandError, nfc.clf.CommunicationError) as error:
                 # A card nfcpy trips over is that card's problem, unless it keeps happening.
                 tag_errors += 1
-                rlog.warning("nfc.tag_error", error=_describe(error), in_a_row=tag_errors)
+                rlog.warning("nfc_tag_error", error=_describe(error), in_a_row=tag_errors)
                 if tag_errors >= _TAG_ERRORS_BEFORE_REOPEN:
                     return f"{tag_errors} tag errors in a row, last {_describe(error)}"
                 continue
@@ -233,7 +233,7 @@ class NfcInput:
         import nfc
         uid = bytes(tag.identifier)
         if not gate.is_new(uid, time.monotonic()):
-            rlog.debug("nfc.same_card_again", tag_type=str(tag.type))
+            rlog.debug("nfc_same_card_again", tag_type=str(tag.type))
             return True
         text: str | None = None
         if self._cfg.read_ndef:
@@ -241,23 +241,23 @@ class NfcInput:
                 text = credential_text(tag.ndef.records) if tag.ndef else None
             except (nfc.tag.TagCommandError, nfc.clf.CommunicationError) as error:
                 # Taken away mid-read: a UID scan now would be the wrong credential for a phone.
-                rlog.warning("nfc.read_incomplete", tag_type=str(tag.type), error=_describe(error),
+                rlog.warning("nfc_read_incomplete", tag_type=str(tag.type), error=_describe(error),
                              advice="hold the card or phone still on the reader")
                 return False
             except ndef.DecodeError:
                 # Read whole but not valid NDEF: a card with junk in it, counted by its UID. The
                 # decoder's message is not logged: it may quote the tag's content.
-                rlog.info("nfc.ndef_invalid", tag_type=str(tag.type), using="uid")
+                rlog.info("nfc_ndef_invalid", tag_type=str(tag.type), using="uid")
         if text is not None:
             scan = Scan(self.reader_id, Source.PHONE_NFC, raw=text.encode("utf-8"), hint=None,
                         at_monotonic=time.monotonic())
-            rlog.debug("nfc.scan", source=scan.source.value, tag_type=str(tag.type), ndef_chars=len(text))
+            rlog.debug("nfc_scan", source=scan.source.value, tag_type=str(tag.type), ndef_chars=len(text))
         else:
             number = uid.hex().upper()
             scan = Scan(self.reader_id, Source.CARD, raw=number.encode("ascii"), hint="card",
                         at_monotonic=time.monotonic())
             # No fingerprint here: only the decision line carries one (keyed, see verifier.types).
-            rlog.debug("nfc.scan", source=scan.source.value, tag_type=str(tag.type), uid_bytes=len(uid))
+            rlog.debug("nfc_scan", source=scan.source.value, tag_type=str(tag.type), uid_bytes=len(uid))
         emit(scan)
         return True
 

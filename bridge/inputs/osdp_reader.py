@@ -293,7 +293,7 @@ class OsdpReader:
             self.scbk = self.install_key
             return
         if cfg.install:
-            self.log.warning("osdp.install_ignored", key_file=str(cfg.scbk_file),
+            self.log.warning("osdp_install_ignored", key_file=str(cfg.scbk_file),
                              why="the key file exists: this PD has its key, Secure Channel is enforced",
                              check="remove install = true from the config")
         self.scbk = load_scbk(cfg)
@@ -346,7 +346,7 @@ class OsdpReader:
         length = int(event.get("length") or 0)
         if self.cfg.card_bits == "hex":
             if length <= 0 or (length + 7) // 8 != len(data):
-                self.log.warning("osdp.card_rejected", bits=length, why="data length does not match the bit count")
+                self.log.warning("osdp_card_rejected", bits=length, why="data length does not match the bit count")
                 return
             value = int.from_bytes(data, "big") >> (len(data) * 8 - length)
             number = f"{value:0{(length + 3) // 4}X}"
@@ -354,22 +354,22 @@ class OsdpReader:
             return
         frame = decode_bytes(data, length, self.formats)
         if isinstance(frame, WiegandCard):
-            self.log.debug("osdp.card", format=frame.format, bits=length)
+            self.log.debug("osdp_card", format=frame.format, bits=length)
             self._emit_card(card_key(frame).encode(), data + bytes([length & 0xFF]), at)
         else:
-            self.log.warning("osdp.card_rejected", bits=length, format=getattr(frame, "format", None),
+            self.log.warning("osdp_card_rejected", bits=length, format=getattr(frame, "format", None),
                              parity=getattr(frame, "parity", None), why=getattr(frame, "reason", "not a card"),
                              check="the formats of this reader (card_bits, formats) and the PD's card format setting")
 
     def _emit_card(self, raw: bytes, identity: bytes, at: float) -> None:
         if not self.gate.is_new(identity, at):
             self.gate.released(identity, at)
-            self.log.debug("osdp.same_card_again")
+            self.log.debug("osdp_same_card_again")
             return
         self.gate.released(identity, at)
         assert self.emit is not None
         # No fingerprint here: only the decision line carries one (keyed with the bridge's secret).
-        self.log.debug("osdp.scan", digits=len(raw))
+        self.log.debug("osdp_scan", digits=len(raw))
         self.emit(Scan(self.reader_id, Source.CARD, raw, hint="card", at_monotonic=at))
 
     def on_keys(self, event: dict[str, Any], at: float) -> None:
@@ -401,7 +401,7 @@ class OsdpReader:
             if self.state.tamper is not None or tamper:
                 self.sink.reader_event(self.reader_id, "READER_TAMPER", {"tamper": tamper, "where": where})
                 say = self.log.warning if tamper else self.log.info
-                say("osdp.tamper" if tamper else "osdp.tamper_cleared", where=where,
+                say("osdp_tamper" if tamper else "osdp_tamper_cleared", where=where,
                     check="the reader's housing and mounting; who was there: door-bridge events tail")
             self.state.tamper = tamper
         if len(report) > 1:
@@ -410,7 +410,7 @@ class OsdpReader:
                 if self.state.power_failure is not None or failure:
                     self.sink.reader_event(self.reader_id, "READER_POWER", {"powerFailure": failure, "where": where})
                     say = self.log.warning if failure else self.log.info
-                    say("osdp.power_failure" if failure else "osdp.power_restored", where=where,
+                    say("osdp_power_failure" if failure else "osdp_power_restored", where=where,
                         check="the reader's supply voltage and cable")
                 self.state.power_failure = failure
 
@@ -489,7 +489,7 @@ class OsdpBus:
             infos.append(osdp.PDInfo(reader.cfg.address, self.channel, scbk=reader.scbk, flags=flags,
                                      name=f"PD-{reader.cfg.address}"))
             if reader.installing:
-                reader.log.warning("osdp.install_mode", key_file=str(reader.cfg.scbk_file),
+                reader.log.warning("osdp_install_mode", key_file=str(reader.cfg.scbk_file),
                                    effect="this PD may take a new key with the well-known default key (SCBK-D); "
                                           "its card reads are ignored until it has its own key",
                                    check="do this on the bench or with the PD alone on the bus; it ends by itself")
@@ -499,7 +499,7 @@ class OsdpBus:
         self.cp.start()
         for reader in self.readers:
             reader.state.offline_since = time.monotonic()
-            reader.log.info("osdp.ready", baudrate=self.baudrate, secure="install" if reader.installing else "enforced")
+            reader.log.info("osdp_ready", baudrate=self.baudrate, secure="install" if reader.installing else "enforced")
         self._supervisor = asyncio.create_task(self._supervise(), name=f"osdp-{self.port}")
 
     async def _stop(self) -> None:
@@ -543,7 +543,7 @@ class OsdpBus:
                 return
             if not (reader.state.secure and not reader.state.scbkd):
                 # ENFORCE_SECURE keeps clear-text PDs offline; this also covers install mode.
-                reader.log.warning("osdp.insecure_event_dropped", event=kind,
+                reader.log.warning("osdp_insecure_event_dropped", event=kind,
                                    why="no Secure Channel with this PD's own key")
                 return
             if kind == _EVENT_CARDREAD:
@@ -554,7 +554,7 @@ class OsdpBus:
             elif kind == _EVENT_STATUS:
                 reader.on_status(event)
         except Exception as e:  # noqa: BLE001 - one odd event must not stop the bus
-            reader.log.exception("osdp.event_failed", error=f"{type(e).__name__}: {e}"[:200])
+            reader.log.exception("osdp_event_failed", error=f"{type(e).__name__}: {e}"[:200])
 
     def _on_notification(self, reader: OsdpReader, event: dict[str, Any]) -> None:
         kind, arg0, arg1 = event.get("type"), event.get("arg0"), event.get("arg1")
@@ -597,7 +597,7 @@ class OsdpBus:
         if was_reported:
             reader.sink.reader_event(reader.reader_id, "READER_ONLINE", {"address": reader.cfg.address, **info})
             reader.sink.reader_offline(reader.reader_id, None)
-        reader.log.info("osdp.online", secure=True, **info)
+        reader.log.info("osdp_online", secure=True, **info)
         self.submit_idle(reader)
 
     def _offline(self, reader: OsdpReader) -> None:
@@ -637,7 +637,7 @@ class OsdpBus:
         if changed or state.warned_at is None or now - state.warned_at >= REMIND_EVERY_S:
             state.warned_at = now
             say = reader.log.error if problem.kind in ("wrong_key", "clear_text_only") else reader.log.warning
-            say("osdp.offline", problem=problem.kind, detail=problem.text, check=problem.check,
+            say("osdp_offline", problem=problem.kind, detail=problem.text, check=problem.check,
                 retry_s=round(state.retry_s, 1))
 
     def _sc_capable(self, reader: OsdpReader) -> bool | None:
@@ -655,7 +655,7 @@ class OsdpBus:
             os.replace(reader.install_path, reader.cfg.scbk_file)
             _fsync_dir(reader.cfg.scbk_file.parent)
         except OSError as e:
-            reader.log.error("osdp.key_not_saved", key_file=str(reader.cfg.scbk_file), error=e.strerror,
+            reader.log.error("osdp_key_not_saved", key_file=str(reader.cfg.scbk_file), error=e.strerror,
                              check=f"the PD has the key in {reader.install_path}; move it to {reader.cfg.scbk_file}")
             return
         reader.install_key, reader.install_path = None, None
@@ -663,7 +663,7 @@ class OsdpBus:
         with contextlib.suppress(Exception):
             self.cp.set_flag(reader.cfg.address, osdp.LibFlag.EnforceSecure)
         reader.sink.reader_event(reader.reader_id, "OSDP_KEY_INSTALLED", {"address": reader.cfg.address})
-        reader.log.info("osdp.key_installed", key_file=str(reader.cfg.scbk_file), install_mode="ended",
+        reader.log.info("osdp_key_installed", key_file=str(reader.cfg.scbk_file), install_mode="ended",
                         next_step="remove install = true from the config (a present key file wins anyway)")
 
     # --- supervision ----------------------------------------------------------------------------
@@ -677,12 +677,12 @@ class OsdpBus:
                 for reader in self.readers:
                     self._check_reader(reader, now)
             except Exception as e:  # noqa: BLE001 - supervision must go on
-                log.exception("osdp.supervisor_error", port=self.port, error=f"{type(e).__name__}: {e}"[:200])
+                log.exception("osdp_supervisor_error", port=self.port, error=f"{type(e).__name__}: {e}"[:200])
 
     def _check_port(self, now: float) -> None:
         if self.channel.broken is None:
             if self._port_warned_at is not None:
-                log.info("osdp.port_ready", port=self.port)
+                log.info("osdp_port_ready", port=self.port)
                 self._port_warned_at = None
             return
         problem = self.channel.broken
@@ -692,12 +692,12 @@ class OsdpBus:
             if self._port_warned_at is None or now - self._port_warned_at >= REMIND_EVERY_S:
                 self._port_problem(problem)
             return
-        log.info("osdp.port_reopened", port=self.port, after=problem)
+        log.info("osdp_port_reopened", port=self.port, after=problem)
         self._port_warned_at = None
 
     def _port_problem(self, problem: str) -> None:
         self._port_warned_at = time.monotonic()
-        log.error("osdp.port_unavailable", port=self.port, error=problem,
+        log.error("osdp_port_unavailable", port=self.port, error=problem,
                   check="the RS-485 adapter is plugged in (door-bridge doctor lists serial ports), the service user "
                         "is in the dialout group, no other program holds the port")
 
@@ -709,7 +709,7 @@ class OsdpBus:
             return
         if reader.installing and state.warned_at is not None and now - state.warned_at >= REMIND_EVERY_S:
             state.warned_at = now
-            reader.log.warning("osdp.install_mode", key_file=str(reader.cfg.scbk_file), still="waiting for the PD")
+            reader.log.warning("osdp_install_mode", key_file=str(reader.cfg.scbk_file), still="waiting for the PD")
         if state.offline_since is not None and not state.reported and state.next_retry_at is None:
             # Never came online at all since start: libosdp tries once, then we pace the retries.
             if now - state.offline_since > 10.0:
@@ -773,7 +773,7 @@ def sc_capable(cp: Any, watch: ReplyWatch, address: int) -> bool | None:
 
 def pd_info(cp: Any, address: int) -> dict[str, Any]:
     """Who the PD is (its PDID) and what it can do (its PDCAP), as libosdp recorded them; the
-    journal's `osdp.online` line, `READER_ONLINE` and `door-bridge doctor` spell them alike."""
+    journal's `osdp_online` line, `READER_ONLINE` and `door-bridge doctor` spell them alike."""
     import osdp
 
     info: dict[str, Any] = {}

@@ -142,7 +142,7 @@ class WiegandInput:
         self._open()
         self._log = log.bind(reader=self.reader_id)
         self._wake = lambda: loop.call_soon_threadsafe(woken.set)
-        self._log.info("wiegand.ready", d0=self._cfg.d0_pin, d1=self._cfg.d1_pin, keypad=self._cfg.keypad)
+        self._log.info("wiegand_ready", d0=self._cfg.d0_pin, d1=self._cfg.d1_pin, keypad=self._cfg.keypad)
         try:
             while True:
                 woken.clear()
@@ -161,21 +161,21 @@ class WiegandInput:
         frame = decode(bits, self._formats) if length == len(bits) else WiegandError(length, f"longer than {MAX_FRAME_BITS} bits: line noise or a stuck line")
         match frame:
             case WiegandCard():
-                self._log.debug("wiegand.card", format=frame.format, bits=length)
+                self._log.debug("wiegand_card", format=frame.format, bits=length)
                 emit(Scan(self.reader_id, Source.CARD, card_key(frame).encode(), hint="card", at_monotonic=at))
             case WiegandKey() if not self._cfg.keypad:
-                self._log.warning("wiegand.key_ignored", bits=length, why="reader is not configured with keypad = true")
+                self._log.warning("wiegand_key_ignored", bits=length, why="reader is not configured with keypad = true")
             case WiegandKey():
                 refused = self._entry.too_long
                 entry = self._entry.feed(frame.symbol, at)
                 if self._entry.too_long > refused:
-                    self._log.warning("wiegand.pin_too_long", limit=PIN_MAX_DIGITS)
+                    self._log.warning("wiegand_pin_too_long", limit=PIN_MAX_DIGITS)
                 if entry is not None:
-                    self._log.debug("wiegand.pin", digits=len(entry))
+                    self._log.debug("wiegand_pin", digits=len(entry))
                     emit(Scan(self.reader_id, Source.KEYPAD, entry.encode(), hint="pin", at_monotonic=at))
             case WiegandError():
                 self._log.warning(
-                    "wiegand.frame_rejected", bits=length, format=frame.format, parity=frame.parity, why=frame.reason
+                    "wiegand_frame_rejected", bits=length, format=frame.format, parity=frame.parity, why=frame.reason
                 )
 
 

@@ -130,7 +130,7 @@ def test_felica_card_without_ndef_is_a_card_scan_of_its_idm(logs: list[MutableMa
 
     assert [(s.reader_id, s.source, s.raw, s.hint) for s in scans] == [(READER, Source.CARD, b"01A2B3C4D5E6F708", "card")]
     assert "01A2B3C4D5E6F708" not in repr(logs).upper()  # not logged: the decision line carries its keyed fingerprint
-    assert any(e["event"] == "nfc.scan" and e.get("uid_bytes") == 8 and "card" not in e for e in logs)
+    assert any(e["event"] == "nfc_scan" and e.get("uid_bytes") == 8 and "card" not in e for e in logs)
 
 
 def test_tag_with_junk_instead_of_ndef_is_counted_by_its_uid(logs: list[MutableMapping[str, Any]]) -> None:
@@ -138,8 +138,8 @@ def test_tag_with_junk_instead_of_ndef_is_counted_by_its_uid(logs: list[MutableM
     scans = read_while_tag_presented(["--uid", "03FEFFE011223344", "--ndef-hex", "d1011054"])
 
     assert [(s.source, s.raw, s.hint) for s in scans] == [(Source.CARD, b"03FEFFE011223344", "card")]
-    assert any(e["event"] == "nfc.ndef_invalid" for e in logs)
-    assert not any(e["event"] in ("nfc.frontend_lost", "nfc.reader_error") for e in logs)
+    assert any(e["event"] == "nfc_ndef_invalid" for e in logs)
+    assert not any(e["event"] in ("nfc_frontend_lost", "nfc_reader_error") for e in logs)
 
 
 def test_iso14443a_card_is_a_card_scan_of_its_seven_byte_uid() -> None:
@@ -166,7 +166,7 @@ def test_missing_frontend_warns_what_to_check_and_retries_without_crashing(logs:
     scans: list[Scan] = []
 
     def attempts() -> int:
-        return sum(1 for e in logs if e["event"] == "nfc.frontend_unavailable")
+        return sum(1 for e in logs if e["event"] == "nfc_frontend_unavailable")
 
     async def scenario() -> bool:
         task = asyncio.create_task(create(cfg).run(scans.append))
@@ -184,7 +184,7 @@ def test_missing_frontend_warns_what_to_check_and_retries_without_crashing(logs:
     assert not crashed
     assert attempts() >= 3
     warnings = [e for e in logs if e["log_level"] == "warning"]
-    assert [e["event"] for e in warnings] == ["nfc.frontend_unavailable"]  # once, retries are debug
+    assert [e["event"] for e in warnings] == ["nfc_frontend_unavailable"]  # once, retries are debug
     warning = warnings[0]
     assert warning["reader"] == READER and warning["device"] == cfg.device
     assert "plugdev" in warning["check"] and "door-bridge doctor" in warning["check"]
@@ -245,8 +245,8 @@ def test_frontend_that_appears_later_is_used_after_one_warning(monkeypatch: pyte
     run_until(frontends, monkeypatch, lambda: frontends.connects >= 1)
 
     notable = [(e["event"], e["log_level"]) for e in logs if e["log_level"] != "debug"]
-    assert notable == [("nfc.frontend_unavailable", "warning"), ("nfc.frontend_ready", "info")]
-    assert next(e for e in logs if e["event"] == "nfc.frontend_ready")["after_attempts"] == 2
+    assert notable == [("nfc_frontend_unavailable", "warning"), ("nfc_frontend_ready", "info")]
+    assert next(e for e in logs if e["event"] == "nfc_frontend_ready")["after_attempts"] == 2
     assert frontends.closes == 1  # closed when cancelled
 
 
@@ -257,8 +257,8 @@ def test_frontend_that_vanishes_is_reopened_and_warned_about_once(monkeypatch: p
     run_until(frontends, monkeypatch, lambda: frontends.opens >= 4)
 
     notable = [(e["event"], e["log_level"]) for e in logs if e["log_level"] != "debug"]
-    assert notable[:2] == [("nfc.frontend_ready", "info"), ("nfc.frontend_lost", "warning")]
-    assert notable.count(("nfc.frontend_lost", "warning")) == 1  # flapping: once, then debug lines
+    assert notable[:2] == [("nfc_frontend_ready", "info"), ("nfc_frontend_lost", "warning")]
+    assert notable.count(("nfc_frontend_lost", "warning")) == 1  # flapping: once, then debug lines
     assert frontends.closes == frontends.opens
 
 
@@ -271,7 +271,7 @@ def test_repeated_tag_errors_reopen_the_frontend(monkeypatch: pytest.MonkeyPatch
     run_until(frontends, monkeypatch, lambda: frontends.opens >= 2)
 
     warnings = [e["event"] for e in logs if e["log_level"] == "warning"]
-    assert warnings[:4] == ["nfc.tag_error"] * 3 + ["nfc.frontend_lost"]
+    assert warnings[:4] == ["nfc_tag_error"] * 3 + ["nfc_frontend_lost"]
     assert frontends.connects >= 3
 
 
@@ -321,7 +321,7 @@ def test_tap_pulled_away_mid_read_gives_no_scan_and_does_not_hold_back_the_retry
     asyncio.run(scenario())
 
     assert [(s.source, s.raw) for s in scans] == [(Source.CARD, b"08A1B2C3")]  # the retry counted
-    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["nfc.read_incomplete"]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["nfc_read_incomplete"]
 
 
 def test_cancelling_run_stops_the_reader_thread() -> None:

@@ -203,7 +203,7 @@ async def test_wrong_key_is_refused_naming_the_reader_and_the_key_file(tmp_path:
             state = daemon.snapshot()["readers"][READER]
             assert state["state"] == "failed" and str(path) in state["offline"]
             assert "offline" in daemon.status_line() and READER in daemon.status_line()
-    errors = [e for e in logs if e["event"] == "osdp.offline"]
+    errors = [e for e in logs if e["event"] == "osdp_offline"]
     assert errors and errors[0]["log_level"] == "error" and errors[0]["reader"] == READER
     assert errors[0]["problem"] == "wrong_key" and str(path) in errors[0]["detail"]
     assert KEY.lower() not in repr(logs).lower() and OTHER_KEY.lower() not in repr(logs).lower()
@@ -219,7 +219,7 @@ async def test_clear_text_pd_is_refused_when_secure_channel_is_enforced(tmp_path
             await asyncio.sleep(1.0)
             assert not online(daemon) and daemon.stats.decisions == 0
             assert events(daemon, "READER_OFFLINE")[0]["problem"] == "clear_text_only"
-    refused = [e for e in logs if e["event"] == "osdp.offline"]
+    refused = [e for e in logs if e["event"] == "osdp_offline"]
     assert refused[0]["problem"] == "clear_text_only" and "Secure Channel" in refused[0]["check"]
 
 
@@ -239,7 +239,7 @@ async def test_install_mode_hands_over_a_new_key_and_the_next_session_uses_it(tm
     new_key = path.read_text().strip()
     assert len(given) == 1 and given[0]["data"].upper() == new_key  # the PD got what the file holds
     warnings = [e["event"] for e in logs if e["log_level"] == "warning"]
-    assert "osdp.install_mode" in warnings and any(e["event"] == "osdp.key_installed" for e in logs)
+    assert "osdp_install_mode" in warnings and any(e["event"] == "osdp_key_installed" for e in logs)
     assert new_key.lower() not in repr(logs).lower()
     # The PD restarts with the key it was given; install = true is still in the config, but the
     # key file now exists: Secure Channel is enforced with it, and no new key is handed over.
@@ -249,7 +249,7 @@ async def test_install_mode_hands_over_a_new_key_and_the_next_session_uses_it(tm
             pd.card(101, CARD)
             await wait_for(lambda: daemon.stats.decisions >= 1, DEADLINE_S, "decision")
         assert pd.commands(101, 5) == []
-    assert any(e["event"] == "osdp.install_ignored" for e in logs)
+    assert any(e["event"] == "osdp_install_ignored" for e in logs)
 
 
 async def test_killed_pd_is_reader_offline_and_its_return_reader_online(tmp_path: Path, bus: tuple[int, str]) -> None:

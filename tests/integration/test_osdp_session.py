@@ -74,7 +74,7 @@ async def test_a_lost_session_is_brought_back_at_once_not_after_the_retry_back_o
             pd.card(101, CARD)
             await wait_for(lambda: daemon.stats.decisions >= 1, 30, "a decision after the return")
     # A session that had been up with this key is never blamed on the key.
-    assert not [e for e in logs if e["event"] == "osdp.offline" and e["problem"] == "wrong_key"]
+    assert not [e for e in logs if e["event"] == "osdp_offline" and e["problem"] == "wrong_key"]
 
 
 async def test_a_late_reply_from_a_pd_that_repeats_it_costs_neither_the_session_nor_the_card_read(

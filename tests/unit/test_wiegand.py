@@ -322,7 +322,7 @@ def test_bad_parity_frame_is_logged_and_not_scanned(factory: MockFactory) -> Non
         scans = asyncio.run(scans_from(factory, cfg, [tuple(bad), encode("H10301", 1, 2)], expect=1))
     assert [s.raw for s in scans] == [b"2:1"]
     [warning] = [e for e in logs if e["log_level"] == "warning"]
-    assert warning["event"] == "wiegand.frame_rejected"
+    assert warning["event"] == "wiegand_frame_rejected"
     assert warning["format"] == "H10301" and warning["parity"] == "odd (trailing)" and warning["bits"] == 26
     assert warning["reader"] == "W-1"
     assert "4567" not in repr(logs)
@@ -333,7 +333,7 @@ def test_line_noise_is_logged_and_not_scanned(factory: MockFactory) -> None:
     with structlog.testing.capture_logs() as logs:
         scans = asyncio.run(scans_from(factory, cfg, [(1, 0, 1), H10301_123_4567], expect=1))
     assert [s.raw for s in scans] == [b"123:4567"]
-    assert [(e["event"], e["bits"]) for e in logs if e["log_level"] == "warning"] == [("wiegand.frame_rejected", 3)]
+    assert [(e["event"], e["bits"]) for e in logs if e["log_level"] == "warning"] == [("wiegand_frame_rejected", 3)]
 
 
 def test_keypad_bursts_become_a_pin_on_hash(factory: MockFactory) -> None:
@@ -360,7 +360,7 @@ def test_an_overlong_entry_is_refused_whole(factory: MockFactory) -> None:
     with structlog.testing.capture_logs() as logs:
         scans = asyncio.run(scans_from(factory, cfg, keys, expect=1))
     assert [s.raw for s in scans] == [b"4321"]  # not b"123456789012"
-    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["wiegand.pin_too_long"]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["wiegand_pin_too_long"]
 
 
 def test_card_and_pin_on_one_combo_reader(factory: MockFactory) -> None:
@@ -375,7 +375,7 @@ def test_keys_on_a_reader_without_keypad_are_dropped_with_a_warning(factory: Moc
     with structlog.testing.capture_logs() as logs:
         scans = asyncio.run(scans_from(factory, cfg, [encode_key("1", 8), encode_key("#", 8), H10301_123_4567], expect=1))
     assert [s.source for s in scans] == [Source.CARD]
-    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["wiegand.key_ignored"] * 2
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["wiegand_key_ignored"] * 2
 
 
 def test_cancelling_run_releases_both_lines(factory: MockFactory) -> None:
