@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, model_validator
 
-from bridge.config.base import FilePath, GpioPin, ReaderId, Seconds, StrictModel
+from bridge.config.base import FilePath, GpioPin, Seconds, StrictModel
 
 
 class ConfigError(Exception):
@@ -82,6 +82,10 @@ class GpioSection(_Strict):
         return self
 
 
+# Every GPIO function of a door, in the order doctor lists them.
+DOOR_PIN_FIELDS = ("relay_pin", "door_switch_pin", "rex_pin", "led_pin", "buzzer_pin", "aux_relay_pin")
+
+
 class DoorSection(_Strict):
     relay_pin: GpioPin
     relay_active_high: bool = True
@@ -112,10 +116,13 @@ class DoorSection(_Strict):
     passcode_secret_file: FilePath | None = None
     passcode_door_id: str | None = Field(None, min_length=1, max_length=128)
 
+    def pins(self) -> dict[str, int]:
+        """The door's pin list, its one copy: each GPIO function it uses (`relay_pin`, …) → the pin."""
+        return {name: pin for name in DOOR_PIN_FIELDS if (pin := getattr(self, name)) is not None}
+
     @model_validator(mode="after")
     def _distinct_pins(self) -> "DoorSection":
-        pins = [p for p in (self.relay_pin, self.door_switch_pin, self.rex_pin, self.led_pin,
-                            self.buzzer_pin, self.aux_relay_pin) if p is not None]
+        pins = list(self.pins().values())
         if len(pins) != len(set(pins)):
             raise ValueError(f"two functions share one GPIO pin ({sorted(pins)})")
         return self
@@ -183,8 +190,7 @@ class Config(_Strict):
             raise _KeyError(key, problem)
         emergency_pins = self.emergency.pins()
         for name, door in self.doors.items():
-            for field in ("relay_pin", "door_switch_pin", "rex_pin", "led_pin", "buzzer_pin", "aux_relay_pin"):
-                pin = getattr(door, field)
+            for field, pin in door.pins().items():
                 if pin in emergency_pins:
                     raise _KeyError(f"emergency.{emergency_pins[pin]}", f"GPIO {pin} is also doors.{name}.{field}")
         if self.offline.webhook is not None and self.upstream.frontelio is None:

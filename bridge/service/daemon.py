@@ -458,9 +458,8 @@ class Daemon:
 
     def _start_door_io(self) -> None:
         for name, door_cfg in self.config.doors.items():
-            pins = (door_cfg.door_switch_pin, door_cfg.rex_pin, door_cfg.led_pin, door_cfg.buzzer_pin, door_cfg.aux_relay_pin)
-            if all(p is None for p in pins):
-                continue
+            if door_cfg.pins().keys() == {"relay_pin"}:
+                continue  # a bare relay: no door monitor to run
             from bridge.door.monitor import DoorMonitor
 
             self.door_io[name] = DoorMonitor(self.doors[name], door_cfg, self._pin_factory,

@@ -637,10 +637,7 @@ class PinUse:
 def configured_pins(config: Config) -> list[PinUse]:
     uses = []
     for name, door in config.doors.items():
-        for attr in ("relay_pin", "door_switch_pin", "rex_pin", "led_pin", "buzzer_pin", "aux_relay_pin"):
-            pin = getattr(door, attr, None)
-            if pin is None:
-                continue
+        for attr, pin in door.pins().items():
             # Only a relay matters at boot: a lit LED while the Pi boots opens no door.
             relay = attr in ("relay_pin", "aux_relay_pin")
             active_high = getattr(door, attr.removesuffix("_pin") + "_active_high", True)
