@@ -9,6 +9,13 @@ pass) as the floor, and `import bridge.cli` alone, so the daemon's share is visi
 
     python bench/startup.py                    # 10,000 grants, 5 runs
     python bench/startup.py --grants 1000000 --runs 3
+    python bench/startup.py --profile-imports 25   # and one more run under -X importtime: where it goes
+    python bench/startup.py --no-bytecode      # every module compiled from source, as PYTHONDONTWRITEBYTECODE=1 does
+
+By default the daemon runs from compiled bytecode (a private PYTHONPYCACHEPREFIX, warmed by the
+first interpreter runs), as an installed door-bridge does: pip and apt compile what they install.
+A checkout run with PYTHONDONTWRITEBYTECODE=1 recompiles every bridge module on each start
+(~90 ms here), which is not what a Pi pays.
 
 The last line is JSON with the medians (ms) and every run's figures.
 """
@@ -44,13 +51,34 @@ class StartRun:
     first_decision_ms: float
 
 
-def _interpreter_ms(code: str) -> float:
+def child_env(work: Path, bytecode: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    if bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    else:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def _interpreter_ms(code: str, env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
     return (time.perf_counter() - t0) * 1000
 
 
-def one_run(work: Path, config: Path, ptys: list[load.PtyPair], card: bytes, timeout: float = 60.0) -> StartRun:
+def top_imports(log: str, n: int) -> list[tuple[str, int, int]]:
+    """(module, self µs, cumulative µs) of the `n` costliest by self time in `-X importtime` output."""
+    rows = []
+    for line in log.splitlines():
+        if line.startswith("import time:") and "|" in line and "self [us]" not in line:
+            _, self_us, cum_us, name = (part.strip() for part in line.replace("import time:", "|", 1).split("|"))
+            rows.append((name, int(self_us), int(cum_us)))
+    return sorted(rows, key=lambda r: -r[1])[:n]
+
+
+def one_run(work: Path, config: Path, ptys: list[load.PtyPair], card: bytes, timeout: float = 60.0,
+            base_env: dict[str, str] | None = None, python_flags: tuple[str, ...] = ()) -> StartRun:
     notify_path = work / "notify.sock"
     notify_path.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -58,12 +86,12 @@ def one_run(work: Path, config: Path, ptys: list[load.PtyPair], card: bytes, tim
     sock.settimeout(0.005)
     log_path = work / "daemon.log"
     log_path.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": str(notify_path)}
+    env = {**(base_env or os.environ), "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": str(notify_path)}
     for name in ("WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "RUNTIME_DIRECTORY"):
         env.pop(name, None)
     with open(log_path, "wb") as out:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "run", "--config", str(config)],
+        proc = subprocess.Popen([sys.executable, *python_flags, "-m", "bridge.cli", "run", "--config", str(config)],
                                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         try:
             ready = _wait_ready(sock, proc, t0, timeout, log_path)
@@ -108,6 +136,9 @@ def main() -> None:
     ap.add_argument("--grants", type=int, default=10_000)
     ap.add_argument("--readers", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--no-bytecode", action="store_true", help="compile every module from source on each start")
+    ap.add_argument("--profile-imports", type=int, default=0, metavar="N",
+                    help="one more run under -X importtime; print its N costliest imports (self time)")
     args = ap.parse_args()
     settings = load.LoadSettings(grants=args.grants, readers=args.readers)
     work = Path(tempfile.mkdtemp(prefix="door-bridge-startup-"))
@@ -120,21 +151,36 @@ def main() -> None:
         card = pools.by_kind["card"][0][0]
         config = work / "config.toml"
         load.write_config(config, state, key, ptys, settings)
-        python_ms = statistics.median(_interpreter_ms("pass") for _ in range(3))
-        import_ms = statistics.median(_interpreter_ms("import bridge.cli") for _ in range(3))
-        runs = [one_run(work, config, ptys, card) for _ in range(args.runs)]
+        env = child_env(work, bytecode=not args.no_bytecode)
+        _interpreter_ms("import bridge.cli.main, bridge.service.daemon", env)  # writes the bytecode once
+        python_ms = statistics.median(_interpreter_ms("pass", env) for _ in range(3))
+        import_ms = statistics.median(_interpreter_ms("import bridge.cli", env) for _ in range(3))
+        runs = [one_run(work, config, ptys, card, base_env=env) for _ in range(args.runs)]
+        imports: list[tuple[str, int, int]] = []
+        if args.profile_imports:
+            one_run(work, config, ptys, card, base_env=env, python_flags=("-X", "importtime"))
+            log_text = (work / "daemon.log").read_text(errors="replace")
+            imports = top_imports(log_text, args.profile_imports)
+            total_us = sum(int(line.split("|")[0].split(":")[1]) for line in log_text.splitlines()
+                           if line.startswith("import time:") and "self [us]" not in line)
+            print(f"imports in the run (one run, -X importtime): {total_us / 1000:.1f} ms in all; costliest by self time:",
+                  file=sys.stderr)
+            for name, self_us, cum_us in imports:
+                print(f"  {self_us / 1000:7.1f} ms self {cum_us / 1000:7.1f} ms cumulative  {name}", file=sys.stderr)
     finally:
         for p in ptys:
             p.close()
         shutil.rmtree(work, ignore_errors=True)
     loadavg = os.getloadavg()[0]
     figures = {
-        "grants": args.grants, "runs": len(runs), "load_avg_1m": round(loadavg, 2),
+        "grants": args.grants, "runs": len(runs), "load_avg_1m": round(loadavg, 2), "bytecode": not args.no_bytecode,
         "python_start_ms": round(python_ms, 1), "import_bridge_cli_ms": round(import_ms, 1),
         "ready_ms": round(statistics.median(r.ready_ms for r in runs), 1),
         "first_decision_ms": round(statistics.median(r.first_decision_ms for r in runs), 1),
         "ready_ms_each": [r.ready_ms for r in runs],
         "first_decision_ms_each": [r.first_decision_ms for r in runs],
+        **({"imports_top": [{"module": m, "self_ms": round(a / 1000, 1), "cumulative_ms": round(c / 1000, 1)}
+                            for m, a, c in imports]} if imports else {}),
     }
     print(f"run → READY=1 {figures['ready_ms']} ms, → first decision {figures['first_decision_ms']} ms "
           f"(median of {len(runs)}, {args.grants:,} grants; python itself {figures['python_start_ms']} ms, "

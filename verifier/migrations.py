@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
-import sqlite_utils
+if TYPE_CHECKING:  # imported by migrate() only when a step is due: see there
+    import sqlite_utils
 
-Step = Callable[[sqlite_utils.Database], None]
+Step = Callable[["sqlite_utils.Database"], None]
 
 
 def migrate(conn: sqlite3.Connection, steps: Mapping[int, Step], too_new: Callable[[int, int], Exception]) -> int:
@@ -22,6 +24,13 @@ def migrate(conn: sqlite3.Connection, steps: Mapping[int, Step], too_new: Callab
     current = conn.execute("PRAGMA user_version").fetchone()[0]
     if current > latest:
         raise too_new(current, latest)
+    if current == latest:
+        return latest
+    # sqlite-utils (with click and pluggy) costs ~40-80 ms to import: a start whose files are at
+    # the current schema — every start but the first after an install or upgrade — must not pay
+    # it before READY (bench/startup.py --profile-imports; tests/unit/test_start_imports.py).
+    import sqlite_utils
+
     db = sqlite_utils.Database(conn)
     for version in range(current + 1, latest + 1):
         conn.execute("BEGIN IMMEDIATE")

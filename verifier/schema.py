@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Callable
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Callable
 
 from verifier.migrations import migrate as run_migrations
+
+if TYPE_CHECKING:  # the migration steps' type; verifier.migrations imports it only when a step is due
+    import sqlite_utils
 
 SCHEMA_VERSION = 2
 

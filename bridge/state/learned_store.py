@@ -17,11 +17,12 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Iterator
 
 from verifier.migrations import Step, migrate
+
+if TYPE_CHECKING:  # the migration steps' type; verifier.migrations imports it only when a step is due
+    import sqlite_utils
 
 SCHEMA_VERSION = 1
 TOUCH_EVERY_MS = 60_000

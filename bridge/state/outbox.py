@@ -23,13 +23,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import sqlite_utils
 import structlog
 
 from verifier.migrations import migrate
 from verifier.timeutil import iso
+
+if TYPE_CHECKING:  # the migration steps' type; verifier.migrations imports it only when a step is due
+    import sqlite_utils
 
 log = structlog.get_logger()
 
