@@ -19,7 +19,7 @@ import pytest
 
 from bridge.inputs.base import Scan
 from bridge.config.site import SiteSection
-from tests.support.harness import Site, iso, make_config, relay_pulses, running
+from tests.support.harness import SetClock, Site, iso, make_config, relay_pulses, running
 from verifier.hashing import PinHashing, hash_pin
 from verifier.types import Decision, Reason, Source
 
@@ -59,14 +59,6 @@ def records(*, role_grant_revoked: bool = False, omar_roles: tuple[str, ...] = (
     ]
 
 
-class Clock:
-    def __init__(self, t: datetime) -> None:
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
-
-
 def _config(tmp_path: Path, site: Site):
     config = make_config(tmp_path, site, [])
     return config.model_copy(update={"site": SiteSection(time_zone="Europe/Berlin", default_mode="card-only")})
@@ -96,7 +88,7 @@ def site() -> Site:
 
 async def test_card_and_pin_grants_only_with_the_holders_own_pin_in_time(tmp_path: Path, site: Site) -> None:
     site.install(tmp_path, records(), now=MON_0700, pin_hashing=PIN_HASHING)
-    clock = Clock(MON_0700 + timedelta(hours=14))  # Monday 21:00 Berlin: card-and-pin
+    clock = SetClock(MON_0700 + timedelta(hours=14))  # Monday 21:00 Berlin: card-and-pin
     async with running(_config(tmp_path, site), clock=clock) as (daemon, factory):
         relay = factory.pin(17)
         card = await _scan(daemon, CARD_R, LAYLA_CARD)
@@ -125,7 +117,7 @@ async def test_card_and_pin_grants_only_with_the_holders_own_pin_in_time(tmp_pat
 
 async def test_unlocked_slot_holds_only_after_the_first_valid_badge_and_releases_at_its_end(tmp_path: Path, site: Site) -> None:
     site.install(tmp_path, records(), now=MON_0700, pin_hashing=PIN_HASHING)
-    clock = Clock(MON_0700 + timedelta(minutes=30))  # 07:30: card-only, before the slot
+    clock = SetClock(MON_0700 + timedelta(minutes=30))  # 07:30: card-only, before the slot
     async with running(_config(tmp_path, site), clock=clock) as (daemon, factory):
         _wire(daemon)
         relay = factory.pin(17)
@@ -166,7 +158,7 @@ async def test_unlocked_slot_holds_only_after_the_first_valid_badge_and_releases
 async def test_the_relay_is_not_held_at_start_nor_on_an_untrusted_clock(tmp_path: Path, site: Site) -> None:
     recs = [r if r.get("type") != "door_mode" else {**r, "firstPersonIn": False} for r in records()]
     site.install(tmp_path, recs, now=MON_0700, pin_hashing=PIN_HASHING)
-    clock = Clock(MON_0700 + timedelta(hours=2))  # 09:00: inside the unlocked slot, no first-person-in
+    clock = SetClock(MON_0700 + timedelta(hours=2))  # 09:00: inside the unlocked slot, no first-person-in
     trusted = {"ok": False}
     from bridge.service.daemon import Daemon
     from gpiozero.pins.mock import MockFactory
@@ -190,7 +182,7 @@ async def test_the_relay_is_not_held_at_start_nor_on_an_untrusted_clock(tmp_path
 
 async def test_a_holiday_overrides_the_weekly_slot(tmp_path: Path, site: Site) -> None:
     site.install(tmp_path, records(), now=MON_0700, pin_hashing=PIN_HASHING)
-    clock = Clock(HOLIDAY_0900)  # Thursday 09:00, but a holiday: the weekday unlocked slot does not apply
+    clock = SetClock(HOLIDAY_0900)  # Thursday 09:00, but a holiday: the weekday unlocked slot does not apply
     async with running(_config(tmp_path, site), clock=clock) as (daemon, factory):
         starter = await _scan(daemon, CARD_R, OMAR_CARD)
         assert starter.granted and starter.door_mode == "card-only"
@@ -204,7 +196,7 @@ async def test_a_holiday_overrides_the_weekly_slot(tmp_path: Path, site: Site) -
 
 async def test_a_role_grant_admits_and_its_revocation_or_removing_the_role_denies(tmp_path: Path, site: Site) -> None:
     site.install(tmp_path, records(), now=MON_0700, pin_hashing=PIN_HASHING)
-    clock = Clock(MON_0700)  # 07:00: card-only
+    clock = SetClock(MON_0700)  # 07:00: card-only
     async with running(_config(tmp_path, site), clock=clock) as (daemon, _factory):
         assert (await _scan(daemon, CARD_R, OMAR_CARD)).granted
         site.install(tmp_path, records(role_grant_revoked=True), now=MON_0700, pin_hashing=PIN_HASHING)

@@ -25,7 +25,7 @@ from bridge.service.daemon import Daemon
 from bridge.inputs.base import Scan
 from tests.support.fakes.central import FakeCentral
 from tests.support.fakes.fixtures import CENTRAL_API_KEY, _key_file
-from tests.support.harness import Site, iso, make_config, wait_for
+from tests.support.harness import SetClock, Site, iso, make_config, wait_for
 from verifier import commands
 from verifier.hashing import PinHashing, hash_pin
 from verifier.types import Decision, Reason, Source
@@ -65,14 +65,6 @@ def records(schedule: bool = True) -> list[dict[str, Any]]:
                     {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "08:00", "end": "18:00", "mode": "unlocked"}]},
                 {"type": "door_mode", "id": "main", "schedule": "office"}]
     return out
-
-
-class Clock:
-    def __init__(self, t: datetime) -> None:
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
 
 
 def _config(tmp_path: Path, site: Site, central: FakeCentral | None = None, **emergency: Any):
@@ -128,7 +120,7 @@ class Rig:
         return self.daemon.snapshot()["doors"][self.daemon.reader_door[reader]]["readers"][reader]
 
 
-async def _start(config, clock: Clock) -> tuple[Daemon, MockFactory]:
+async def _start(config, clock: SetClock) -> tuple[Daemon, MockFactory]:
     factory = MockFactory()
     daemon = Daemon(config, pin_factory=factory, clock=clock)
     await daemon.start()
@@ -138,7 +130,7 @@ async def _start(config, clock: Clock) -> tuple[Daemon, MockFactory]:
 
 
 class _Running:
-    def __init__(self, config, clock: Clock) -> None:
+    def __init__(self, config, clock: SetClock) -> None:
         self.config, self.clock = config, clock
         self.rig: Rig | None = None
 
@@ -178,7 +170,7 @@ def _cmd(site: Site, command: str, *, key: Any = None, at: datetime = MON_1000, 
 # --- fire / evacuation, lockdown, precedence ------------------------------------------------------
 
 async def test_fire_releases_egress_doors_while_active_and_lockdown_ends_back_to_the_schedule(tmp_path: Path, site: Site) -> None:
-    clock = Clock(MON_1000)
+    clock = SetClock(MON_1000)
     async with _Running(_config(tmp_path, site), clock) as rig:
         assert rig.held("main") and not rig.held("back") and not rig.relay("vault"), "the schedule holds main"
         await rig.contact(LOCKDOWN, closed=True)
@@ -225,7 +217,7 @@ async def test_fire_releases_egress_doors_while_active_and_lockdown_ends_back_to
 
 async def test_a_normally_closed_fire_contact_with_a_cut_wire_is_an_alarm(tmp_path: Path, site: Site) -> None:
     # MockFactory's pull-up leaves an unconnected line HIGH: a normally-closed contact reads open.
-    async with _Running(_config(tmp_path, site, fire_contact="nc"), Clock(MON_2000)) as rig:
+    async with _Running(_config(tmp_path, site, fire_contact="nc"), SetClock(MON_2000)) as rig:
         assert rig.held("back") and rig.relay("back")
         assert [k for k, _ in rig.events("FIRE_ALARM")] == ["FIRE_ALARM"]
         await rig.contact(FIRE, closed=True)  # the contact closed again: all well
@@ -233,7 +225,7 @@ async def test_a_normally_closed_fire_contact_with_a_cut_wire_is_an_alarm(tmp_pa
 
 
 async def test_restart_in_lockdown_comes_back_in_lockdown(tmp_path: Path, site: Site) -> None:
-    clock = Clock(MON_1000)
+    clock = SetClock(MON_1000)
     config = _config(tmp_path, site, admin_readers=["DESK"], admin_roles=["admin"])
     async with _Running(config, clock) as rig:
         await rig.scan("DESK", CARDS["admin"])  # the designated admin credential: lockdown on
@@ -257,7 +249,7 @@ async def test_tamper_sounds_the_alarm_output_and_power_fault_locks_down(tmp_pat
     config = _config(tmp_path, site, tamper_pin=TAMPER, tamper_contact="no", tamper_action="alarm_output",
                      power_fault_pin=POWER, power_fault_contact="no", power_fault_action="lockdown",
                      alarm_output_pin=ALARM_OUT)
-    async with _Running(config, Clock(MON_1000)) as rig:
+    async with _Running(config, SetClock(MON_1000)) as rig:
         siren = rig.factory.pin(ALARM_OUT)
         # (The console readers have no terminal under pytest and report failed; the tamper line is what is asserted.)
         assert not siren.state and "tamper input in alarm" not in rig.daemon.health()["problems"]
@@ -277,7 +269,7 @@ async def test_tamper_sounds_the_alarm_output_and_power_fault_locks_down(tmp_pat
 async def test_duress_pin_grants_as_the_normal_pin_and_its_alarm_replicates_first(tmp_path: Path, site: Site,
                                                                                  central: FakeCentral) -> None:
     site.install(tmp_path, records(schedule=False), now=MON_1000 - timedelta(minutes=30), pin_hashing=PIN_HASHING)
-    clock = Clock(MON_1000)
+    clock = SetClock(MON_1000)
     central.server.fail_with(503)  # the central is away: a backlog builds up
     async with _Running(_config(tmp_path, site, central, duress_offset=1), clock) as rig:
         for _ in range(6):
@@ -308,7 +300,7 @@ async def test_duress_pin_grants_as_the_normal_pin_and_its_alarm_replicates_firs
 # --- signed commands through the central ----------------------------------------------------------
 
 async def test_signed_commands_lock_hold_unlock_once_and_lockdown(tmp_path: Path, site: Site, central: FakeCentral) -> None:
-    clock = Clock(MON_2000)  # after hours: main is card-only, relays idle
+    clock = SetClock(MON_2000)  # after hours: main is card-only, relays idle
     async with _Running(_config(tmp_path, site, central), clock) as rig:
         assert not rig.held("main")
         central.publish_command(_cmd(site, "hold_unlocked", at=clock.t, door="main", until=iso(clock.t + timedelta(minutes=30))))
@@ -341,7 +333,7 @@ async def test_every_bad_command_is_refused_and_audited_and_changes_nothing(tmp_
                                                                             central: FakeCentral) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    clock = Clock(MON_2000)
+    clock = SetClock(MON_2000)
     async with _Running(_config(tmp_path, site, central), clock) as rig:
         good = _cmd(site, "lockdown_on", at=clock.t)
         bad = {
@@ -378,7 +370,7 @@ async def test_every_bad_command_is_refused_and_audited_and_changes_nothing(tmp_
 @pytest.mark.parametrize("mode", ["soft", "hard", "timed"])
 async def test_antipassback_modes_through_the_daemon_and_across_a_restart(tmp_path: Path, site: Site, mode: str) -> None:
     site.install(tmp_path, records(schedule=False), now=MON_1000 - timedelta(minutes=30), pin_hashing=PIN_HASHING)
-    clock = Clock(MON_1000)
+    clock = SetClock(MON_1000)
     config = _config(tmp_path, site, antipassback={"lobby": {"entry_readers": ["MAIN-IN"], "exit_readers": ["MAIN-OUT"],
                                                              "mode": mode, "reentry_s": 60, "forgive_at": "03:00"}})
     async with _Running(config, clock) as rig:
@@ -414,7 +406,7 @@ async def test_antipassback_modes_through_the_daemon_and_across_a_restart(tmp_pa
 
 async def test_antipassback_forgiven_by_a_signed_command(tmp_path: Path, site: Site, central: FakeCentral) -> None:
     site.install(tmp_path, records(schedule=False), now=MON_1000 - timedelta(minutes=30), pin_hashing=PIN_HASHING)
-    clock = Clock(MON_1000)
+    clock = SetClock(MON_1000)
     config = _config(tmp_path, site, central, antipassback={"lobby": {"entry_readers": ["MAIN-IN"],
                                                                       "exit_readers": ["MAIN-OUT"], "mode": "hard"}})
     async with _Running(config, clock) as rig:
@@ -428,7 +420,7 @@ async def test_antipassback_forgiven_by_a_signed_command(tmp_path: Path, site: S
 
 
 async def test_two_person_rule_within_and_outside_the_window(tmp_path: Path, site: Site) -> None:
-    clock = Clock(MON_1000)
+    clock = SetClock(MON_1000)
     async with _Running(_config(tmp_path, site, two_person={"vault": 10}), clock) as rig:
         first = await rig.scan("VAULT", CARDS["layla"])
         assert (first.decision, first.reason) == (Decision.DENY, Reason.TWO_PERSON_PENDING)
@@ -444,7 +436,7 @@ async def test_two_person_rule_within_and_outside_the_window(tmp_path: Path, sit
 
 async def test_interlock_blocks_one_door_while_the_other_is_open(tmp_path: Path, site: Site) -> None:
     site.install(tmp_path, records(schedule=False), now=MON_1000 - timedelta(minutes=30), pin_hashing=PIN_HASHING)
-    clock = Clock(MON_1000)
+    clock = SetClock(MON_1000)
     async with _Running(_config(tmp_path, site, interlock=[["main", "vault"]]), clock) as rig:
         for switch in (SWITCH_MAIN, SWITCH_VAULT):
             rig.factory.pin(switch).drive_low()  # both doors closed (the contact to GND)
@@ -483,7 +475,7 @@ def test_emergency_config_errors_name_the_key(emergency: dict, message: str) -> 
 async def test_unlock_once_is_refused_at_a_mantrap_door_while_its_partner_is_open(tmp_path: Path, site: Site,
                                                                                  central: FakeCentral) -> None:
     site.install(tmp_path, records(schedule=False), now=MON_1000 - timedelta(minutes=30), pin_hashing=PIN_HASHING)
-    clock = Clock(MON_1000)
+    clock = SetClock(MON_1000)
     async with _Running(_config(tmp_path, site, central, interlock=[["main", "vault"]]), clock) as rig:
         rig.factory.pin(SWITCH_MAIN).drive_low()
         rig.factory.pin(SWITCH_VAULT).drive_high()  # the vault stands open
@@ -498,7 +490,7 @@ async def test_unlock_once_is_refused_at_a_mantrap_door_while_its_partner_is_ope
 
 
 async def test_a_full_emergency_db_is_loud_and_the_lockdown_still_holds(tmp_path: Path, site: Site) -> None:
-    async with _Running(_config(tmp_path, site), Clock(MON_1000)) as rig:
+    async with _Running(_config(tmp_path, site), SetClock(MON_1000)) as rig:
         conn = rig.daemon.emergency.store.conn
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL from here on

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from bridge.inputs.evdev_scanner import EvdevScannerConfig, EvdevScannerInput
 from bridge.inputs.keypad import KeypadConfig, KeypadInput
-from tests.support.harness import T0, Site, make_config, relay_pulses, running, wait_for
+from tests.support.harness import SetClock, Site, make_config, relay_pulses, running, wait_for
 from tests.unit.test_evdev_scanner import FakeKeyboard, Plugging, Typist, _us_table
 from tests.unit.test_wiegand import send
 from verifier.hashing import PinHashing, hash_pin
@@ -33,11 +33,6 @@ def records(pin_params: PinHashing):
         {"type": "visitor", "inviteCode": "vis_Lobby0123456789abcdefghij", "zoneIds": ["zone_a"]},
         {"type": "passcode", "id": "p1", "keyboardPwdHash": hash_pin("2468", pin_params), "devices": READERS},
     ]
-
-
-class Clock:
-    def __call__(self):
-        return T0
 
 
 def _setup(tmp_path, **door):
@@ -61,7 +56,7 @@ async def test_evdev_scanner_through_the_daemon(tmp_path):
     cfg = EvdevScannerConfig(type="evdev", id="QR-1", device="/dev/input/by-id/usb-scanner-event-kbd")
     keyboard = FakeKeyboard(events)
     scanner = EvdevScannerInput(cfg, open_device=Plugging(keyboard))
-    async with running(_setup(tmp_path), clock=Clock(), inputs=[scanner]) as (daemon, factory):
+    async with running(_setup(tmp_path), clock=SetClock(), inputs=[scanner]) as (daemon, factory):
         rows = await _verify_rows(daemon, 2)
         assert keyboard.grabbed
         assert [(r["readerId"], r["decision"], r["reason"]) for r in rows] == [
@@ -76,7 +71,7 @@ async def test_evdev_keypad_pin_through_the_daemon(tmp_path):
                 "KEY_KP1", "KEY_KPENTER"):
         taps += typist.tap(key)
     pad = KeypadInput(KeypadConfig(type="keypad", id="PAD-1", device="keypad"), open_device=Plugging(FakeKeyboard(taps)))
-    async with running(_setup(tmp_path), clock=Clock(), inputs=[pad]) as (daemon, factory):
+    async with running(_setup(tmp_path), clock=SetClock(), inputs=[pad]) as (daemon, factory):
         rows = await _verify_rows(daemon, 2)
         assert [(r["source"], r["decision"], r["reason"], r["credentialKind"]) for r in rows] == [
             ("KEYPAD", "GRANT", None, "pin"), ("KEYPAD", "DENY", "NO_GRANT", "pin")]
@@ -88,7 +83,7 @@ async def test_wiegand_card_and_keypad_bursts_through_the_daemon(tmp_path):
     cfg = cfg.model_copy(update={"readers": [make_config(tmp_path, Site(), [
         {"type": "wiegand", "id": "WG-1", "d0_pin": 20, "d1_pin": 21, "frame_gap_ms": 250, "keypad": True}]).readers[0]]})
     wg = cfg.readers[0]
-    async with running(cfg, clock=Clock()) as (daemon, factory):
+    async with running(cfg, clock=SetClock()) as (daemon, factory):
         relay = factory.pin(17)
         await asyncio.to_thread(send, factory, wg, encode("H10301", 4567, 123))
         rows = await _verify_rows(daemon, 1)
@@ -108,7 +103,7 @@ async def test_wiegand_card_and_keypad_bursts_through_the_daemon(tmp_path):
 async def test_forced_and_held_open_each_give_one_audit_event_and_one_warning(tmp_path):
     cfg = _setup(tmp_path, door_switch_pin=22, rex_pin=23, held_open_s=0.3, forced_open_grace_s=0.2)
     with capture_logs() as logs:
-        async with running(cfg, clock=Clock()) as (daemon, factory):
+        async with running(cfg, clock=SetClock()) as (daemon, factory):
             switch, rex = factory.pin(22), factory.pin(23)
             switch.drive_low()  # door closed
             await wait_for(lambda: daemon.door_io["main"].state()["position"] == "closed", what="door closed")
@@ -144,7 +139,7 @@ async def test_nfc_tag_in_a_second_process_through_the_daemon(tmp_path):
         stdout=subprocess.PIPE, text=True)
     try:
         assert emulator.stdout.readline().startswith("listening")
-        async with running(cfg, clock=Clock()) as (daemon, factory):
+        async with running(cfg, clock=SetClock()) as (daemon, factory):
             rows = await _verify_rows(daemon, 1)
             assert (rows[0]["readerId"], rows[0]["source"], rows[0]["credentialKind"], rows[0]["decision"]) == (
                 "QR-1", "VISITOR", "invite", "GRANT")  # a visitor's code is VISITOR whatever read it
@@ -158,7 +153,7 @@ async def test_nfc_tag_in_a_second_process_through_the_daemon(tmp_path):
          "--sys", "0003", "--presentations", "1"], stdout=subprocess.PIPE, text=True)
     try:
         assert plain.stdout.readline().startswith("listening")
-        async with running(cfg, clock=Clock()) as (daemon, factory):
+        async with running(cfg, clock=SetClock()) as (daemon, factory):
             rows = await _verify_rows(daemon, 1)  # a fresh daemon: its first decision, the outbox's second row
             assert len(rows) == 2
             assert (rows[-1]["source"], rows[-1]["credentialKind"], rows[-1]["decision"], rows[-1]["reason"]) == (

@@ -6,15 +6,10 @@ import os
 
 from structlog.testing import capture_logs
 
-from tests.support.harness import T0, Site, door_records, make_config, running, wait_for
+from tests.support.harness import SetClock, Site, door_records, make_config, running, wait_for
 from verifier.types import Reason
 
 READER = "R-int"
-
-
-class Clock:
-    def __call__(self):
-        return T0
 
 
 async def _scan(daemon, text):
@@ -28,7 +23,7 @@ async def test_corrupted_grant_cache_is_quarantined_and_the_door_denies_until_re
     site = Site()
     site.install(tmp_path, door_records(READER))
     cfg = make_config(tmp_path, site, [])
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=SetClock()) as (daemon, _):
         daemon.reader_door[READER] = "main"
         assert (await _scan(daemon, "6B06C2A25E99C68EDCBE")).granted
     path = tmp_path / "grants.db"
@@ -36,7 +31,7 @@ async def test_corrupted_grant_cache_is_quarantined_and_the_door_denies_until_re
         f.seek(4096 + 100)
         f.write(os.urandom(8192))
     with capture_logs() as logs:
-        async with running(cfg, clock=Clock()) as (daemon, factory):
+        async with running(cfg, clock=SetClock()) as (daemon, factory):
             daemon.reader_door[READER] = "main"
             decision = await _scan(daemon, "6B06C2A25E99C68EDCBE")
             assert decision.reason is Reason.CACHE_STALE
@@ -48,7 +43,7 @@ async def test_corrupted_grant_cache_is_quarantined_and_the_door_denies_until_re
     assert any(entry["event"] == "state_db_quarantined" and entry["log_level"] == "error" for entry in logs)
     # the next signed bundle (a re-sync) restores service
     site.install(tmp_path, door_records(READER))
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=SetClock()) as (daemon, _):
         daemon.reader_door[READER] = "main"
         assert (await _scan(daemon, "6B06C2A25E99C68EDCBE")).granted
 
@@ -57,7 +52,7 @@ async def test_truncated_audit_db_is_quarantined_not_overwritten(tmp_path):
     site = Site()
     site.install(tmp_path, door_records(READER))
     cfg = make_config(tmp_path, site, [])
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=SetClock()) as (daemon, _):
         daemon.reader_door[READER] = "main"
         for _ in range(50):
             await _scan(daemon, "FFFF0000AAAA")
@@ -65,7 +60,7 @@ async def test_truncated_audit_db_is_quarantined_not_overwritten(tmp_path):
     size = audit.stat().st_size
     with open(audit, "r+b") as f:
         f.truncate(size // 2)
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=SetClock()) as (daemon, _):
         await wait_for(lambda: daemon.outbox.depth() >= 1)
         quarantined = [p for p in tmp_path.iterdir() if p.name.startswith("audit.db.corrupt-") and p.name[-4:] not in ("-wal", "-shm")]
         assert quarantined and quarantined[0].stat().st_size == size // 2

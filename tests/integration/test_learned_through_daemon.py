@@ -26,30 +26,12 @@ from tests.support.fakes.fixtures import (  # noqa: F401  (pytest fixtures)
     frontelio_key_file,
 )
 from tests.support.fakes.frontelio import Holder, add_webhook
-from tests.support.harness import Site, door_records, iso, make_config, running, wait_for
+from tests.support.harness import RunningClock, Site, door_records, iso, make_config, running, wait_for
 from verifier.types import Reason, Source
 
 READER = "BRIDGE-1"
 CARD, OTHER = "6B06C2A25E99C68EDCBE", "ABCDEF0123"
 WEBHOOK_SECRET = "whsec_test_4b1d6e0a9c2f"
-
-
-class Clock:
-    """NOW plus real elapsed time plus whatever a test `advance`s (to pass an exp or end_at)."""
-
-    def __init__(self) -> None:
-        import time
-
-        self._t0 = time.monotonic()
-        self.offset = timedelta()
-
-    def advance(self, **kw: float) -> None:
-        self.offset += timedelta(**kw)
-
-    def __call__(self):
-        import time
-
-        return NOW + timedelta(seconds=time.monotonic() - self._t0) + self.offset
 
 
 def credential_jwt(sub: str, exp_in: timedelta, **claims) -> str:
@@ -77,7 +59,7 @@ def _frontelio(fake, key_file):
 def _frontelio_granting(tmp_path, fake, key_file, **kw):
     """A Frontelio site (no bundle) whose central grants CARD; the config and a test clock."""
     fake.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
-    return _cfg(tmp_path, _frontelio(fake, key_file), **kw), Clock()
+    return _cfg(tmp_path, _frontelio(fake, key_file), **kw), RunningClock(NOW)
 
 
 async def _scan(daemon, text, source=Source.CARD):
@@ -92,7 +74,7 @@ def _verify_rows(daemon):
 async def test_frontelio_jwt_granted_online_opens_offline_until_its_exp(tmp_path, fake_frontelio, frontelio_key_file):
     token = credential_jwt("user_abc", timedelta(hours=1))
     fake_frontelio.credentials[token] = Holder("user_abc", "Layla Hassan", "Stockroom")
-    clock = Clock()
+    clock = RunningClock(NOW)
     with capture_logs() as logs:
         async with running(_cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file)), clock=clock) as (daemon, _):
             online = await _scan(daemon, token, Source.PHONE_NFC)
@@ -115,7 +97,7 @@ async def test_frontelio_jwt_granted_online_opens_offline_until_its_exp(tmp_path
 
 
 async def test_sna_card_offline_follows_its_end_at(tmp_path, fake_sna):
-    clock = Clock()
+    clock = RunningClock(NOW)
     fake_sna.now = clock
     fake_sna.cards[CARD] = {"number": CARD, "name": "Guest Card", "devices": ["SN-0042"],
                             "start_at": "2026-05-30T00:00:00", "end_at": iso(NOW + timedelta(minutes=30))}
@@ -207,7 +189,7 @@ async def test_a_hand_edited_learned_entry_is_refused(tmp_path, fake_frontelio, 
 
 
 async def test_learn_false_keeps_sna_literal(tmp_path, fake_sna):
-    clock = Clock()
+    clock = RunningClock(NOW)
     fake_sna.now = clock
     fake_sna.cards[CARD] = {"number": CARD, "name": "Guest Card", "devices": ["SN-0042"]}
     cfg = _cfg(tmp_path, {"sna": {"base_url": fake_sna.server.url, "device_sn": "SN-0042"}}, offline={"learn": False})
@@ -227,7 +209,7 @@ async def test_the_signed_cache_stays_the_authority_for_what_it_covers(tmp_path,
     revoked = "04A22C1A7B3F80"
     for number in (CARD, revoked, OTHER):
         fake_frontelio.credentials[number] = Holder("user_x", "Someone", "Stockroom")
-    clock = Clock()
+    clock = RunningClock(NOW)
     cfg = _cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file), bundle=True)
     async with running(cfg, clock=clock) as (daemon, _):
         for number in (CARD, revoked, OTHER):
@@ -245,7 +227,7 @@ async def test_digital_id_is_never_learned(tmp_path, fake_frontelio, frontelio_k
     upstream = {**_frontelio(fake_frontelio, frontelio_key_file),
                 "digital_id": {"base_url": fake_digital_id.server.url, "location": "Main_Entrance"}}
     qr = "https://id.example/verify.php?token=tok_valid_123"
-    clock = Clock()
+    clock = RunningClock(NOW)
     async with running(_cfg(tmp_path, upstream), clock=clock) as (daemon, _):
         assert (await _scan(daemon, qr, Source.PHONE_QR)).granted
         fake_digital_id.server.stop()
@@ -261,7 +243,7 @@ async def test_offline_decisions_reach_the_webhook_signed_in_order_once(tmp_path
     secret_file.write_text(WEBHOOK_SECRET + "\n")
     secret_file.chmod(0o600)
     fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
-    clock = Clock()
+    clock = RunningClock(NOW)
     cfg = _cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file),
                offline={"webhook": {"integration_id": "integ_abc", "secret_file": str(secret_file), "idle_s": 0.05}})
     async with running(cfg, clock=clock) as (daemon, _):
@@ -305,7 +287,7 @@ async def test_lowering_max_age_on_reload_applies_to_entries_already_learned(tmp
 
 async def test_a_learned_cache_that_cannot_write_never_blocks_the_online_answer(tmp_path, fake_frontelio, frontelio_key_file):
     fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
-    async with running(_cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file)), clock=Clock()) as (daemon, factory):
+    async with running(_cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file)), clock=RunningClock(NOW)) as (daemon, factory):
         daemon.learned.store.conn.execute("PRAGMA query_only = 1")  # every write now fails inside SQLite
         with capture_logs() as logs:
             decision = await _scan(daemon, CARD)

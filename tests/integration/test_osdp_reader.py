@@ -25,7 +25,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridge.inputs.osdp_logic import ReplyWatch, diagnose, led_pattern, units
-from tests.support.harness import T0, Site, make_config, relay_pulses, running, wait_for
+from tests.support.harness import SetClock, Site, make_config, relay_pulses, running, wait_for
 from verifier.hashing import PinHashing, hash_pin
 from verifier.wiegand_formats import encode, encode_bytes
 
@@ -36,11 +36,6 @@ READER = "OSDP-1"
 CARD = encode("H10301", 4567, 123)  # granted below
 # libosdp gives up on a silent PD after 8 retries (~8 s) and we retry it every few seconds.
 DEADLINE_S = 30.0
-
-
-class Clock:
-    def __call__(self) -> Any:
-        return T0
 
 
 class Pd:
@@ -139,7 +134,7 @@ def config(tmp_path: Path, port: str, readers: list[dict[str, Any]]) -> Any:
 
 @contextlib.asynccontextmanager
 async def daemon_on(cfg: Any) -> AsyncIterator[Any]:
-    async with running(cfg, clock=Clock()) as (daemon, factory):
+    async with running(cfg, clock=SetClock()) as (daemon, factory):
         daemon.factory = factory
         yield daemon
 

@@ -7,19 +7,11 @@ from datetime import timedelta
 
 import pytest
 
-from tests.support.harness import T0, Site, door_records, ever_high, make_config, relay_pulses, running, wait_for
+from tests.support.harness import SetClock, T0, Site, door_records, ever_high, make_config, relay_pulses, running, wait_for
 from tests.support.service import Pty
 from verifier.types import Reason
 
 READER = "BRIDGE-serial"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture
@@ -38,7 +30,7 @@ async def _decisions(daemon, n):
 async def test_serial_scans_decide_pulse_and_replay(site_dir):
     site, state = site_dir
     pty = Pty()
-    clock = Clock()
+    clock = SetClock()
     config = make_config(state, site, [{"type": "serial", "id": READER, "port": pty.path, "reconnect_s": 0.1}])
     try:
         async with running(config, clock=clock) as (daemon, factory):
@@ -55,12 +47,12 @@ async def test_serial_scans_decide_pulse_and_replay(site_dir):
             assert 0.3 <= pulse < 1.3, f"pulse lasted {pulse:.3f}s, configured 0.3s"
 
             # Same card, same reader, 1 s later: the original decision, replay=true, no second pulse.
-            clock.now = T0 + timedelta(seconds=1)
+            clock.t = T0 + timedelta(seconds=1)
             pty.type("6b:06:c2:a2:5e:99:c6:8e:dc:be")
             events = await _decisions(daemon, 2)
             assert events[-1]["decision"] == "GRANT" and events[-1]["replay"] is True
 
-            clock.now = T0 + timedelta(seconds=5)
+            clock.t = T0 + timedelta(seconds=5)
             pty.type("04A22C1A7B3F80")
             events = await _decisions(daemon, 3)
             assert (events[-1]["decision"], events[-1]["reason"]) == ("DENY", Reason.GRANT_REVOKED)
@@ -87,7 +79,7 @@ async def test_serial_reader_survives_device_loss(site_dir, tmp_path):
     first = Pty()
     link.symlink_to(first.path)
     config = make_config(state, site, [{"type": "serial", "id": READER, "port": str(link), "reconnect_s": 0.1}])
-    async with running(config, clock=Clock()) as (daemon, factory):
+    async with running(config, clock=SetClock()) as (daemon, factory):
         serial_input = daemon.inputs[0]
         await wait_for(serial_input.connected.is_set, what="serial port open")
         first.type("6B06C2A25E99C68EDCBE")
@@ -114,7 +106,7 @@ async def test_stopping_mid_pulse_releases_the_relay_at_once(site_dir):
 
     site, state = site_dir
     config = make_config(state, site, [], doors={"main": {"relay_pin": 17, "pulse_s": 30.0}})
-    async with running(config, clock=Clock()) as (daemon, factory):
+    async with running(config, clock=SetClock()) as (daemon, factory):
         daemon.reader_door[READER] = "main"
         assert (await daemon.handle(Scan(READER, Source.CARD, b"6B06C2A25E99C68EDCBE"))).granted
         relay = factory.pin(17)
@@ -136,7 +128,7 @@ async def test_when_the_audit_row_cannot_be_written_the_relay_stays_released(sit
     site, state = site_dir
     config = make_config(state, site, [])
     with capture_logs() as logs:
-        async with running(config, clock=Clock()) as (daemon, factory):
+        async with running(config, clock=SetClock()) as (daemon, factory):
             daemon.reader_door[READER] = "main"
 
             def disk_full(*a, **k):

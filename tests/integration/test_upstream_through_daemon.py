@@ -25,27 +25,12 @@ from tests.support.fakes.fixtures import (  # noqa: F401  (pytest fixtures)
     frontelio_key_file,
 )
 from tests.support.fakes.frontelio import Holder
-from tests.support.harness import Site, door_records, iso, make_config, running, wait_for
+from tests.support.harness import RunningClock, Site, door_records, iso, make_config, running, wait_for
 from verifier.bundle import public_key_text
 from verifier.types import Reason, Source
 
 READER = "BRIDGE-1"
 CARD, REVOKED = "6B06C2A25E99C68EDCBE", "04A22C1A7B3F80"
-
-
-class Clock:
-    """NOW, advancing with real time (replay windows and sync intervals behave as on a door)."""
-
-    def __init__(self) -> None:
-        import time
-
-        self._t0 = time.monotonic()
-
-    def __call__(self):
-        import time
-        from datetime import timedelta
-
-        return NOW + timedelta(seconds=time.monotonic() - self._t0)
 
 
 def _version(daemon) -> int:
@@ -71,7 +56,7 @@ async def test_frontelio_online_first_grant_and_deny_round_trip(tmp_path, fake_f
     fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
     fake_frontelio.credentials[REVOKED] = Holder("user_def", "Omar Said", "Stockroom", "OUT_OF_SHIFT_WINDOW")
     cfg = _cfg(tmp_path, {"frontelio": {"base_url": fake_frontelio.server.url, "api_key_file": str(frontelio_key_file)}})
-    async with running(cfg, clock=Clock()) as (daemon, factory):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, factory):
         grant = await _scan(daemon, CARD)
         deny = await _scan(daemon, REVOKED)
         await daemon.quiesce()
@@ -90,7 +75,7 @@ async def test_sna_terminal_flow_unlock_and_deny(tmp_path, fake_sna):
     fake_sna.cards[CARD] = {"number": CARD, "name": "Guest Card", "devices": ["SN-0042"],
                             "start_at": "2026-05-30T00:00:00", "end_at": iso(NOW.replace(day=20))}
     cfg = _cfg(tmp_path, {"sna": {"base_url": fake_sna.server.url, "device_sn": "SN-0042"}})
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         grant = await _scan(daemon, CARD)
         deny = await _scan(daemon, "ABCDEF0123")
     assert grant.granted and grant.online
@@ -104,7 +89,7 @@ async def test_digital_id_tokens_go_online_even_in_local_first(tmp_path, fake_di
     fake_digital_id.tokens["tok_revoked_9"] = ("revoked", employee(9, "Jane Doe"))
     cfg = _cfg(tmp_path, {"digital_id": {"base_url": fake_digital_id.server.url, "location": "Main_Entrance"}},
                mode="local-first")
-    async with running(cfg, clock=Clock()) as (daemon, factory):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, factory):
         grant = await _scan(daemon, "https://id.example/verify.php?token=tok_valid_123", Source.PHONE_QR)
         deny = await _scan(daemon, "https://id.example/verify.php?token=tok_revoked_9", Source.PHONE_QR)
         local = await _scan(daemon, CARD)  # local-first: cards never leave the door
@@ -120,7 +105,7 @@ async def test_upstream_down_means_cache_decisions_marked_offline(tmp_path, fake
     cfg = _cfg(tmp_path, {"frontelio": {"base_url": fake_frontelio.server.url, "api_key_file": str(frontelio_key_file)}})
     fake_frontelio.server.stop()
     with capture_logs() as logs:
-        async with running(cfg, clock=Clock()) as (daemon, _):
+        async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
             first = await _scan(daemon, CARD)
             second = await _scan(daemon, REVOKED)
             assert daemon.upstream.label == "offline"
@@ -137,7 +122,7 @@ async def test_slow_upstream_costs_at_most_the_budget_then_the_cache_decides(tmp
     fake_frontelio.server.slow(3.0)
     cfg = _cfg(tmp_path, {"frontelio": {"base_url": fake_frontelio.server.url, "api_key_file": str(frontelio_key_file)}},
                verify_budget_s=0.2)
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         decision = await _scan(daemon, CARD)
     assert decision.granted and not decision.online  # the cache answered: the upstream was too slow
     await wait_for(lambda: len(fake_frontelio.server.requests_to("/access/verify")) == 1, what="request seen")
@@ -147,7 +132,7 @@ async def test_5xx_storm_opens_the_circuit_then_it_closes(tmp_path, fake_frontel
     fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
     fake_frontelio.server.fail_with(503)
     cfg = _cfg(tmp_path, {"frontelio": {"base_url": fake_frontelio.server.url, "api_key_file": str(frontelio_key_file)}})
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         for i in range(6):
             d = await _scan(daemon, CARD if i % 2 else REVOKED)
             assert not d.online
@@ -173,7 +158,7 @@ async def test_heartbeat_cadence_and_fields(tmp_path, fake_frontelio, frontelio_
         update={"http": cfg.upstream.http.model_copy(update={"heartbeat_interval_s": 0.2})})})
     cfg = cfg.model_copy(update={"readers": make_config(tmp_path, Site(), [
         {"type": "serial", "id": READER, "port": "/dev/null-nonexistent"}]).readers})
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         await wait_for(lambda: len(fake_frontelio.heartbeats) >= 3, what="three heartbeats")
         assert daemon.upstream.last_heartbeat is not None
     beat = fake_frontelio.heartbeats[0]
@@ -195,7 +180,7 @@ async def test_revoked_upstream_means_deny_within_one_sync_interval(tmp_path, fa
     records = door_records(READER, NOW)
     fake_central.publish_full(records)
     cfg = _central_cfg(tmp_path, fake_central, central_key_file)
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         await wait_for(lambda: _version(daemon) == 1, what="first sync")
         assert (await _scan(daemon, CARD)).granted
         grant = next(r for r in records if r.get("id") == "g1")
@@ -212,7 +197,7 @@ async def test_revoked_upstream_means_deny_within_one_sync_interval(tmp_path, fa
 async def test_events_replicate_in_order_and_survive_a_connection_dropped_mid_batch(tmp_path, fake_central, central_key_file):
     fake_central.publish_full(door_records(READER, NOW))
     cfg = _central_cfg(tmp_path, fake_central, central_key_file, batch_size=20)
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         await wait_for(lambda: _version(daemon) == 1, what="first sync")
         fake_central.drop_mid_batch(after=7)
         for i in range(60):
@@ -235,7 +220,7 @@ async def test_a_bundle_key_rotated_by_reload_refuses_bundles_signed_with_the_ol
     cfg = _central_cfg(tmp_path, fake_central, central_key_file)
     new_key = Ed25519PrivateKey.generate()
     rotated = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"public_key": public_key_text(new_key.public_key())})})
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         await wait_for(lambda: _version(daemon) == 1, what="first sync")
         assert "cache" not in daemon.reload(rotated)
         fake_central.publish_full(door_records(READER, NOW))  # v2, still signed with the old key
@@ -254,7 +239,7 @@ async def test_a_cache_file_deleted_under_the_daemon_is_reopened_and_revocations
     records = door_records(READER, NOW)
     fake_central.publish_full(records)
     cfg = _central_cfg(tmp_path, fake_central, central_key_file)
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         await wait_for(lambda: _version(daemon) == 1, what="first sync")
         assert (await _scan(daemon, CARD)).granted
         for name in ("grants.db", "grants.db-wal", "grants.db-shm"):

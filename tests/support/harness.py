@@ -26,6 +26,32 @@ def iso(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
+class SetClock:
+    """The time a test sets (`clock.t = …`); T0 until it does."""
+
+    def __init__(self, t: datetime = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> datetime:
+        return self.t
+
+
+class RunningClock:
+    """`start` plus real elapsed time (replay windows and sync intervals behave as on a door), plus
+    whatever a test `advance`s (to pass an exp or an end_at)."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self._start = start
+        self._t0 = time.monotonic()
+        self.offset = timedelta()
+
+    def advance(self, **kw: float) -> None:
+        self.offset += timedelta(**kw)
+
+    def __call__(self) -> datetime:
+        return self._start + timedelta(seconds=time.monotonic() - self._t0) + self.offset
+
+
 class SteppingClock:
     """Moves 5 s per reading: every scan is past the replay window of the one before."""
 
