@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Callable, Literal, Protocol
 
 from verifier.types import Source
+
+if TYPE_CHECKING:
+    from gpiozero.pins import Factory
+
+    from verifier.wiegand_formats import WiegandFormat
 
 # What the bytes of a scan are, when the input knows better than the text parser:
 #   None   — text as a keyboard-wedge / serial scanner types it; `verifier.credentials.parse` decides
@@ -25,6 +30,16 @@ class Scan:
 
 
 Emit = Callable[[Scan], None]
+
+
+@dataclass(frozen=True, slots=True)
+class InputContext:
+    """What a reader may need besides its own section, the same for every type, so every
+    `create(cfg, context)` has one signature: the GPIO pin factory (Wiegand's data lines; None is
+    gpiozero's default) and the site's `[wiegand_formats]`, built (Wiegand, OSDP card bits)."""
+
+    pin_factory: Factory | None = None
+    site_formats: dict[str, WiegandFormat] | None = None
 
 
 class Input(Protocol):

@@ -15,7 +15,7 @@ import time
 from typing import BinaryIO, Callable
 
 from bridge.config import ConsoleReader
-from bridge.inputs.base import Emit, Scan
+from bridge.inputs.base import Emit, InputContext, Scan
 from bridge.inputs.serial_scanner import LineFramer
 from verifier.types import Source
 
@@ -56,5 +56,5 @@ class ConsoleInput:
             self._on_eof()
 
 
-def create(cfg: ConsoleReader, **_: object) -> ConsoleInput:
+def create(cfg: ConsoleReader, context: InputContext = InputContext()) -> ConsoleInput:
     return ConsoleInput(cfg.id)

@@ -41,7 +41,7 @@ import structlog
 
 from bridge.config.readers import EvdevScannerConfig
 from bridge.inputs import keymap
-from bridge.inputs.base import Emit, Scan
+from bridge.inputs.base import Emit, InputContext, Scan
 from verifier.credentials import MAX_SCAN_BYTES
 from verifier.types import Source
 
@@ -463,6 +463,6 @@ class EvdevScannerInput:
             emit(Scan(self.reader_id, Source.PHONE_QR, raw=raw, hint=None, at_monotonic=time.monotonic()))
 
 
-def create(cfg: EvdevScannerConfig) -> EvdevScannerInput:
+def create(cfg: EvdevScannerConfig, context: InputContext = InputContext()) -> EvdevScannerInput:
     require_evdev(cfg.id)
     return EvdevScannerInput(cfg)

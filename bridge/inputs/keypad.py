@@ -16,7 +16,7 @@ import structlog
 
 from bridge.config.readers import KeypadConfig
 from bridge.inputs import keymap
-from bridge.inputs.base import Emit, Scan
+from bridge.inputs.base import Emit, InputContext, Scan
 from verifier.credentials import PIN_MAX_DIGITS
 from verifier.types import Source
 
@@ -168,7 +168,7 @@ class KeypadInput:
             emit(Scan(self.reader_id, Source.KEYPAD, raw=pin.encode(), hint="pin", at_monotonic=time.monotonic()))
 
 
-def create(cfg: KeypadConfig) -> KeypadInput:
+def create(cfg: KeypadConfig, context: InputContext = InputContext()) -> KeypadInput:
     from bridge.inputs.evdev_scanner import require_evdev
 
     require_evdev(cfg.id)

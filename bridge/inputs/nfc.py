@@ -18,7 +18,7 @@ import ndef
 import structlog
 
 from bridge.config.readers import NfcReaderConfig
-from bridge.inputs.base import Emit, Scan
+from bridge.inputs.base import Emit, InputContext, Scan
 from verifier.types import Source
 
 if TYPE_CHECKING:
@@ -271,5 +271,5 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def create(cfg: NfcReaderConfig) -> NfcInput:
+def create(cfg: NfcReaderConfig, context: InputContext = InputContext()) -> NfcInput:
     return NfcInput(cfg)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from bridge.config.readers import OSDP_RETRY_MAX_S, OsdpReaderConfig
-from bridge.inputs.base import Emit, Scan
+from bridge.inputs.base import Emit, InputContext, Scan
 from bridge.inputs.keypad import KeypadBuffer
 from bridge.inputs.nfc import SameCardGate
 from bridge.inputs.osdp_logic import (
@@ -805,12 +805,12 @@ def _led_command(osdp: Any, p: LedPattern, *, temporary: bool) -> dict[str, Any]
 _BUSES: dict[tuple[str, int], OsdpBus] = {}
 
 
-def create(cfg: OsdpReaderConfig, site_formats: dict[str, WiegandFormat] | None = None) -> OsdpReader:
+def create(cfg: OsdpReaderConfig, context: InputContext = InputContext()) -> OsdpReader:
     key = (cfg.port, id(_current_loop()))
     bus = _BUSES.get(key)
     if bus is None or bus.cp is not None:
         bus = _BUSES[key] = OsdpBus(cfg.port, cfg.baudrate)
-    reader = OsdpReader(cfg, format_table(cfg.formats, site_formats or {}), bus)
+    reader = OsdpReader(cfg, format_table(cfg.formats, context.site_formats or {}), bus)
     bus.add(reader)
     return reader
 

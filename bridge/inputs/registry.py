@@ -4,10 +4,12 @@ without, say, an NFC frontend never imports nfcpy."""
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
-from bridge.inputs.base import Input
-from verifier.wiegand_formats import WiegandFormat
+from bridge.inputs.base import Input, InputContext
+
+if TYPE_CHECKING:
+    from bridge.config import ReaderConfig
 
 MODULES = {
     "console": "bridge.inputs.console",
@@ -20,11 +22,5 @@ MODULES = {
 }
 
 
-def create_input(cfg: Any, *, pin_factory: Any = None, site_formats: dict[str, WiegandFormat] | None = None) -> Input:
-    """`site_formats`: the config's `[wiegand_formats]`, built (`Config.site_wiegand_formats()`)."""
-    module = importlib.import_module(MODULES[cfg.type])
-    if cfg.type == "wiegand":
-        return module.create(cfg, pin_factory=pin_factory, site_formats=site_formats)
-    if cfg.type == "osdp":
-        return module.create(cfg, site_formats=site_formats)
-    return module.create(cfg)
+def create_input(cfg: ReaderConfig, context: InputContext) -> Input:
+    return importlib.import_module(MODULES[cfg.type]).create(cfg, context)

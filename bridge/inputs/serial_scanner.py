@@ -16,7 +16,7 @@ import serial
 import structlog
 
 from bridge.config import SerialReader
-from bridge.inputs.base import Emit, Scan
+from bridge.inputs.base import Emit, InputContext, Scan
 from verifier.credentials import MAX_SCAN_BYTES
 from verifier.types import Source
 
@@ -99,5 +99,5 @@ class SerialScannerInput:
                 emit(Scan(self.reader_id, Source.PHONE_QR, line, None, time.monotonic()))
 
 
-def create(cfg: SerialReader, **_: object) -> SerialScannerInput:
+def create(cfg: SerialReader, context: InputContext = InputContext()) -> SerialScannerInput:
     return SerialScannerInput(cfg)

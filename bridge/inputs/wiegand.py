@@ -23,7 +23,7 @@ from gpiozero import DigitalInputDevice
 from gpiozero.pins import Factory
 
 from bridge.config.readers import WiegandReaderConfig
-from bridge.inputs.base import Emit, Scan
+from bridge.inputs.base import Emit, InputContext, Scan
 from bridge.inputs.keypad import KeypadBuffer
 from verifier.credentials import PIN_MAX_DIGITS
 from verifier.types import Source
@@ -179,7 +179,5 @@ class WiegandInput:
                 )
 
 
-def create(cfg: WiegandReaderConfig, pin_factory: Factory | None = None,
-           site_formats: dict[str, WiegandFormat] | None = None) -> WiegandInput:
-    """Build the input; `pin_factory` None means gpiozero's default (`Device.pin_factory`)."""
-    return WiegandInput(cfg, pin_factory, site_formats)
+def create(cfg: WiegandReaderConfig, context: InputContext = InputContext()) -> WiegandInput:
+    return WiegandInput(cfg, context.pin_factory, context.site_formats)

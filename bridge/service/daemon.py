@@ -33,7 +33,7 @@ from bridge.state import files as state_files
 from bridge.config import Config, ConfigError
 from bridge.door.relay import Relay
 from bridge.door.pins import make_pin_factory
-from bridge.inputs.base import Input, Scan
+from bridge.inputs.base import Input, InputContext, Scan
 from bridge.inputs.registry import create_input
 from bridge.state.outbox import open_outbox
 from bridge.service.config_files import bundle_public_key
@@ -288,7 +288,7 @@ class Daemon:
         for reader in cfg.readers:
             self.reader_door[reader.id] = reader.door
             self.stats.readers[reader.id] = ReaderState(type=reader.type)
-            self.inputs.append(create_input(reader, pin_factory=self._pin_factory, site_formats=site_formats))
+            self.inputs.append(create_input(reader, InputContext(self._pin_factory, site_formats)))
             if hasattr(self.inputs[-1], "attach"):  # supervised readers (OSDP): events, health, LED/buzzer
                 door = cfg.doors.get(reader.door)
                 self.inputs[-1].attach(self, grant_led_s=door.pulse_s if door else 3.0)  # type: ignore[attr-defined]

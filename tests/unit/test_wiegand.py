@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bridge.inputs.base import Scan
+from bridge.inputs.base import InputContext, Scan
 from bridge.inputs.wiegand import FrameAssembler, WiegandReaderConfig, create
 from verifier.types import Source
 from verifier.wiegand_formats import (
@@ -267,7 +267,7 @@ def send(factory: MockFactory, cfg: WiegandReaderConfig, *frames: Train) -> None
 
 async def scans_from(factory: MockFactory, cfg: WiegandReaderConfig, frames: Sequence[Train], expect: int) -> list[Scan]:
     """Run the input, pulse `frames` into it from a thread, and collect `expect` scans."""
-    reader = create(cfg, pin_factory=factory)
+    reader = create(cfg, InputContext(pin_factory=factory))
     queue: asyncio.Queue[Scan] = asyncio.Queue()
     task = asyncio.create_task(reader.run(queue.put_nowait))
     try:
@@ -288,7 +288,7 @@ def _drain(queue: asyncio.Queue[Scan]) -> list[Scan]:
 
 def test_lines_idle_high_through_the_pull_up(factory: MockFactory) -> None:
     cfg = reader_config()
-    reader = create(cfg, pin_factory=factory)
+    reader = create(cfg, InputContext(pin_factory=factory))
     try:
         assert factory.pin(5).state == 1 and factory.pin(6).state == 1
         assert factory.pin(5).pull == "up" and factory.pin(6).pull == "up"
@@ -391,7 +391,7 @@ def test_a_line_already_in_use_fails_at_start_up(factory: MockFactory) -> None:
     holder = DigitalInputDevice(cfg.d1_pin, pin_factory=factory)
     try:
         with pytest.raises(GPIOPinInUse):
-            create(cfg, pin_factory=factory)
+            create(cfg, InputContext(pin_factory=factory))
         DigitalInputDevice(cfg.d0_pin, pin_factory=factory).close()  # d0 was given back
     finally:
         holder.close()
