@@ -94,15 +94,44 @@ class Decider(threading.Thread):
         cache.close()
 
 
+class TimedSync(BundleSync):
+    """The real BundleSync, with the start and end of each download and of the apply noted, so
+    the decisions can be split by what ran beside them (the apply's window includes the child's
+    start-up and the fork, which its own apply_s does not)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.downloads: list[tuple[float, float]] = []
+        self.applies: list[tuple[float, float]] = []
+
+    async def _fetch(self, since, etag, sleep):  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        try:
+            return await super()._fetch(since, etag, sleep)
+        finally:
+            self.downloads.append((t, time.perf_counter()))
+
+    async def _apply(self, fetch, manifest):  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        try:
+            return await super()._apply(fetch, manifest)
+        finally:
+            self.applies.append((t, time.perf_counter()))
+
+
+def _within(samples: list[tuple[float, float]], spans: list[tuple[float, float]]) -> list[float]:
+    return [lat for t0, lat in samples if any(a <= t0 < b for a, b in spans)]
+
+
 async def sync_once(state_dir: Path, url: str, key_file: Path, public_key: Ed25519PublicKey,
-                    apply_in: Literal["process", "thread"]) -> tuple[str, SyncState]:
+                    apply_in: Literal["process", "thread"]) -> tuple[str, SyncState, TimedSync]:
     section = CentralSection(base_url=url, api_key_file=key_file, apply_in=apply_in)
     settings = HttpSettings(read_timeout_s=120.0)
     client = build_central(section, settings, bridge_id="BRIDGE-1")
-    sync = BundleSync(client, section, settings, state_dir=state_dir, public_key=public_key, clock=lambda: NOW)
+    sync = TimedSync(client, section, settings, state_dir=state_dir, public_key=public_key, clock=lambda: NOW)
     try:
         outcome = await sync.sync_once()
-        return outcome, sync.state
+        return outcome, sync.state, sync
     finally:
         sync.close()
         await client.aclose()
@@ -120,7 +149,12 @@ def main() -> None:
     ap.add_argument("--grants", type=int, default=1_000_000)
     ap.add_argument("--apply-in", choices=["process", "thread"], default="process")
     ap.add_argument("--baseline-s", type=float, default=2.0, help="decisions measured before the sync starts")
+    ap.add_argument("--switch-interval-ms", type=float, default=None,
+                    help="sys.setswitchinterval for this process (CPython's default is 5 ms): how long the "
+                         "decision thread can wait for the GIL while the event loop streams the download")
     args = ap.parse_args()
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     key = Ed25519PrivateKey.generate()
     with tempfile.TemporaryDirectory(prefix="door-bridge-bench-") as tmp:
         state = Path(tmp)
@@ -149,7 +183,7 @@ def main() -> None:
         decider.start()
         time.sleep(args.baseline_s)
         started = time.perf_counter()
-        outcome, sync_state = asyncio.run(sync_once(state, f"http://127.0.0.1:{port}{PREFIX}", key_file,
+        outcome, sync_state, timed = asyncio.run(sync_once(state, f"http://127.0.0.1:{port}{PREFIX}", key_file,
                                                     key.public_key(), args.apply_in))
         ended = time.perf_counter()
         time.sleep(0.5)
@@ -164,9 +198,9 @@ def main() -> None:
     before = [lat for t0, lat in decider.samples if t0 < started]
     during = [lat for t0, lat in decider.samples if started <= t0 < ended]
     applied_in_s = sync_state.last_apply_s
-    apply_from = ended - (applied_in_s or 0.0)  # the applier's own timing ends just before sync_once returns
-    fetching = [lat for t0, lat in decider.samples if started <= t0 < apply_from]
-    applying = [lat for t0, lat in decider.samples if apply_from <= t0 < ended]
+    fetching = _within(decider.samples, timed.downloads)  # the HTTP download: stream, sha256, file writes
+    applying = _within(decider.samples, timed.applies)  # spawn (or thread) + the applier's work
+    fetch_s = sum(b - a for a, b in timed.downloads)
     worst = sorted(((lat, t0) for t0, lat in decider.samples if started <= t0 < ended), reverse=True)[:5]
     print("slowest during: " + ", ".join(f"{lat / 1000:.1f} ms at +{t0 - started:.2f} s" for lat, t0 in worst),
           file=sys.stderr)
@@ -174,7 +208,7 @@ def main() -> None:
           f"({args.apply_in}); grants.db {db_mb:.0f} MiB", file=sys.stderr)
     print(f"decisions before: {summary(before)}", file=sys.stderr)
     print(f"decisions during: {summary(during)}", file=sys.stderr)
-    print(f"  while fetching: {summary(fetching)}", file=sys.stderr)
+    print(f"  while fetching: {summary(fetching)} ({fetch_s:.2f} s)", file=sys.stderr)
     print(f"  while applying: {summary(applying)}", file=sys.stderr)
     result = {
         "grants": args.grants, "records": records, "apply_in": args.apply_in, "outcome": outcome,
@@ -183,6 +217,9 @@ def main() -> None:
         "p99_us_before": round(pct(before, 99), 1), "p99_us_during": round(pct(during, 99), 1),
         "max_us_during": round(max(during), 1) if during else None,
         "p99_us_fetching": round(pct(fetching, 99), 1), "p99_us_applying": round(pct(applying, 99), 1),
+        "max_us_fetching": round(max(fetching), 1) if fetching else None,
+        "max_us_applying": round(max(applying), 1) if applying else None,
+        "fetch_s": round(fetch_s, 2), "switch_interval_ms": round(sys.getswitchinterval() * 1000, 3), "load_avg_1m": round(os.getloadavg()[0], 2),
         "decisions_during": len(during),
         "decisions_per_s_during": round(len(during) / (ended - started)), "granted": decider.granted,
     }
