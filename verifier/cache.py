@@ -34,6 +34,28 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantListing:
+    """One grant as `grants list` shows it, with its holder's name."""
+
+    id: str
+    user_id: str
+    user_name: str | None
+    zone_id: str
+    window: Window
+
+
+@dataclass(frozen=True, slots=True)
+class CardListing:
+    """One card as `grants list` shows it; `devices` is the stored JSON text."""
+
+    number: str
+    name: str | None
+    user_id: str | None
+    devices: str | None
+    window: Window
+
+
+@dataclass(frozen=True, slots=True)
 class UserRow:
     name: str | None
     active: bool
@@ -234,6 +256,36 @@ class GrantCache:
     def counts(self) -> dict[str, int]:
         tables = ("zones", "users", "grants", "shifts", "cards", "visitors", "passcodes", "jwks")
         return {t: self.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+
+    def list_grants(self, limit: int) -> list[GrantListing]:
+        rows = self.conn.execute("SELECT g.id, g.user_id, u.name, g.zone_id, g.starts_ms, g.ends_ms, g.revoked FROM grants g "
+                                 "LEFT JOIN users u ON u.id = g.user_id ORDER BY g.id LIMIT ?", (limit,))
+        return [GrantListing(r[0], r[1], r[2], r[3], Window(r[4], r[5], bool(r[6]))) for r in rows]
+
+    def list_cards(self, limit: int) -> list[CardListing]:
+        rows = self.conn.execute("SELECT number, name, user_id, devices, starts_ms, ends_ms, revoked FROM cards "
+                                 "ORDER BY name LIMIT ?", (limit,))
+        return [CardListing(r[0], r[1], r[2], r[3], Window(r[4], r[5], bool(r[6]))) for r in rows]
+
+    def grant(self, grant_id: str) -> GrantListing | None:
+        r = self.conn.execute("SELECT g.id, g.user_id, u.name, g.zone_id, g.starts_ms, g.ends_ms, g.revoked FROM grants g "
+                              "LEFT JOIN users u ON u.id = g.user_id WHERE g.id = ?", (grant_id,)).fetchone()
+        return None if r is None else GrantListing(r[0], r[1], r[2], r[3], Window(r[4], r[5], bool(r[6])))
+
+    def has_card(self, number: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM cards WHERE number = ?", (number,)).fetchone() is not None
+
+    def has_jwk(self, kid: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM jwks WHERE kid = ?", (kid,)).fetchone() is not None
+
+
+def count_credentials(path: Path) -> int:
+    """Grants plus cards in the cache at `path`, on a read-only connection of its own (the daemon's
+    status refresher: it never contends with the decision worker's connection)."""
+    import contextlib
+
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as c:
+        return c.execute("SELECT count(*) FROM grants").fetchone()[0] + c.execute("SELECT count(*) FROM cards").fetchone()[0]
 
 
 def _tuple(text: str | None) -> tuple[str, ...] | None:

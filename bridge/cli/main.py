@@ -165,16 +165,16 @@ def cmd_grants_list(args: argparse.Namespace) -> int:
     for table, n in cache.counts().items():
         print(f"  {table:<10} {n}")
     limit = args.limit
-    conn = cache.conn
     print("grants:")
-    for row in conn.execute("SELECT g.id, g.user_id, u.name, g.zone_id, g.starts_ms, g.ends_ms, g.revoked FROM grants g "
-                            "LEFT JOIN users u ON u.id = g.user_id ORDER BY g.id LIMIT ?", (limit,)):
-        print(f"  {row[0]}  {row[1]} ({row[2] or '?'}) → {row[3]}  [{iso(from_ms(row[4])) or '…'}, "
-              f"{iso(from_ms(row[5])) or '…'}){'  REVOKED' if row[6] else ''}")
+    for g in cache.list_grants(limit):
+        w = g.window
+        print(f"  {g.id}  {g.user_id} ({g.user_name or '?'}) → {g.zone_id}  [{iso(from_ms(w.starts_ms)) or '…'}, "
+              f"{iso(from_ms(w.ends_ms)) or '…'}){'  REVOKED' if w.revoked else ''}")
     print("cards (number shown as its last 4 characters):")
-    for row in conn.execute("SELECT number, name, user_id, devices, starts_ms, ends_ms, revoked FROM cards ORDER BY name LIMIT ?", (limit,)):
-        print(f"  …{row[0][-4:]}  {row[1] or '-'}  user={row[2] or '-'} devices={row[3] or '-'} "
-              f"[{iso(from_ms(row[4])) or '…'}, {iso(from_ms(row[5])) or '…'}){'  REVOKED' if row[6] else ''}")
+    for c in cache.list_cards(limit):
+        w = c.window
+        print(f"  …{c.number[-4:]}  {c.name or '-'}  user={c.user_id or '-'} devices={c.devices or '-'} "
+              f"[{iso(from_ms(w.starts_ms)) or '…'}, {iso(from_ms(w.ends_ms)) or '…'}){'  REVOKED' if w.revoked else ''}")
     return 0
 
 
@@ -324,22 +324,21 @@ def cmd_grants_revoke(args: argparse.Namespace) -> int:
     cache = _cache(config)
     if args.kind == "card":
         number = card_key(args.value)
-        row = cache.conn.execute("SELECT origin FROM cards WHERE number = ?", (number,)).fetchone() if number else None
-        if row is None:
+        if not number or not cache.has_card(number):
             print("no such card in the cache", file=sys.stderr)
             return 1
         record = {"type": "card", "op": "delete", "number": number}
     elif args.kind == "grant":
-        row = cache.conn.execute("SELECT user_id, zone_id, starts_ms, ends_ms FROM grants WHERE id = ?", (args.value,)).fetchone()
-        if row is None:
+        grant = cache.grant(args.value)
+        if grant is None:
             print(f"no grant {args.value!r} in the cache", file=sys.stderr)
             return 1
         from verifier.timeutil import from_ms, iso
 
-        record = {"type": "grant", "id": args.value, "userId": row[0], "zoneId": row[1], "revoked": True,
-                  "startsAt": iso(from_ms(row[2])), "endsAt": iso(from_ms(row[3]))}
+        record = {"type": "grant", "id": args.value, "userId": grant.user_id, "zoneId": grant.zone_id, "revoked": True,
+                  "startsAt": iso(from_ms(grant.window.starts_ms)), "endsAt": iso(from_ms(grant.window.ends_ms))}
     elif args.kind == "key":
-        if cache.conn.execute("SELECT 1 FROM jwks WHERE kid = ?", (args.value,)).fetchone() is None:
+        if not cache.has_jwk(args.value):
             print(f"no credential-JWT key {args.value!r} in the cache", file=sys.stderr)
             return 1
         record = {"type": "key", "op": "delete", "kid": args.value}

@@ -1110,18 +1110,15 @@ class Daemon:
         await asyncio.to_thread(self._read_storage)
 
     def _read_storage(self) -> None:
-        """Own read-only connections: never contends with the decision worker's writers."""
-        import sqlite3
+        """Own read-only connections (the stores' helpers): never contends with the decision worker's writers."""
+        from bridge.state.outbox import oldest_unsent_at
+        from verifier.cache import count_credentials
 
         view = self.storage
-        with contextlib.closing(sqlite3.connect(f"file:{self.state_dir / 'audit.db'}?mode=ro", uri=True)) as c:
-            row = c.execute("SELECT at FROM events WHERE acked = 0 ORDER BY seq LIMIT 1").fetchone()
-            view.oldest_pending_at = row[0] if row else None
+        view.oldest_pending_at = oldest_unsent_at(self.state_dir / "audit.db")
         version = self.cache.meta.version
         if version != view.counted_version:
-            with contextlib.closing(sqlite3.connect(f"file:{self.state_dir / 'grants.db'}?mode=ro", uri=True)) as c:
-                view.grants = c.execute("SELECT count(*) FROM grants").fetchone()[0]
-                view.grants += c.execute("SELECT count(*) FROM cards").fetchone()[0]
+            view.grants = count_credentials(self.state_dir / "grants.db")
             view.counted_version = version
         if self.learned is not None:
             view.learned = {name: {"entries": u.entries, "oldest_learned_at": iso_seconds(from_ms(u.oldest_learned_ms)) if u.oldest_learned_ms is not None else None}

@@ -478,6 +478,14 @@ class Outbox:
         return self._count
 
 
+def oldest_unsent_at(path: Path) -> str | None:
+    """When the oldest event not yet acknowledged by the central was written, on a read-only
+    connection of its own (the daemon's status refresher never contends with the writer)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as c:
+        row = c.execute("SELECT at FROM events WHERE acked = 0 ORDER BY seq LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
 def _event(row: tuple[Any, ...]) -> Event:
     return Event(row[0], row[1], row[2], row[3], json.loads(row[4]), bool(row[5]))
 
