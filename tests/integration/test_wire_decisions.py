@@ -14,7 +14,7 @@ from bridge.inputs.base import Scan
 from tests.support.fakes.fixtures import fake_frontelio, fake_sna, frontelio_key_file  # noqa: F401
 from tests.support.fakes.frontelio import Holder
 from tests.support.harness import Site, door_records, make_config, relay_pulses, running, wait_for
-from tests.integration.test_upstream_through_daemon import Clock
+from tests.support.harness import RunningClock
 from tests.support.builders import NOW
 from verifier.types import Reason, Source
 
@@ -47,7 +47,7 @@ async def test_sna_is_asked_in_the_default_mode_and_online_only_after_an_exchang
     fake_sna.cards[CARD] = {"number": CARD, "name": "Guest Card", "devices": ["SN-0042"]}
     cfg = _cfg(tmp_path, {"sna": {"base_url": fake_sna.server.url, "device_sn": "SN-0042"}}, mode="local-first")
     with capture_logs() as logs:
-        async with running(cfg, clock=Clock()) as (daemon, _):
+        async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
             await asyncio.sleep(0.2)  # a heartbeat loop, if one ran, would have "succeeded" by now
             before = daemon.upstream.label
             grant = await _scan(daemon, CARD)
@@ -73,7 +73,7 @@ def test_sna_with_local_only_is_refused_with_the_mode_to_set(tmp_path):
 async def test_sna_unreachable_then_the_cache_decides(tmp_path, fake_sna):
     cfg = _cfg(tmp_path, {"sna": {"base_url": fake_sna.server.url, "device_sn": "SN-0042"}}, mode="local-first")
     fake_sna.server.stop()
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         decision = await _scan(daemon, CARD)
         assert daemon.upstream.label == "offline"
     assert decision.granted and not decision.online
@@ -86,7 +86,7 @@ async def test_online_first_one_good_card_three_times_pulses_once(tmp_path, fake
     fake_frontelio.replay_rule = False  # this central never says `replay: true`
     fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
     cfg = _cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file))
-    async with running(cfg, clock=Clock()) as (daemon, factory):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, factory):
         # Three presentations inside the 2 s replay window (the replay flags below prove they were).
         decisions = [await _scan(daemon, CARD) for _ in range(3)]
         await asyncio.sleep(0.5)
@@ -98,7 +98,7 @@ async def test_online_first_one_good_card_three_times_pulses_once(tmp_path, fake
 
 async def test_online_first_wrong_cards_are_rate_limited_locally(tmp_path, fake_frontelio, frontelio_key_file):
     cfg = _cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file))
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         reasons = [(await _scan(daemon, f"FF{i:08X}")).reason for i in range(30)]
     assert reasons[:5] == [Reason.NO_GRANT] * 5
     assert reasons[5:] == [Reason.RATE_LIMITED] * 25
@@ -110,7 +110,7 @@ async def test_online_first_wrong_cards_are_rate_limited_locally(tmp_path, fake_
 async def test_an_undocumented_deny_reason_is_a_deny_not_a_cache_grant(tmp_path, fake_frontelio, frontelio_key_file):
     fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom", "BANNED")
     cfg = _cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file))
-    async with running(cfg, clock=Clock()) as (daemon, factory):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, factory):
         decision = await _scan(daemon, CARD)  # the cache would grant this card
         await daemon.quiesce()
         (row,) = [e.body for e in daemon.outbox.recent(10) if e.type == "VERIFY"]
@@ -123,7 +123,7 @@ async def test_an_undocumented_deny_reason_is_a_deny_not_a_cache_grant(tmp_path,
 async def test_a_malformed_answer_still_falls_back_to_the_cache(tmp_path, fake_frontelio, frontelio_key_file):
     fake_frontelio.server.respond_raw(json.dumps({"decision": "DENY", "reason": 7}).encode())
     cfg = _cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file))
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         decision = await _scan(daemon, CARD)
     assert decision.granted and not decision.online
 
@@ -135,7 +135,7 @@ async def test_a_late_deny_is_recorded_and_the_next_decision_respects_it(tmp_pat
     cfg = _cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file), policy={"replay_window_s": 0.2},
                verify_budget_s=0.2, late_answer_s=2.0)
     with capture_logs() as logs:
-        async with running(cfg, clock=Clock()) as (daemon, _):
+        async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
             first = await _scan(daemon, CARD)  # the cache answers at the budget: GRANT
             await wait_for(lambda: any(e.type == "LATE_UPSTREAM_DENY" for e in daemon.outbox.recent(20)),
                            timeout=5, what="the late DENY recorded")
@@ -159,7 +159,7 @@ async def test_online_decisions_show_the_zone_in_the_journal(tmp_path, fake_fron
     fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Back of House — Stockroom")
     cfg = _cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file))
     with capture_logs() as logs:
-        async with running(cfg, clock=Clock()) as (daemon, _):
+        async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
             await _scan(daemon, CARD)
     (line,) = [e for e in logs if e["event"] == "decision"]
     assert (line["decided"], line["zone"]) == ("online", "Back of House — Stockroom")
@@ -191,7 +191,7 @@ async def test_sna_identify_request_and_answer_mapping_is_configurable(tmp_path,
                         "command_field": "result.action", "unlock_values": ["OPEN"], "deny_values": ["REJECT"],
                         "card_field": "result.holder", "auth_header": "X-Api-Token", "auth_scheme": "Terminal"}}
     cfg = _cfg(tmp_path, {"sna": sna}, mode="local-first")
-    async with running(cfg, clock=Clock()) as (daemon, _):
+    async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         grant = await _scan(daemon, CARD)
         deny = await _scan(daemon, "0A1B2C3D4E5F")
     assert (grant.granted, grant.online, grant.user_name) == (True, True, "Guest")

@@ -11,7 +11,7 @@ from tests.support.fakes.digital_id import employee
 from tests.support.fakes.fixtures import fake_digital_id, fake_frontelio, frontelio_key_file  # noqa: F401
 from tests.support.harness import Site, door_records, make_config, running
 from tests.support.builders import NOW
-from tests.integration.test_upstream_through_daemon import Clock
+from tests.support.harness import RunningClock
 from verifier.types import Source
 
 READER = "BRIDGE-1"
@@ -35,7 +35,7 @@ async def test_digital_id_401_hint_is_whole_and_its_check_is_the_key(tmp_path, f
     fake_digital_id.tokens["tok_valid_123"] = ("valid", employee(1, "A B"))
     cfg = _cfg(tmp_path, {"digital_id": {"base_url": fake_digital_id.server.url}}, mode="local-first")
     with capture_logs() as logs:
-        async with running(cfg, clock=Clock()) as (daemon, _):
+        async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
             daemon.reader_door[READER] = "main"
             await daemon.handle(Scan(READER, Source.PHONE_QR, b"https://id.example/verify.php?token=tok_valid_123"))
     (lost,) = _warnings(logs, "upstream_lost")
@@ -53,7 +53,7 @@ async def test_dns_failure_shows_its_cause_at_warning_level(tmp_path, frontelio_
         raise AssertionError(f"{host} resolved: the test needs a name that does not")
     cfg = _cfg(tmp_path, {"frontelio": {"base_url": f"https://{host}/api/v1", "api_key_file": str(frontelio_key_file)}})
     with capture_logs() as logs:
-        async with running(cfg, clock=Clock()) as (daemon, _):
+        async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
             daemon.reader_door[READER] = "main"
             await daemon.handle(Scan(READER, Source.CARD, CARD.encode()))
     lost = _warnings(logs, "upstream_lost")
@@ -65,7 +65,7 @@ async def test_a_change_of_failure_cause_is_logged_again(tmp_path, fake_fronteli
     fake_frontelio.api_keys = {"mk_someone_else"}  # our key is refused: 401
     cfg = _cfg(tmp_path, {"frontelio": {"base_url": fake_frontelio.server.url, "api_key_file": str(frontelio_key_file)}})
     with capture_logs() as logs:
-        async with running(cfg, clock=Clock()) as (daemon, _):
+        async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
             daemon.reader_door[READER] = "main"
             await daemon.handle(Scan(READER, Source.CARD, CARD.encode()))
             await daemon.handle(Scan(READER, Source.CARD, b"0A1B2C3D4E5F"))  # same cause: no new line
