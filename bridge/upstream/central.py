@@ -93,14 +93,29 @@ class CommandEntry:
 class CentralHttp(UpstreamHttp):
     """`UpstreamHttp` plus a streamed download with the same breaker and error mapping."""
 
-    def __init__(self, *args: Any, download_deadline_s: float = 900.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, download_deadline_s: float = 900.0, download_in_child: HttpSettings | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.download_deadline_s = download_deadline_s
+        # The client's settings when the download runs in a child (bridge/upstream/download_child.py).
+        self.download_in_child = download_in_child
 
     async def download(
         self, path: str, *, params: Mapping[str, str], headers: Mapping[str, str], dest: Path, max_bytes: int
     ) -> tuple[int, httpx.Headers, int, str | None]:
         """GET into `dest` when the answer is 200: (status, headers, bytes written, sha256 hex)."""
+        if self.download_in_child is None:
+            return await self.download_here(path, params=params, headers=headers, dest=dest, max_bytes=max_bytes)
+        from bridge.upstream.download_child import download_in_child
+
+        return await download_in_child(self.upstream, self.breaker, str(self.base_url), self.download_in_child,
+                                       self.download_deadline_s, path, params=params, headers=headers, dest=dest,
+                                       max_bytes=max_bytes)
+
+    async def download_here(
+        self, path: str, *, params: Mapping[str, str], headers: Mapping[str, str], dest: Path, max_bytes: int
+    ) -> tuple[int, httpx.Headers, int, str | None]:
+        """`download` in this process, on this event loop."""
         self.breaker.before_call()
         what = f"GET {path}"
         try:
@@ -238,6 +253,8 @@ def build_central(
     section names its own."""
     key = load_api_key(key_file=section.api_key_file, credential=section.api_key_credential, credentials_dir=credentials_dir)
     breaker = CircuitBreaker(NAME, settings.breaker_failures, settings.breaker_cooldown_s, clock=clock)
+    # apply_in = "process": the download runs in a child too, off the deciding process's GIL.
     http = CentralHttp(NAME, build_client(section.base_url, settings), breaker, settings.max_body_bytes,
-                       settings.request_deadline_s, download_deadline_s=settings.download_deadline_s)
+                       settings.request_deadline_s, download_deadline_s=settings.download_deadline_s,
+                       download_in_child=settings if section.apply_in == "process" else None)
     return CentralClient(http, key, section.bridge_id or bridge_id, section.max_bundle_bytes)
