@@ -51,7 +51,16 @@ from verifier.types import AccessDecision, Credential, DigitalIdToken, InviteCod
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from bridge.central.handback import WebhookHandback
+    from bridge.central.replicator import Replicator
+    from bridge.central.sync import BundleSync
+    from bridge.door.mode_shell import ModeShell
+    from bridge.outward import Outward
+    from bridge.service.emergency_shell import EmergencyShell
+    from bridge.service.status_socket import StatusServer
+    from bridge.state.learned import LearnedCache
     from bridge.upstream.adapter import UpstreamAdapter
+    from bridge.upstream.central import CentralClient
     from bridge.upstream.errors import UpstreamError
 
 log = structlog.get_logger()
@@ -204,8 +213,8 @@ class Daemon:
         self.clock: Clock = self._trusted_now
         # Whether the clock may be believed (a schedule unlocks a door only while it is).
         self.clock_trusted: Callable[[], bool] = clock_trusted or self._clock_is_trusted
-        self.modes: Any = None
-        self.emergency: Any = None  # bridge/service/emergency_shell.py, when [emergency] asks for anything
+        self.modes: ModeShell | None = None
+        self.emergency: EmergencyShell | None = None  # bridge/service/emergency_shell.py, when [emergency] asks for anything
         self._pin_factory = pin_factory
         self._extra_inputs = inputs or []
         self.adapters: list[Any] = adapters if adapters is not None else []
@@ -217,7 +226,7 @@ class Daemon:
         self.decision_listeners: list[Callable[[AccessDecision, float], None]] = []
         # (door, event type) after the event's audit row: metrics and MQTT (bridge/outward/__init__.py).
         self.door_event_listeners: list[Callable[[str, str], None]] = []
-        self.outward: Any = None
+        self.outward: Outward | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._scan_tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
@@ -234,12 +243,12 @@ class Daemon:
         self.pin_readers: set[str] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.previous_exit: dict[str, Any] = {}
-        self.status_server: Any = None
-        self.central: Any = None
-        self.sync: Any = None
-        self.replicator: Any = None
-        self.learned: Any = None
-        self.handback: Any = None
+        self.status_server: StatusServer | None = None
+        self.central: CentralClient | None = None
+        self.sync: BundleSync | None = None
+        self.replicator: Replicator | None = None
+        self.learned: LearnedCache | None = None
+        self.handback: WebhookHandback | None = None
         from bridge.state.late_denials import LateDenials
 
         self.late_denials = LateDenials()
