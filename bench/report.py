@@ -5,6 +5,12 @@ failed with its error instead of taking the others down or vanishing from the ta
 script does not know by name are found by looking for `if __name__ == "__main__"` in bench/*.py and
 run with their defaults (with `--quick` in quick mode, if their `--help` offers it).
 
+Each bench's section ends with its figures as multiples of a floor measured in the same run
+(`FLOORS`): a decision against one prepared-statement look-up in the same cache, scan-to-relay
+against one fsync'd audit append on the same file system, the decisions during a sync against
+those just before it, the start against the bare interpreter's. A ratio travels between machines
+better than a figure: a Pi is slower at both.
+
 The load bench also writes its raw scan-to-relay latencies, which become
 bench/results/scan_to_relay.png (histogram and CDF; needs matplotlib, the `bench` extra).
 
@@ -68,6 +74,7 @@ def known_jobs(quick: bool, grants: int) -> list[Job]:
                 lat_steady),
             Job("replicate.py", "replicate.py", ("--events", "5000")),
             Job("sync.py", "sync.py", ("--grants", "20000")),
+            Job("startup.py", "startup.py", ("--grants", "10000", "--runs", "3")),
         ]
     return [
         Job("decide.py", "decide.py", ("--grants", str(grants))),
@@ -76,6 +83,7 @@ def known_jobs(quick: bool, grants: int) -> list[Job]:
             lat_steady),
         Job("replicate.py", "replicate.py"),
         Job("sync.py", "sync.py"),
+        Job("startup.py", "startup.py", ("--grants", str(grants), "--runs", "3")),
     ]
 
 
@@ -129,6 +137,51 @@ def run(job: Job, timeout: float) -> Outcome:
         last = (proc.stdout.strip().splitlines() or ["(no output)"])[-1][:200]
         return Outcome(job, seconds, error=f"last line of stdout is not a JSON object: {last}")
     return Outcome(job, seconds, figures)
+
+
+# --- figures against their floors ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Floor:
+    """`figure` / `floor`, both keys of the same bench's JSON (same unit), and what the floor is."""
+
+    figure: str
+    floor: str
+    floor_is: str
+
+
+FLOORS: dict[str, tuple[Floor, ...]] = {
+    "decide.py": (
+        Floor("p99_us_card", "lookup_us_prepared", "one prepared-statement card look-up in the same cache"),
+        Floor("p99_us_jwt", "lookup_us_prepared", "one prepared-statement card look-up in the same cache"),
+        Floor("p99_us", "lookup_us_prepared", "one prepared-statement card look-up in the same cache"),
+    ),
+    "load.py": (
+        Floor("p99_ms", "outbox_append_ms", "one fsync'd audit append on the same file system"),
+        Floor("max_ms", "outbox_append_ms", "one fsync'd audit append on the same file system"),
+    ),
+    "sync.py": (
+        Floor("p99_us_during", "p99_us_before", "decisions' p99 in the seconds before the sync"),
+        Floor("p99_us_fetching", "p99_us_before", "decisions' p99 in the seconds before the sync"),
+        Floor("max_us_during", "p99_us_before", "decisions' p99 in the seconds before the sync"),
+    ),
+    "startup.py": (
+        Floor("ready_ms", "python_start_ms", "the interpreter's own start (python -c pass)"),
+        Floor("first_decision_ms", "python_start_ms", "the interpreter's own start (python -c pass)"),
+    ),
+}
+
+
+def against_floors(script: str, figures: dict[str, Any]) -> list[tuple[Floor, float]]:
+    """Each known (figure, floor) pair this run has, as figure / floor; pairs missing a value or
+    with a zero floor are left out rather than shown as 0 or infinity."""
+    found = []
+    for f in FLOORS.get(script, ()):
+        value, floor = figures.get(f.figure), figures.get(f.floor)
+        if isinstance(value, (int, float)) and isinstance(floor, (int, float)) and floor > 0:
+            found.append((f, value / floor))
+    return found
 
 
 # --- the machine -----------------------------------------------------------------------------------
@@ -236,6 +289,10 @@ def render(outcomes: list[Outcome], quick: bool, plot_note: str | None, png: Pat
             continue
         out += ["| figure | value |", "| --- | ---: |"]
         out += [f"| {k} | {cell(v)} |" for k, v in o.figures.items()]
+        if ratios := against_floors(o.job.script, o.figures):
+            out += ["", "| figure | × its floor | floor (same run) |", "| --- | ---: | --- |"]
+            out += [f"| {f.figure} | {ratio:,.1f}× | {f.floor} = {cell(o.figures[f.floor])}: {f.floor_is} |"
+                    for f, ratio in ratios]
         if o.job.script == "load.py":
             out += load_notes(o.figures)
     out += ["", "## Scan to relay", ""]
