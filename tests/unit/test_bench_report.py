@@ -36,5 +36,7 @@ def test_the_report_renders_the_floor_table() -> None:
     report = _report()
     outcome = report.Outcome(report.Job("load.py", "load.py"), 1.0, {"p99_ms": 6.0, "outbox_append_ms": 2.0,
                                                                      "dropped": 0, "healthy": True})
+    outcome.load = (1.5, 1.75)
     text = report.render([outcome], quick=True, plot_note="not drawn here", png=Path("x.png"))
+    assert "| load.py | `(defaults)` | ok | 1 | 1.5 → 1.75 |" in text  # the shared machine's load beside each run
     assert "| p99_ms | 3.0× | outbox_append_ms = 2: one fsync'd audit append on the same file system |" in text
