@@ -326,7 +326,7 @@ class Daemon:
         self.outward = Outward.start(self)
         meta = self.cache.meta
         stale = self._stale = self.verifier.is_stale(self.clock())
-        self._reader_idle(offline=stale)  # _note_staleness only sees changes: stale from the start wink now
+        self._show_offline()  # _note_staleness only sees changes: stale from the start winks now
         log.info("started", bridge=cfg.bridge.id, version=__version__, mode=cfg.bridge.mode,
                  readers=",".join(i.reader_id for i in self.inputs) or "-", doors=",".join(self.doors) or "-",
                  upstream=",".join(a.name for a in self.adapters) or "none", cache_version=meta.version,
@@ -700,8 +700,15 @@ class Daemon:
             await asyncio.sleep(delay)
             delay = min(delay * 2, READER_RETRY_MAX_S)
 
-    def _reader_idle(self, offline: bool) -> None:
-        """Readers with their own LED (OSDP) wink between decisions while offline or stale."""
+    def _show_offline(self, upstream_ok: bool | None = None) -> None:
+        """Every LED a technician looks at — the door's GPIO LED and the readers' own (OSDP) —
+        winks between decisions while the door decides offline: the upstream unreachable *or* the
+        cache stale. One rule for both, told at start and on every change of either input."""
+        up = self.upstream.online if upstream_ok is None else upstream_ok
+        offline = self._stale or up is False
+        for io in self.door_io.values():
+            with contextlib.suppress(Exception):
+                io.set_offline(offline)
         for reader in self.reader_feedback.values():
             with contextlib.suppress(Exception):
                 reader.set_offline(offline)
@@ -929,10 +936,7 @@ class Daemon:
             if ok:
                 seen.last_success = self.clock()
         if ok != up.online:
-            for io in self.door_io.values():
-                with contextlib.suppress(Exception):
-                    io.set_offline(not ok)
-            self._reader_idle(offline=not ok or self._stale)
+            self._show_offline(upstream_ok=ok)
         if ok and up.online is not True:
             if up.online is False:
                 log.info("upstream_restored", offline_since=up.since.isoformat(timespec="seconds") if up.since else "-")
@@ -1045,7 +1049,7 @@ class Daemon:
         if stale == self._stale:
             return
         self._stale = stale
-        self._reader_idle(offline=stale or self.upstream.online is False)
+        self._show_offline()
         meta = self.cache.meta
         if stale:
             from verifier.timeutil import from_ms, iso
