@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import structlog
 
@@ -300,8 +300,7 @@ class Outbox:
                 for type_, body in items]
         events = []
         with self._lock:
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
+            with self._transaction():
                 for (event_id, _, type_, text), (_, body) in zip(rows, items):
                     value = value_of(type_, body)
                     if self._count >= self.max_events:
@@ -313,12 +312,6 @@ class Outbox:
                     seq = self._insert(event_id, at_text, type_, text, value)
                     self._urgent = self._urgent or type_ in URGENT_TYPES
                     events.append(Event(seq, event_id, at_text, type_, body, False))
-                self.conn.execute("COMMIT")
-            except BaseException as e:
-                self._abandon()
-                if _is_storage_error(e):
-                    raise OutboxWriteError(self.path, e) from e
-                raise
             top = self._next_seq - 1
         self.mark.advance(top)
         return events
@@ -331,6 +324,20 @@ class Outbox:
         self._count += 1
         self._pending += 1
         return seq
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction, under the caller's lock: all of it is durable, or none is, and a
+        storage failure surfaces as OutboxWriteError with the counters re-read from disk."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException as e:
+            self._abandon()
+            if _is_storage_error(e):
+                raise OutboxWriteError(self.path, e) from e
+            raise
 
     def _abandon(self) -> None:
         """After any failed write: roll back if SQLite has not already (SQLITE_FULL rolls back by
@@ -403,20 +410,13 @@ class Outbox:
         if not ids:
             return 0
         with self._lock:
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                n = 0
+            n = 0
+            with self._transaction():
                 for chunk in range(0, len(ids), 500):
                     part = ids[chunk:chunk + 500]
                     n += self.conn.execute(
                         f"UPDATE events SET acked = 1 WHERE acked = 0 AND id IN ({','.join('?' * len(part))})", part
                     ).rowcount
-                self.conn.execute("COMMIT")
-            except BaseException as e:
-                self._abandon()
-                if _is_storage_error(e):
-                    raise OutboxWriteError(self.path, e) from e
-                raise
             self._pending -= n
         return n
 
