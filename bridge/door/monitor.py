@@ -26,24 +26,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from gpiozero import LED, Button, Buzzer, DigitalInputDevice, DigitalOutputDevice
+from gpiozero import Button, DigitalInputDevice, DigitalOutputDevice
 
 from bridge.config import DoorSection
+from bridge.door.alarm import FORCED_OPEN, HELD_OPEN, AlarmTimes, DoorAlarm, Step
+from bridge.door.feedback import Feedback
 from bridge.door.relay import Relay
-from bridge.door.timed_output import Scheduled, TimedOutput, shared_timeline
-from verifier.types import AccessDecision, Reason
+from bridge.door.timed_output import TimedOutput
+from verifier.types import AccessDecision
 
 log = structlog.get_logger()
 
 EventSink = Callable[[str, dict[str, Any]], None]
-
-FORCED_OPEN = "DOOR_FORCED_OPEN"
-HELD_OPEN = "DOOR_HELD_OPEN"
-_ALARM_STATE = {FORCED_OPEN: "forced_open", HELD_OPEN: "held_open"}
 
 # A door contact must read the same for this long before the new position counts. gpiozero's
 # `bounce_time` is a lock-out after the first edge (and MockPin does not implement it): it can drop
@@ -53,133 +50,12 @@ DEFAULT_SETTLE_S = 0.05
 REX_BOUNCE_S = 0.05
 
 
-@dataclass(frozen=True, slots=True)
-class Blink:
-    """One LED or buzzer pattern: `n` cycles of on/off (n=None repeats until replaced)."""
-
-    on_s: float
-    off_s: float
-    n: int | None
-
-    @property
-    def duration_s(self) -> float:
-        return (self.n or 0) * (self.on_s + self.off_s)
-
-
-# Patterns a person at the door can tell apart without looking closely.
-DENY_LED = Blink(0.15, 0.15, 3)
-DENY_BEEPS = Blink(0.1, 0.1, 2)
-GRANT_BEEP = Blink(0.1, 0.0, 1)
-RATE_LIMITED_BEEP = Blink(1.0, 0.0, 1)
-OFFLINE_IDLE_LED = Blink(0.1, 1.9, None)  # a short wink every 2 s: "working, but not in touch"
-
-
 def _why(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"[:200]
 
 
-def _start(device: TimedOutput, pattern: Blink) -> None:
-    device.blink(pattern.on_s, pattern.off_s, pattern.n)
-
-
-class Feedback:
-    """LED and buzzer patterns per decision, and the offline idle wink in between.
-
-    Either device may be absent. A feedback pattern takes the LED over; when it ends, the idle
-    wink resumes if the bridge is still offline. Patterns and the idle restore run on the output
-    timeline (bridge/door/timed_output.py): `show()` is called by the decision worker and must not start
-    or join a thread.
-    """
-
-    def __init__(self, cfg: DoorSection, pin_factory: Any) -> None:
-        self._pulse_s = cfg.pulse_s
-        self._lock = threading.Lock()
-        self._offline = False
-        self._closing = False
-        self._generation = 0
-        self._restore: Scheduled | None = None
-        self._timeline = shared_timeline()
-        self.led: LED | None = None
-        self.buzzer: Buzzer | None = None
-        self._led_out: TimedOutput | None = None
-        self._buzzer_out: TimedOutput | None = None
-        try:
-            if cfg.led_pin is not None:
-                self.led = LED(cfg.led_pin, active_high=cfg.led_active_high, initial_value=False,
-                               pin_factory=pin_factory)
-                self._led_out = TimedOutput(self.led, self._timeline)
-            if cfg.buzzer_pin is not None:
-                self.buzzer = Buzzer(cfg.buzzer_pin, active_high=cfg.buzzer_active_high, initial_value=False,
-                                     pin_factory=pin_factory)
-                self._buzzer_out = TimedOutput(self.buzzer, self._timeline)
-        except Exception:
-            self.close()
-            raise
-
-    def show(self, decision: AccessDecision) -> None:
-        if decision.granted:
-            self._play(Blink(self._pulse_s, 0.0, 1), GRANT_BEEP)
-        elif decision.reason is Reason.RATE_LIMITED:
-            self._play(DENY_LED, RATE_LIMITED_BEEP)
-        else:
-            self._play(DENY_LED, DENY_BEEPS)
-
-    def set_offline(self, offline: bool) -> None:
-        with self._lock:
-            if offline == self._offline:
-                return
-            self._offline = offline
-            if self._restore is None:  # no pattern playing: switch the idle state now
-                self._idle()
-
-    def _play(self, led: Blink, beep: Blink) -> None:
-        with self._lock:
-            self._generation += 1
-            if self._restore is not None:
-                self._restore.cancel()
-                self._restore = None
-            if self._led_out is not None:
-                _start(self._led_out, led)
-                generation = self._generation
-                self._restore = self._timeline.call_later(led.duration_s, lambda: self._pattern_done(generation))
-            if self._buzzer_out is not None:
-                _start(self._buzzer_out, beep)
-
-    def _pattern_done(self, generation: int) -> None:
-        with self._lock:
-            if generation != self._generation:  # a newer pattern owns the LED
-                return
-            self._restore = None
-            self._idle()
-
-    def _idle(self) -> None:
-        if self._led_out is None:
-            return
-        if self._offline:
-            _start(self._led_out, OFFLINE_IDLE_LED)
-        else:
-            self._led_out.off()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closing:
-                return
-            self._closing = True
-            self._generation += 1
-            if self._restore is not None:
-                self._restore.cancel()
-                self._restore = None
-        for out in (self._led_out, self._buzzer_out):
-            if out is not None:
-                out.close()
-        for device in (self.led, self.buzzer):
-            if device is not None:
-                device.off()
-                device.close()
-
-
 class DoorMonitor:
-    """The door's inputs and feedback outputs around one `Relay`.
+    """The door's inputs and feedback outputs around one `Relay`: the I/O shell of `DoorAlarm`.
 
     `switch.is_active` means *closed*: the contact's pull resistor is set from `door_closed_level`
     (pull-up when a closed door reads LOW, pull-down when it reads HIGH), so the line never floats
@@ -196,12 +72,7 @@ class DoorMonitor:
         self._lock = threading.RLock()
         self._closed = False
 
-        self._authorised_at: float | None = None
-        self._authorised_by = "relay"
-        self._open = False
-        self._opened_at = 0.0
-        self._opening = 0  # counts openings, so a late timer for an earlier one does nothing
-        self._alarms: list[str] = []
+        self._alarm = DoorAlarm(AlarmTimes(cfg.pulse_s, cfg.forced_open_grace_s, cfg.held_open_s))
         self._settle: threading.Timer | None = None
         self._held: threading.Timer | None = None
 
@@ -229,7 +100,7 @@ class DoorMonitor:
                 # Found open at start: whether it was authorised is unknowable, so no forced-open
                 # alarm, but a door propped open across a restart is still reported as held open.
                 self._log.info("door_open_at_start")
-                self._begin_opening()
+                self._apply(self._alarm.open_at_start(self._clock()))
             self.switch.when_activated = self._switch_edge
             self.switch.when_deactivated = self._switch_edge
         if self.rex is not None:
@@ -247,8 +118,7 @@ class DoorMonitor:
         with self._lock:
             if self._closed:
                 return
-            self._authorised_at = self._clock()
-            self._authorised_by = kind
+            self._alarm.authorise(kind, self._clock())
             if self.aux is not None and self.cfg.aux_relay_mode == "grant":
                 self._pulse_aux()
 
@@ -271,15 +141,15 @@ class DoorMonitor:
             if self.switch is None:
                 position = "unknown"
             else:
-                position = "open" if self._open else "closed"
-            alarm = next((_ALARM_STATE[a] for a in (FORCED_OPEN, HELD_OPEN) if a in self._alarms), None)
+                position = "open" if self._alarm.is_open else "closed"
+            alarm = next(iter(self._alarm.active_alarms()), None)
             return {"relay": "energised" if self.door.energised else "released",
                     "position": position, "alarm": alarm}
 
     def alarms(self) -> list[str]:
         """Every alarm raised now (`state()` names the most serious one): a forced door left open is both."""
         with self._lock:
-            return [_ALARM_STATE[a] for a in (FORCED_OPEN, HELD_OPEN) if a in self._alarms]
+            return self._alarm.active_alarms()
 
     def close(self) -> None:
         """Release both relays and silence the LED and buzzer; later callbacks do nothing. Idempotent."""
@@ -310,8 +180,7 @@ class DoorMonitor:
         with self._lock:
             if self._closed:
                 return
-            self._authorised_at = self._clock()
-            self._authorised_by = "rex"
+            self._alarm.authorise("rex", self._clock())
             self._emit("REX", {})  # recorded before the relay moves, like a decision
             try:
                 self.door.pulse()
@@ -338,82 +207,46 @@ class DoorMonitor:
         with self._lock:
             if self._closed or self.switch is None:
                 return
-            is_open = not self.switch.is_active
-            if is_open and not self._open:
-                self._opened()
-            elif not is_open and self._open:
-                self._door_closed()
-
-    def _begin_opening(self) -> None:
-        self._open = True
-        self._opened_at = self._clock()
-        self._opening += 1
-        self._alarms = []
-        self._held = threading.Timer(self.cfg.held_open_s, self._held_too_long, args=(self._opening,))
-        self._held.daemon = True
-        self._held.start()
-
-    def _opened(self) -> None:
-        self._begin_opening()
-        by = self._authorisation()
-        if by is None:
-            self._raise_alarm(FORCED_OPEN, {})
-            self._log.warning("door_forced_open",
-                              check="door closer and strike (does the door latch?), then who was there: "
-                                    "door-bridge events tail")
-        else:
-            self._emit("DOOR_OPENED", {"authorisedBy": by})
-
-    def _authorisation(self) -> str | None:
-        """Who let this opening happen, or None when nobody did (a forced opening).
-
-        Authorised while the relay is energised, and for `forced_open_grace_s` after the pulse
-        that the last grant or REX started would have ended (a slow push on a released strike).
-        """
-        recent = (self._authorised_at is not None
-                  and self._clock() - self._authorised_at <= self.cfg.pulse_s + self.cfg.forced_open_grace_s)
-        if recent:
-            return self._authorised_by
-        if self.door.energised:
-            return "relay"
-        return None
+            self._apply(self._alarm.position(not self.switch.is_active, self._clock(), self.door.energised))
 
     def _held_too_long(self, opening: int) -> None:
         with self._lock:
-            if self._closed or not self._open or opening != self._opening:
+            if self._closed:
                 return
-            if getattr(self.door, "held", False):
-                # Held unlocked by the door's mode (an `unlocked` slot): open is what it is for.
-                # Look again later, so a door left open after the hold ends is still reported.
-                self._held = threading.Timer(self.cfg.held_open_s, self._held_too_long, args=(opening,))
-                self._held.daemon = True
-                self._held.start()
-                return
-            self._raise_alarm(HELD_OPEN, {"heldOpenS": self.cfg.held_open_s})
-            self._log.warning("door_held_open", held_open_s=self.cfg.held_open_s,
-                              check="door closer, a wedge or propped door, then who was there: "
-                                    "door-bridge events tail")
+            # `held`: held unlocked by the door's mode (an `unlocked` slot), where open is what it is for.
+            self._apply(self._alarm.held_timer(opening, held_by_mode=getattr(self.door, "held", False)))
 
-    def _door_closed(self) -> None:
-        self._open = False
-        if self._held is not None:
+    def _apply(self, step: Step) -> None:
+        """Carry out what the alarm machine decided; called under the lock."""
+        if step.cancel_held and self._held is not None:
             self._held.cancel()
             self._held = None
-        cleared, self._alarms = self._alarms, []
-        if cleared and self.aux is not None and self.cfg.aux_relay_mode == "alarm":
+        if step.cleared and self.aux is not None and self.cfg.aux_relay_mode == "alarm":
             self._aux_off()
-        self._emit("DOOR_CLOSED", {"openForS": round(self._clock() - self._opened_at, 1),
-                                   "alarmCleared": cleared})
+        for kind, body in step.events:
+            self._emit(kind, body)
+        if step.raised is not None:
+            self._alarm_raised(step.raised)
+        if step.arm_held is not None:
+            self._held = threading.Timer(self.cfg.held_open_s, self._held_too_long, args=(step.arm_held,))
+            self._held.daemon = True
+            self._held.start()
 
-    def _raise_alarm(self, kind: str, body: dict[str, Any]) -> None:
-        self._alarms.append(kind)
-        self._emit(kind, body)
+    def _alarm_raised(self, kind: str) -> None:
         if self.aux is not None and self.cfg.aux_relay_mode == "alarm":
             assert self._aux_out is not None
             try:
                 self._aux_out.on()
             except Exception as e:  # noqa: BLE001 - any GPIO failure ends with the aux relay off
                 self._aux_failed(e)
+        if kind == FORCED_OPEN:
+            self._log.warning("door_forced_open",
+                              check="door closer and strike (does the door latch?), then who was there: "
+                                    "door-bridge events tail")
+        elif kind == HELD_OPEN:
+            self._log.warning("door_held_open", held_open_s=self.cfg.held_open_s,
+                              check="door closer, a wedge or propped door, then who was there: "
+                                    "door-bridge events tail")
 
     # --- outputs and events ---------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bridge.door.monitor import Blink
+    from bridge.door.feedback import Blink
 
 SOM = 0x53
 REPLY_ADDRESS_BIT = 0x80
@@ -193,7 +193,7 @@ def buzzer_pattern(blink: Blink) -> BuzzerPattern:
 def door_patterns() -> dict[str, Blink]:
     """The GPIO door's patterns (bridge/door/monitor.py), imported late: door_io imports the config,
     which imports the reader models."""
-    from bridge.door.monitor import DENY_BEEPS, DENY_LED, GRANT_BEEP, OFFLINE_IDLE_LED, RATE_LIMITED_BEEP
+    from bridge.door.feedback import DENY_BEEPS, DENY_LED, GRANT_BEEP, OFFLINE_IDLE_LED, RATE_LIMITED_BEEP
 
     return {"deny_led": DENY_LED, "deny_beeps": DENY_BEEPS, "grant_beep": GRANT_BEEP,
             "locked_out_beep": RATE_LIMITED_BEEP, "offline_idle": OFFLINE_IDLE_LED}

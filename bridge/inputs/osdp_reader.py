@@ -309,7 +309,7 @@ class OsdpReader:
         """Thread-safe (called from the decision worker): LED and buzzer as the GPIO ones do —
         GRANT green for the relay pulse and one beep; DENY red blinks and two beeps; locked out
         (RATE_LIMITED) red blinks and one long beep."""
-        from bridge.door.monitor import Blink
+        from bridge.door.feedback import Blink
 
         patterns = door_patterns()
         if decision.granted:

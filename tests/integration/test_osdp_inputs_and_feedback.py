@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bridge.door.monitor import DENY_LED, OFFLINE_IDLE_LED, RATE_LIMITED_BEEP
+from bridge.door.feedback import DENY_LED, OFFLINE_IDLE_LED, RATE_LIMITED_BEEP
 from bridge.inputs.osdp_logic import buzzer_pattern, led_pattern
 from bridge.config.readers import OsdpReaderConfig
 from bridge.inputs.osdp_reader import OsdpKeyError, load_scbk

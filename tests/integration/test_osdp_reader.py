@@ -331,7 +331,7 @@ def test_reply_watch_tells_how_far_a_pd_got() -> None:
 
 
 def test_feedback_patterns_are_the_gpio_ones_in_100_ms_units() -> None:
-    from bridge.door.monitor import DENY_LED, OFFLINE_IDLE_LED
+    from bridge.door.feedback import DENY_LED, OFFLINE_IDLE_LED
 
     assert units(0.15) == 2 and units(0.0) == 0 and units(0.01) == 1 and units(100) == 255
     deny = led_pattern(DENY_LED, 1, 0)
