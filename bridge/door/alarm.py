@@ -97,8 +97,8 @@ class DoorAlarm:
         A door held unlocked by its mode (an `unlocked` slot) is meant to stand open: look again
         later, so a door still open after the hold ends is reported.
         """
-        if not self.is_open or opening != self.opening:
-            return NOTHING
+        if not self.is_open or opening != self.opening or HELD_OPEN in self.alarms:
+            return NOTHING  # closed since, a later opening, or already raised: one alarm per opening
         if held_by_mode:
             return Step(arm_held=opening)
         self.alarms.append(HELD_OPEN)
