@@ -91,9 +91,12 @@ class LoadSettings:
     # Waiting for the daemon to finish its backlog ends after this long without a new decision.
     drain_stall_s: float = 20.0
     pulse_s: float = 0.2
-    # Metrics (scraped every second over HTTP) and MQTT (to a real mosquitto, with a subscriber)
-    # on: the acceptance of issue 18 compares p99 with and without them.
+    # Metrics (scraped over HTTP every `scrape_s`) and MQTT (to a real mosquitto, with a subscriber)
+    # on: the acceptance of issue 18 compares p99 with and without them. `observe_only` turns on
+    # one of the two ("metrics" or "mqtt"), to tell their costs apart.
     observe: bool = False
+    observe_only: str | None = None
+    scrape_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,8 @@ class LoadResult:
             "replays": self.replays, "drain_s": round(max(0.0, self.decided_s - self.send_s), 1),
             "outbox_append_ms": round(self.outbox_append_ms, 2), "state_fs": self.state_fs,
             "healthy": self.status is not None and self.exit_code == 0,
-            "observe": s.observe, "observed": self.observed,
+            "observe": (s.observe_only or "both") if s.observe else False,
+            "scrape_s": s.scrape_s if s.observe else None, "observed": self.observed,
         }
 
 
@@ -301,9 +305,10 @@ def write_config(path: Path, state: Path, key: Ed25519PrivateKey, ptys: list[Pty
     for i, p in enumerate(ptys):
         lines += ["[[readers]]", 'type = "serial"', f'id = "{reader_id(i)}"', f'door = "door{i}"',
                   f'port = "{p.path}"', "baudrate = 115200", "reconnect_s = 0.2"]
-    if observe is not None:
-        lines += ["[metrics]", "http = true", f"port = {observe.metrics_port}",
-                  "[mqtt]", "enabled = true", f"port = {observe.broker.port}", "queue_size = 10000"]
+    if observe is not None and settings.observe_only != "mqtt":
+        lines += ["[metrics]", "http = true", f"port = {observe.metrics_port}"]
+    if observe is not None and settings.observe_only != "metrics":
+        lines += ["[mqtt]", "enabled = true", f"port = {observe.broker.port}", "queue_size = 10000"]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -489,15 +494,17 @@ def account(result: LoadResult, scans: list[PlannedScan], sent_at: list[float], 
 
 class Observers:
     """A real mosquitto with a subscriber counting what arrives, and a Prometheus-like scraper
-    fetching /metrics every second: the outward tools doing real work during the run."""
+    fetching /metrics every `scrape_s` (1 s: a worst case; Prometheus's usual is 15 s): the
+    outward tools doing real work during the run."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, scrape_s: float = 1.0) -> None:
         import threading
 
         from tests.support.mqtt_broker import Broker, free_port
 
         self.broker = Broker(work / "broker").start()
         self.metrics_port = free_port()
+        self.scrape_s = scrape_s
         self.received = 0
         self.scrapes = 0
         self.last_scrape = ""
@@ -514,7 +521,7 @@ class Observers:
     def _scrape_forever(self) -> None:
         import httpx
 
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(self.scrape_s):
             try:
                 self.last_scrape = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
                 self.scrapes += 1
@@ -552,7 +559,7 @@ def run_load(settings: LoadSettings) -> LoadResult:
     observers: Observers | None = None
     try:
         if settings.observe:
-            observers = Observers(work)
+            observers = Observers(work, settings.scrape_s)
         key = Ed25519PrivateKey.generate()
         pools = build_site(state, settings, key)
         # The daemon's own key source (state_dir/fingerprint.key), so planned fingerprints match its lines.
@@ -577,7 +584,7 @@ def run_load(settings: LoadSettings) -> LoadResult:
         except StatusUnavailable as e:
             result.status_error = str(e)
         if observers is not None:
-            time.sleep(1.5)  # one more scrape after the last decision
+            time.sleep(observers.scrape_s + 0.5)  # one more scrape after the last decision
             result.observed = observers.figures()
         result.exit_code = daemon.stop()
         daemon.tail.poll()
@@ -631,11 +638,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--work-dir", type=Path, help="keep state, config and daemon log here (default: a temp dir, removed)")
     ap.add_argument("--latencies", type=Path, help="write the raw latencies (JSON) here, for bench/report.py")
-    ap.add_argument("--observe", action="store_true",
-                    help="metrics on (scraped every second) and MQTT on (a real mosquitto, needs the Debian package)")
+    ap.add_argument("--observe", nargs="?", const="both", choices=("both", "metrics", "mqtt"),
+                    help="metrics on (scraped every --scrape-s) and MQTT on (a real mosquitto, needs the Debian "
+                         "package); 'metrics' or 'mqtt' turns on only that one")
+    ap.add_argument("--scrape-s", type=float, default=1.0,
+                    help="with --observe: seconds between two scrapes of /metrics (1: worst case; Prometheus: 15)")
     args = ap.parse_args()
     settings = LoadSettings(rate=args.rate, seconds=args.seconds, readers=args.readers, grants=args.grants,
-                            seed=args.seed, work_dir=args.work_dir, observe=args.observe)
+                            seed=args.seed, work_dir=args.work_dir, observe=args.observe is not None,
+                            observe_only=None if args.observe in (None, "both") else args.observe,
+                            scrape_s=args.scrape_s)
     result = run_load(settings)
     for line in describe(result):
         print(line, file=sys.stderr)

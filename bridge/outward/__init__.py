@@ -75,7 +75,8 @@ class Outward:
         if m is None:
             return None
         return {"connected": m.connected, "broker": f"{m.section.host}:{m.section.broker_port}",
-                "published": m.published, "dropped": m.dropped, "last_error": m.last_error}
+                "published": m.published, "dropped": m.dropped, "publisher_restarts": m.restarts,
+                "last_error": m.last_error}
 
     async def stop(self) -> None:
         if self.exporter is not None:

@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 from bridge import __version__
 from bridge.config.observe import MetricsSection
-from verifier.types import AccessDecision
+from verifier.types import AccessDecision, Decision, Reason
 
 if TYPE_CHECKING:
     from bridge.service.daemon import Daemon
@@ -58,12 +58,24 @@ class Metrics:
                                    "DOOR_CLOSED, REX, DOOR_HELD_OPEN, DOOR_FORCED_OPEN, ...).", ["door", "type"],
                                    registry=self.registry)
         self.registry.register(DaemonCollector(daemon, mqtt))
+        # Label children bound once per label set: `.labels()` validates, builds a tuple and takes
+        # the metric's lock at every call; a dict hit costs a hash. Keys are the enums and ids;
+        # `.labels()` returns the metric's own class, bound to one label set.
+        self._decision_children: dict[tuple[Decision, Reason | None, str, str], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
 
     def on_decision(self, d: AccessDecision, latency_ms: float) -> None:
         """A decision listener: on the worker thread, after the pulse."""
-        self.decisions.labels(d.decision.value, d.reason.value if d.reason else "none", d.reader_id,
-                              d.decided).inc()
-        self.latency.labels(d.reader_id).observe(latency_ms / 1000)
+        key = (d.decision, d.reason, d.reader_id, d.decided)
+        counter = self._decision_children.get(key)
+        if counter is None:
+            counter = self._decision_children[key] = self.decisions.labels(
+                d.decision.value, d.reason.value if d.reason else "none", d.reader_id, d.decided)
+        counter.inc()
+        histogram = self._latency_children.get(d.reader_id)
+        if histogram is None:
+            histogram = self._latency_children[d.reader_id] = self.latency.labels(d.reader_id)
+        histogram.observe(latency_ms / 1000)
 
     def on_door_event(self, door: str, kind: str) -> None:
         self.door_events.labels(door, kind).inc()
@@ -151,6 +163,8 @@ class DaemonCollector(Collector):
                                       value=mqtt.published)
             yield CounterMetricFamily(f"{PREFIX}_mqtt_dropped", "MQTT messages dropped because the queue to the "
                                       "broker was full (decisions never wait for MQTT).", value=mqtt.dropped)
+            yield CounterMetricFamily(f"{PREFIX}_mqtt_publisher_restarts", "Times the MQTT publisher process "
+                                      "died and was started again.", value=mqtt.restarts)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

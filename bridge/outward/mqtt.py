@@ -7,11 +7,15 @@ topic at boot — esp-rfid's best-known failure — therefore cannot reach a rel
 protocol's signed remote commands do not exist yet; when they do, they will arrive from the
 central, not from a broker.)
 
-Never on the decision path: the daemon's listeners `offer()` a ready message to a bounded queue
-(a lock and an append; full → dropped and counted) after the relay has pulsed. One thread of our
-own owns the paho client — connect, network loop, publish — so no paho lock is ever taken by a
-decision. Reconnection waits a full-jitter exponential back-off, so a building's doors do not all
-reconnect in the same second after a broker restart.
+Never on the decision path, and off the deciding process's GIL: the daemon's listeners append a
+note (the decision itself, immutable) to a bounded deque after the relay has pulsed — no lock,
+no JSON, no wake-up; full → dropped and counted. A feeder thread wakes every `FEED_INTERVAL_S`,
+turns what accumulated into JSON lines and writes them, in order, in one pipe write to the
+publisher process (bridge/outward/mqtt_child.py), which owns the paho client. So the daemon
+pays a deque append per decision and at most 1 / FEED_INTERVAL_S short wakes a second, whatever
+the decision rate; paho's bytecode runs under another interpreter's GIL. A publisher process
+that dies is logged, its unconfirmed messages are counted as dropped, and another is started
+after a jittered back-off.
 
 Retained: only the bridge's availability (`online`, and the broker's last-will `offline`) and the
 Home Assistant discovery documents — descriptions, not states, nothing anyone should act on. Door
@@ -21,34 +25,36 @@ position and alarm are not retained: they are sent at every (re)connection and e
 
 from __future__ import annotations
 
+import collections
 import json
-import queue
+import os
 import random
 import re
-import ssl
+import select
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge import __version__
 from bridge.config.observe import MqttSection
+from bridge.outward.mqtt_child import OFFLINE, ONLINE, SessionSettings, TlsFiles, tls_context
 from verifier.types import AccessDecision
 
 log = structlog.get_logger()
 
-ONLINE, OFFLINE = "online", "offline"
-# How long the publisher thread blocks in the network loop before it looks at its queue again:
-# the most a summary waits for its turn while the connection is idle.
-LOOP_TIMEOUT_S = 0.05
-QOS = 1  # at least once: a summary survives a short broker drop while its PUBACK is pending
+# The feeder's period: the longest a summary waits in the daemon before the publisher process
+# has it, and the bound on how often publishing wakes the daemon (20 a second, at any rate).
+FEED_INTERVAL_S = 0.05
+# A publisher process that does not end within this after its input closed is killed.
+CHILD_STOP_S = 2.5
 _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -60,7 +66,7 @@ def topic_part(name: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Message:
     topic: str
-    payload: str | dict[str, Any]  # a dict is JSON-encoded on the publisher thread, not the decision's
+    payload: str
     retain: bool = False
 
 
@@ -71,6 +77,23 @@ class DoorView:
     position: str
     alarm: str
     has_switch: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionNote:
+    """What the worker hands over: the decision as it is (immutable), encoded later by the feeder."""
+
+    decision: AccessDecision
+    latency_ms: float
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DoorEventNote:
+    door: str
+    kind: str
+    at: datetime
+    view: DoorView | None  # the door's state right after the event, read on the worker
 
 
 DoorStates = Callable[[], dict[str, DoorView]]
@@ -98,6 +121,12 @@ class Topics:
         return f"{self.discovery_prefix}/binary_sensor/{self.node}/{topic_part(door)}_{what}/config"
 
 
+def tls_files(section: MqttSection) -> TlsFiles | None:
+    if not section.tls:
+        return None
+    return TlsFiles(*(str(p) if p is not None else None for p in (section.ca_file, section.cert_file, section.key_file)))
+
+
 class MqttPublisher:
     def __init__(self, section: MqttSection, bridge_id: str, door_states: DoorStates, *,
                  password: str | None = None, reader_door: dict[str, str] | None = None,
@@ -108,11 +137,18 @@ class MqttPublisher:
         self._door_states = door_states
         self._reader_door = reader_door or {}
         self._clock = clock
-        self._queue: queue.Queue[Message] = queue.Queue(maxsize=section.queue_size)
+        self._password = password
+        self._tls = tls_files(section)
+        if self._tls is not None:
+            tls_context(self._tls)  # a CA or key that is not PEM: ssl.SSLError (an OSError) now, not later
+        self._notes: collections.deque[DecisionNote | DoorEventNote] = collections.deque()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
-        self._socket_open = False
-        self._ever_connected = False
+        self._thread = threading.Thread(target=self._feed_forever, name="mqtt-feed", daemon=True)
+        self._child: subprocess.Popen[bytes] | None = None
+        self._unsent = b""  # bytes of lines the pipe did not take yet (a busy publisher process)
+        self._replies = b""
+        self._handed = 0  # messages written to the current publisher process
+        self._child_published = self._child_dropped = 0
         self._attempt = 0
         self._next_states = 0.0
         self._last_states: dict[str, DoorView] = {}
@@ -121,169 +157,247 @@ class MqttPublisher:
         self.published = 0
         self.dropped = 0
         self.ignored = 0
+        self.restarts = 0
         self.last_error: str | None = None
+        self.child_pid: int | None = None
 
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=section.client_id or f"door-bridge-{bridge_id}",
-                             protocol=paho.MQTTv311, clean_session=True)
-        client.will_set(self.topics.status, OFFLINE, qos=QOS, retain=True)
-        if section.username is not None:
-            client.username_pw_set(section.username, password)
-        if section.tls:
-            client.tls_set(ca_certs=str(section.ca_file) if section.ca_file else None,
-                           certfile=str(section.cert_file) if section.cert_file else None,
-                           keyfile=str(section.key_file) if section.key_file else None,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        client.max_queued_messages_set(section.queue_size)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        self.client = client
-
-    # --- what the daemon calls (any thread; never blocks) -----------------------------------------
+    # --- what the daemon calls (the worker thread; never blocks) ----------------------------------
 
     def start(self) -> None:
         self._thread.start()
 
-    def offer(self, message: Message) -> None:
-        try:
-            self._queue.put_nowait(message)
-        except queue.Full:
+    def _note(self, note: DecisionNote | DoorEventNote) -> None:
+        # len() and append() are each atomic; producers are the worker (and rarely the feeder),
+        # so the bound holds to within a note or two.
+        if len(self._notes) >= self.section.queue_size:
             self.dropped += 1
+        else:
+            self._notes.append(note)
 
     def on_decision(self, d: AccessDecision, latency_ms: float) -> None:
-        body: dict[str, Any] = {
-            "at": self._clock().isoformat(timespec="milliseconds"), "reader": d.reader_id,
-            "door": self._reader_door.get(d.reader_id), "decision": d.decision.value,
-            "reason": d.reason.value if d.reason else None, "source": d.source.value,
-            "mode": d.decided, "cacheVersion": d.cache_version,
-            "replay": d.replay, "latencyMs": round(latency_ms, 2),
-        }
-        if self.section.publish_identities:
-            body.update(userId=d.user_id, userName=d.user_name, zoneId=d.zone_id, zoneName=d.zone_name)
-        self.offer(Message(self.topics.decision, body))
+        self._note(DecisionNote(d, latency_ms, self._clock()))
 
     def on_door_event(self, door: str, kind: str) -> None:
-        self.offer(Message(self.topics.event,
-                           {"at": self._clock().isoformat(timespec="milliseconds"), "door": door, "type": kind}))
-        view = self._door_states().get(door)
-        if view is not None:
-            self._offer_door(door, view)
+        self._note(DoorEventNote(door, kind, self._clock(), self._door_states().get(door)))
 
-    def stop(self, timeout_s: float = 2.0) -> None:
-        """Say `offline` (retained) while still connected, then close; bounded."""
+    def stop(self, timeout_s: float = CHILD_STOP_S + 1.0) -> None:
+        """Hand over what is queued, let the publisher say `offline` (retained) and close; bounded."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
 
-    # --- the publisher thread -------------------------------------------------------------------
+    # --- the feeder thread ------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _feed_forever(self) -> None:
         while not self._stop.is_set():
-            if not self._socket_open and not self._connect():
+            if self._child is None and not self._spawn():
                 continue
-            rc = self.client.loop(timeout=LOOP_TIMEOUT_S)
-            if rc != paho.MQTT_ERR_SUCCESS:
-                self._lost(paho.error_string(rc))
+            self._stop.wait(FEED_INTERVAL_S)
+            self._read_replies()
+            if self._child is not None and self._child.poll() is not None:
+                self._child_ended()
                 continue
-            if self.connected:
-                self._drain()
-                if time.monotonic() >= self._next_states:
-                    self._send_states()
-        self._close()
+            self._feed()
+        self._finish()
 
-    def _connect(self) -> bool:
-        s = self.section
+    def _spawn(self) -> bool:
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         try:
-            if self._ever_connected or self._attempt:
-                self.client.reconnect()
-            else:
-                self.client.connect(s.host, s.broker_port, keepalive=s.keepalive_s)
-        except (OSError, ssl.SSLError, ValueError) as e:
-            self._lost(f"{type(e).__name__}: {e}"[:200])
+            child = subprocess.Popen([sys.executable, "-m", "bridge.outward.mqtt_child"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, close_fds=True)
+            assert child.stdin is not None and child.stdout is not None
+            child.stdin.write(self._settings().to_json().encode() + b"\n")
+            child.stdin.flush()
+        except OSError as e:
+            self._back_off(f"cannot start the MQTT publisher process: {e}"[:200])
             return False
-        self._socket_open = True
+        os.set_blocking(child.stdin.fileno(), False)
+        os.set_blocking(child.stdout.fileno(), False)
+        self._child, self.child_pid = child, child.pid
+        self._unsent, self._replies = b"", b""
+        self._handed = self._child_published = self._child_dropped = 0
         return True
 
-    def _lost(self, error: str) -> None:
-        """The socket is gone (or never came): wait a jittered, growing while, then try again."""
-        was = self.connected or self._attempt == 0
-        self._socket_open = self.connected = False
-        self.last_error = error
-        if was:
-            log.warning("mqtt_disconnected", broker=f"{self.section.host}:{self.section.broker_port}", error=error,
-                        queued=self._queue.qsize(), effect="decisions unaffected; summaries wait in a bounded queue",
-                        check="is the broker running and reachable (TLS CA, credentials)?")
-        cap = min(self.section.reconnect_max_s, self.section.reconnect_min_s * 2 ** min(self._attempt, 16))
-        self._attempt += 1
-        self._stop.wait(random.uniform(self.section.reconnect_min_s / 2, cap))
+    def _settings(self) -> SessionSettings:
+        s = self.section
+        return SessionSettings(
+            host=s.host, port=s.broker_port, client_id=s.client_id or f"door-bridge-{self.bridge_id}",
+            keepalive_s=s.keepalive_s, status_topic=self.topics.status, queue_size=s.queue_size,
+            reconnect_min_s=s.reconnect_min_s, reconnect_max_s=s.reconnect_max_s, username=s.username,
+            password=self._password, tls=self._tls,
+            on_connect=[(m.topic, m.payload) for m in self._discovery()] if s.homeassistant else [])
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
-        if reason.is_failure:
-            # Bad credentials or not authorised: the broker will close; _run backs off and retries.
-            self.last_error = f"broker refused: {reason}"
-            log.error("mqtt_refused", broker=f"{self.section.host}:{self.section.broker_port}", reason=str(reason),
-                      check="mqtt.username / password file and the broker's ACL for this client")
+    def _feed(self) -> None:
+        """Everything noted since the last wake, as JSON lines, in one write."""
+        if self.connected and time.monotonic() >= self._next_states:
+            self._next_states = time.monotonic() + self.section.state_interval_s
+            for door, view in self._door_states().items():
+                self._offer_door(door, view, force=True)
+        if not self._unsent:
+            lines = []
+            while self._notes and len(lines) < self.section.queue_size:
+                lines.extend(self._encode(self._notes.popleft()))
+            self._handed += len(lines)
+            self._unsent = "".join(lines).encode()
+        self._write()
+
+    def _write(self) -> None:
+        assert self._child is not None and self._child.stdin is not None
+        if not self._unsent:
             return
-        self.connected, self._ever_connected, self.last_error = True, True, None
-        log.info("mqtt_connected", broker=f"{self.section.host}:{self.section.broker_port}", attempts=self._attempt,
-                 tls=self.section.tls)
-        self._attempt = 0
-        client.publish(self.topics.status, ONLINE, qos=QOS, retain=True)
-        if self.section.homeassistant:
-            for m in self._discovery():
-                client.publish(m.topic, m.payload, qos=QOS, retain=True)
-        self._last_states.clear()
-        self._next_states = 0.0  # every state again right away: nothing is retained
+        try:
+            written = os.write(self._child.stdin.fileno(), self._unsent)
+        except BlockingIOError:
+            return  # the pipe is full: the process is busy; notes wait (bounded) in the deque
+        except OSError:
+            return  # the process is gone: _child_ended() counts what it did not confirm
+        self._unsent = self._unsent[written:]
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
-        self.connected = False
-
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        # Unreachable while we subscribe to nothing; if a broker delivers anyway, it does nothing.
-        self.ignored += 1
-        log.warning("mqtt_message_ignored", topic=message.topic[:120],
-                    why="door-bridge accepts no command over MQTT")
-
-    def _drain(self) -> None:
-        while self.connected:
-            try:
-                m = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            payload = m.payload if isinstance(m.payload, str) else json.dumps(m.payload, separators=(",", ":"))
-            info = self.client.publish(m.topic, payload, qos=QOS, retain=m.retain)
-            if info.rc == paho.MQTT_ERR_SUCCESS:
-                self.published += 1
-            elif info.rc == paho.MQTT_ERR_NO_CONN:
-                self.dropped += 1
-                return
-            else:
-                self.dropped += 1  # paho's own in-flight queue is full (broker not acknowledging)
-
-    def _send_states(self) -> None:
-        self._next_states = time.monotonic() + self.section.state_interval_s
-        for door, view in self._door_states().items():
-            self._offer_door(door, view, force=True)
-        self._drain()
+    def _encode(self, note: DecisionNote | DoorEventNote) -> list[str]:
+        if isinstance(note, DecisionNote):
+            d = note.decision
+            body: dict[str, Any] = {
+                "at": note.at.isoformat(timespec="milliseconds"), "reader": d.reader_id,
+                "door": self._reader_door.get(d.reader_id), "decision": d.decision.value,
+                "reason": d.reason.value if d.reason else None, "source": d.source.value,
+                "mode": d.decided, "cacheVersion": d.cache_version,
+                "replay": d.replay, "latencyMs": round(note.latency_ms, 2),
+            }
+            if self.section.publish_identities:
+                body.update(userId=d.user_id, userName=d.user_name, zoneId=d.zone_id, zoneName=d.zone_name)
+            return [_line(Message(self.topics.decision, _json(body)))]
+        out = [_line(Message(self.topics.event, _json({"at": note.at.isoformat(timespec="milliseconds"),
+                                                         "door": note.door, "type": note.kind})))]
+        if note.view is not None:
+            out.extend(_line(m) for m in self._door_messages(note.door, note.view))
+        return out
 
     def _offer_door(self, door: str, view: DoorView, force: bool = False) -> None:
-        last = self._last_states.get(door)
-        if view.has_switch and (force or last is None or last.position != view.position):
-            self.offer(Message(self.topics.position(door), view.position))
-        if force or last is None or last.alarm != view.alarm:
-            self.offer(Message(self.topics.alarm(door), view.alarm))
-        self._last_states[door] = view
+        lines = [_line(m) for m in self._door_messages(door, view, force)]
+        self._handed += len(lines)
+        self._unsent += "".join(lines).encode()
 
-    def _close(self) -> None:
-        if self.connected:
-            info = self.client.publish(self.topics.status, OFFLINE, qos=QOS, retain=True)
-            deadline = time.monotonic() + 1.0
-            while not info.is_published() and time.monotonic() < deadline:
-                if self.client.loop(timeout=LOOP_TIMEOUT_S) != paho.MQTT_ERR_SUCCESS:
-                    break
-            self.client.disconnect()
-            self.client.loop(timeout=LOOP_TIMEOUT_S)
+    def _door_messages(self, door: str, view: DoorView, force: bool = False) -> list[Message]:
+        last = self._last_states.get(door)
+        out = []
+        if view.has_switch and (force or last is None or last.position != view.position):
+            out.append(Message(self.topics.position(door), view.position))
+        if force or last is None or last.alarm != view.alarm:
+            out.append(Message(self.topics.alarm(door), view.alarm))
+        self._last_states[door] = view
+        return out
+
+    def _read_replies(self) -> None:
+        if self._child is None or self._child.stdout is None:
+            return
+        fd = self._child.stdout.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self._replies += chunk
+        *lines, self._replies = self._replies.split(b"\n")
+        for line in lines:
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue
+            self._take(reply)
+
+    def _take(self, reply: dict[str, Any]) -> None:
+        """The publisher process's word, logged here so the journal reads as it always did."""
+        s = self.section
+        broker = f"{s.host}:{s.broker_port}"
+        if "counts" in reply:
+            published, dropped = int(reply["counts"]["published"]), int(reply["counts"]["dropped"])
+            self.published += published - self._child_published
+            self.dropped += dropped - self._child_dropped
+            self._child_published, self._child_dropped = published, dropped
+            return
+        event = reply.get("event")
+        if event == "connected":
+            self.connected, self.last_error = True, None
+            self._attempt = 0
+            log.info("mqtt_connected", broker=broker, attempts=reply.get("attempts", 0), tls=s.tls)
+            self._last_states.clear()
+            self._next_states = 0.0  # every state again right away: nothing is retained
+        elif event == "disconnected":
+            self.connected, self.last_error = False, str(reply.get("error"))[:200]
+            log.warning("mqtt_disconnected", broker=broker, error=self.last_error,
+                        queued=int(reply.get("queued", 0)) + len(self._notes),
+                        effect="decisions unaffected; summaries wait in a bounded queue",
+                        check="is the broker running and reachable (TLS CA, credentials)?")
+        elif event == "retrying":
+            self.last_error = str(reply.get("error"))[:200]
+        elif event == "refused":
+            self.last_error = f"broker refused: {reply.get('reason')}"
+            log.error("mqtt_refused", broker=broker, reason=str(reply.get("reason")),
+                      check="mqtt.username / password file and the broker's ACL for this client")
+        elif event == "ignored":
+            self.ignored += 1
+            log.warning("mqtt_message_ignored", topic=str(reply.get("topic"))[:120],
+                        why="door-bridge accepts no command over MQTT")
+
+    def _child_ended(self) -> None:
+        """The publisher process died: what it did not confirm is lost (counted); start another."""
+        assert self._child is not None
+        code = self._child.returncode
+        self._read_replies()
+        lost = max(0, self._handed - self._child_published - self._child_dropped)
+        self.dropped += lost
+        self._close_pipes()
+        self.restarts += 1
+        log.error("mqtt_publisher_exited", exit_code=code, lost=lost, restarts=self.restarts,
+                  effect="decisions unaffected; MQTT summaries paused until a new publisher connects",
+                  check="the journal lines just before (a Python traceback?); memory (dmesg: oom-kill)")
+        self._back_off(f"MQTT publisher process exited {code}")
+
+    def _back_off(self, error: str) -> None:
+        self.connected, self.last_error = False, error
+        s = self.section
+        cap = min(s.reconnect_max_s, s.reconnect_min_s * 2 ** min(self._attempt, 16))
+        self._attempt += 1
+        self._stop.wait(random.uniform(s.reconnect_min_s / 2, cap))
+
+    def _finish(self) -> None:
+        """At stop: the rest of the notes, then end of input; the process says `offline` and ends."""
+        child = self._child
+        if child is None:
+            return
+        if child.poll() is None:
+            self._feed()
+            deadline = time.monotonic() + CHILD_STOP_S / 2
+            while self._unsent and time.monotonic() < deadline and child.poll() is None:
+                select.select([], [child.stdin], [], 0.05)
+                self._write()
+        self._close_stdin()
+        try:
+            child.wait(CHILD_STOP_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(5)
+        self._read_replies()
+        self.dropped += max(0, self._handed - self._child_published - self._child_dropped)
+        self._close_pipes()
         self.connected = False
+
+    def _close_stdin(self) -> None:
+        if self._child is not None and self._child.stdin is not None:
+            try:
+                self._child.stdin.close()
+            except OSError:
+                pass  # BrokenPipe: the process is gone already
+
+    def _close_pipes(self) -> None:
+        self._close_stdin()
+        if self._child is not None and self._child.stdout is not None:
+            self._child.stdout.close()
+        self._child = None
 
     # --- Home Assistant ---------------------------------------------------------------------------
 
@@ -306,3 +420,12 @@ class MqttPublisher:
                 "state_topic": t.alarm(door), "value_template": "{{ 'ON' if value != 'none' else 'OFF' }}",
                 **common}), True))
         return out
+
+
+def _json(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"))
+
+
+def _line(m: Message) -> str:
+    """One line of the pipe to the publisher process: `[topic, payload, retain]`."""
+    return json.dumps([m.topic, m.payload, m.retain], separators=(",", ":")) + "\n"

@@ -1,0 +1,283 @@
+"""The MQTT connection in a process of its own: `python -m bridge.outward.mqtt_child`.
+
+Why a process: paho-mqtt is pure Python. Every publication (packet building, the socket write,
+the PUBACK read back at QoS 1, the select loop around them) runs bytecode under the GIL, and a
+thread doing that in the daemon makes the decision worker wait for the GIL each time it comes
+back from an fsync or a log write — up to `sys.getswitchinterval()` (5 ms) per wait. bench/load.py
+measured it (py-spy --gil: the MQTT thread held the GIL 15 % of the time at 1,000 decisions/s;
+p99 2.2-6.5 ms without MQTT, 12.7-34.5 ms with it). Here that work holds another interpreter's
+GIL; the daemon only writes ready JSON lines to a pipe, a few times a second.
+
+The child knows nothing of doors or decisions: it is handed the connection settings, the
+availability topic and the retained discovery documents in its first stdin line (with the
+password: never argv or the environment, which `ps` shows), then publishes each later line
+`[topic, payload, retain]` in order. It answers on stdout with one JSON object per event
+(`connected`, `disconnected`, `refused`, `ignored`) and running `counts`; the daemon logs them,
+so the journal and `status` read as before. End of stdin (the daemon stopped, or was killed)
+ends the child: it says `offline` (retained) while still connected, then disconnects.
+
+Imports only the standard library at module level: the daemon imports `tls_context` from here
+to check the TLS files at start, without loading paho.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import ssl
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
+    from paho.mqtt.reasoncodes import ReasonCode
+
+ONLINE, OFFLINE = "online", "offline"
+QOS = 1  # at least once: a summary survives a short broker drop while its PUBACK is pending
+# How long the session blocks in paho's network loop before it looks at its queue again: the
+# most a summary waits for its turn while the connection is idle.
+LOOP_TIMEOUT_S = 0.05
+# Running counts go to the daemon at most this often (and at every connection change).
+COUNTS_EVERY_S = 0.25
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What the child needs to hold one broker connection (the first stdin line, as JSON)."""
+
+    host: str
+    port: int
+    client_id: str
+    keepalive_s: int
+    status_topic: str
+    queue_size: int
+    reconnect_min_s: float
+    reconnect_max_s: float
+    username: str | None = None
+    password: str | None = None
+    tls: TlsFiles | None = None
+    # Published (retained) after `online` at every connection: Home Assistant discovery documents.
+    on_connect: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps({**self.__dict__, "tls": None if self.tls is None else self.tls.__dict__,
+                           "on_connect": [list(m) for m in self.on_connect]})
+
+    @classmethod
+    def from_json(cls, line: str) -> "SessionSettings":
+        raw = json.loads(line)
+        tls = raw.pop("tls")
+        on_connect = [(str(t), str(p)) for t, p in raw.pop("on_connect")]
+        return cls(**raw, tls=None if tls is None else TlsFiles(**tls), on_connect=on_connect)
+
+    @property
+    def broker(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def tls_context(files: TlsFiles) -> ssl.SSLContext:
+    """What paho's tls_set() builds (TLS client, certificate and host name checked), built here so
+    the daemon can check the files at start: a CA or key that is not PEM raises ssl.SSLError."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if files.cert_file is not None:
+        context.load_cert_chain(files.cert_file, files.key_file)
+    if files.ca_file is not None:
+        context.load_verify_locations(files.ca_file)
+    else:
+        context.load_default_certs()
+    return context
+
+
+class Reporter:
+    """One JSON object per line on stdout; two threads report, so the writes are serialised."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def __call__(self, **report: object) -> None:
+        with self._lock:
+            self._out.write(json.dumps(report, separators=(",", ":")) + "\n")
+            self._out.flush()
+
+
+class Session:
+    """The broker connection: connect, network loop, publish — all on one thread, so no paho lock
+    is ever contended. Reconnection waits a full-jitter exponential back-off, so a building's doors
+    do not all reconnect in the same second after a broker restart."""
+
+    def __init__(self, settings: SessionSettings, report: Reporter) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.settings = settings
+        self.report = report
+        self.queue: queue.Queue[tuple[str, str, bool]] = queue.Queue(maxsize=settings.queue_size)
+        self.stop = threading.Event()
+        self.socket_open = False
+        self.ever_connected = False
+        self.attempt = 0
+        self.connected = False
+        self.published = 0
+        self.dropped = 0
+        self._counts_due = 0.0
+        self._reported = (0, 0)
+
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=paho.MQTTv311,
+                             clean_session=True)
+        client.will_set(settings.status_topic, OFFLINE, qos=QOS, retain=True)
+        if settings.username is not None:
+            client.username_pw_set(settings.username, settings.password)
+        if settings.tls is not None:
+            client.tls_set_context(tls_context(settings.tls))
+        client.max_queued_messages_set(settings.queue_size)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+        self._paho = paho
+
+    def offer(self, message: tuple[str, str, bool]) -> None:
+        try:
+            self.queue.put_nowait(message)
+        except queue.Full:
+            self.dropped += 1
+
+    def run(self) -> None:
+        paho = self._paho
+        while not self.stop.is_set():
+            if not self.socket_open and not self._connect():
+                continue
+            rc = self.client.loop(timeout=LOOP_TIMEOUT_S)
+            if rc != paho.MQTT_ERR_SUCCESS:
+                self._lost(paho.error_string(rc))
+                continue
+            if self.connected:
+                self._drain()
+            self._report_counts()
+        if self.connected:
+            self._drain()
+        self._close()
+        self._report_counts(force=True)
+
+    def _connect(self) -> bool:
+        s = self.settings
+        try:
+            if self.ever_connected or self.attempt:
+                self.client.reconnect()
+            else:
+                self.client.connect(s.host, s.port, keepalive=s.keepalive_s)
+        except (OSError, ssl.SSLError, ValueError) as e:
+            self._lost(f"{type(e).__name__}: {e}"[:200])
+            return False
+        self.socket_open = True
+        return True
+
+    def _lost(self, error: str) -> None:
+        """The socket is gone (or never came): wait a jittered, growing while, then try again."""
+        was = self.connected or self.attempt == 0
+        self.socket_open = self.connected = False
+        if was:
+            self.report(event="disconnected", error=error, queued=self.queue.qsize())
+        else:
+            self.report(event="retrying", error=error)
+        self._report_counts(force=True)
+        s = self.settings
+        cap = min(s.reconnect_max_s, s.reconnect_min_s * 2 ** min(self.attempt, 16))
+        self.attempt += 1
+        until = time.monotonic() + random.uniform(s.reconnect_min_s / 2, cap)
+        while not self.stop.is_set() and (left := until - time.monotonic()) > 0:
+            self.stop.wait(min(left, COUNTS_EVERY_S))
+            self._report_counts()  # drops while the broker is away show in status as they happen
+
+    def _on_connect(self, client: "paho.Client", userdata: Any, flags: Any, reason: "ReasonCode", props: Any) -> None:
+        if reason.is_failure:
+            # Bad credentials or not authorised: the broker will close; run() backs off and retries.
+            self.report(event="refused", reason=str(reason))
+            return
+        self.connected, self.ever_connected = True, True
+        self.report(event="connected", attempts=self.attempt, tls=self.settings.tls is not None)
+        self.attempt = 0
+        client.publish(self.settings.status_topic, ONLINE, qos=QOS, retain=True)
+        for topic, payload in self.settings.on_connect:
+            client.publish(topic, payload, qos=QOS, retain=True)
+
+    def _on_disconnect(self, client: "paho.Client", userdata: Any, flags: Any, reason: "ReasonCode",
+                       props: Any) -> None:
+        self.connected = False
+
+    def _on_message(self, client: "paho.Client", userdata: Any, message: "paho.MQTTMessage") -> None:
+        # Unreachable while we subscribe to nothing; if a broker delivers anyway, it does nothing.
+        self.report(event="ignored", topic=message.topic[:120])
+
+    def _drain(self) -> None:
+        paho = self._paho
+        while self.connected:
+            try:
+                topic, payload, retain = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            info = self.client.publish(topic, payload, qos=QOS, retain=retain)
+            if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+                self.dropped += 1  # paho's own in-flight queue is full (broker not acknowledging)
+                continue
+            # Anything else leaves the QoS 1 message in paho's in-flight store, sent again at the
+            # next connection (NO_CONN, CONN_LOST): handed over, not lost.
+            self.published += 1
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                return  # the connection is going; loop() will say so
+
+    def _report_counts(self, force: bool = False) -> None:
+        now = time.monotonic()
+        counts = (self.published, self.dropped)
+        if counts != self._reported and (force or now >= self._counts_due):
+            self._reported, self._counts_due = counts, now + COUNTS_EVERY_S
+            self.report(counts={"published": counts[0], "dropped": counts[1]})
+
+    def _close(self) -> None:
+        paho = self._paho
+        if self.connected:
+            info = self.client.publish(self.settings.status_topic, OFFLINE, qos=QOS, retain=True)
+            deadline = time.monotonic() + 1.0
+            while not info.is_published() and time.monotonic() < deadline:
+                if self.client.loop(timeout=LOOP_TIMEOUT_S) != paho.MQTT_ERR_SUCCESS:
+                    break
+            self.client.disconnect()
+            self.client.loop(timeout=LOOP_TIMEOUT_S)
+        self.connected = False
+
+
+def read_messages(session: Session, lines: IO[str]) -> None:
+    """The daemon's lines, in order, into the session's bounded queue; end of input ends the session."""
+    for line in lines:
+        try:
+            topic, payload, retain = json.loads(line)
+        except (ValueError, TypeError):
+            session.dropped += 1  # not ours: nothing the daemon writes looks like this
+            continue
+        session.offer((str(topic), str(payload), bool(retain)))
+    session.stop.set()
+
+
+def main() -> int:
+    settings = SessionSettings.from_json(sys.stdin.readline())
+    session = Session(settings, Reporter(sys.stdout))
+    reader = threading.Thread(target=read_messages, args=(session, sys.stdin), name="mqtt-input", daemon=True)
+    reader.start()
+    session.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

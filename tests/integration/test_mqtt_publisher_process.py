@@ -1,0 +1,145 @@
+"""MQTT publishing runs in a process of its own (bridge/outward/mqtt_child.py), off the deciding
+process's GIL: who holds the broker connection (psutil, by the connection's port), what that
+process was given, what happens when it dies, when the daemon is SIGKILLed, and that the
+batched hand-over keeps the decisions' order. Real mosquitto, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+from structlog.testing import capture_logs
+
+from bridge.inputs.base import Scan
+from tests.integration.test_mqtt import BASE, READER, REVOKED, VALID, broker, config  # noqa: F401 - fixture
+from tests.support.harness import SteppingClock, running, wait_for
+from tests.support.mqtt_broker import Broker, Listener
+from tests.support.service import Service, write_config
+from verifier.types import Source
+
+PASSWORD = "pw-9f3c1e77-mqtt"
+
+
+def holders(port: int) -> set[int]:
+    """Pids of the processes whose TCP connection goes to the broker on `port`."""
+    return {c.pid for c in psutil.net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED and c.pid is not None}
+
+
+def publishers(pid: int) -> list[psutil.Process]:
+    out = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "bridge.outward.mqtt_child" in " ".join(child.cmdline()):
+                out.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+async def scan(daemon, raw: str):
+    return await daemon.handle(Scan(READER, Source.CARD, raw.encode()))
+
+
+async def test_the_broker_connection_is_held_by_a_child_that_was_not_handed_the_password_on_its_command_line(
+        tmp_path):
+    broker = Broker(tmp_path / "broker", users={"door-lobby": PASSWORD}).start()
+    password = tmp_path / "mqtt-password"
+    password.write_text(PASSWORD + "\n")
+    os.chmod(password, 0o600)
+    heard = Listener(broker, f"{BASE}/#", auth=("door-lobby", PASSWORD))
+    try:
+        cfg = config(tmp_path / "site", broker.port, username="door-lobby", password_file=str(password))
+        async with running(cfg, clock=SteppingClock()) as (daemon, _):
+            await wait_for(lambda: daemon.outward.mqtt.connected, what="bridge connected")
+            assert (await scan(daemon, VALID)).granted
+            await wait_for(lambda: len(heard.on(f"{BASE}/decision")) == 1, what="the summary")
+            held = holders(broker.port)
+            (child,) = publishers(os.getpid())
+            # This process holds only the test's listener; the bridge's connection is the child's.
+            assert held == {os.getpid(), child.pid}, held
+            assert sum(1 for c in psutil.Process().net_connections(kind="tcp")
+                       if c.raddr and c.raddr.port == broker.port) == 1  # the listener
+            assert PASSWORD not in " ".join(child.cmdline())
+            assert not any(PASSWORD in v for v in child.environ().values())
+            assert daemon.outward.mqtt.child_pid == child.pid
+        assert not psutil.pid_exists(child.pid) or child.status() == psutil.STATUS_ZOMBIE
+        assert publishers(os.getpid()) == []
+        await wait_for(lambda: heard.on(f"{BASE}/status")[-1:] == ["offline"], what="offline on clean stop")
+    finally:
+        heard.close()
+        broker.kill()
+
+
+async def test_a_publisher_process_that_dies_is_counted_replaced_and_decisions_go_on(tmp_path, broker):
+    heard = Listener(broker, f"{BASE}/#")
+    try:
+        with capture_logs() as logs:
+            async with running(config(tmp_path, broker.port), clock=SteppingClock()) as (daemon, factory):
+                mqtt = daemon.outward.mqtt
+                await wait_for(lambda: mqtt.connected, what="bridge connected")
+                first = mqtt.child_pid
+                os.kill(first, signal.SIGKILL)
+                assert (await scan(daemon, VALID)).granted  # the door does not wait for MQTT
+                await wait_for(lambda: mqtt.restarts == 1, what="the death noticed")
+                await wait_for(lambda: mqtt.connected and mqtt.child_pid != first, what="a new publisher connected")
+                assert not (await scan(daemon, REVOKED)).granted
+                await wait_for(lambda: any(json.loads(p)["reason"] == "GRANT_REVOKED"
+                                           for p in heard.on(f"{BASE}/decision")), what="summary after the restart")
+                shown = daemon.snapshot()["mqtt"]
+                assert shown["connected"] is True and shown["publisher_restarts"] == 1, shown
+    finally:
+        heard.close()
+    died = [e for e in logs if e["event"] == "mqtt_publisher_exited"]
+    assert len(died) == 1 and died[0]["exit_code"] == -signal.SIGKILL and died[0]["log_level"] == "error"
+    assert [e["event"] for e in logs].count("mqtt_connected") == 2
+
+
+async def test_summaries_arrive_in_the_order_decided_through_the_batched_hand_over(tmp_path, broker):
+    heard = Listener(broker, f"{BASE}/decision")
+    cards = [VALID, REVOKED, "DEAD0001", REVOKED, VALID, "DEAD0002"] * 6
+    try:
+        async with running(config(tmp_path, broker.port), clock=SteppingClock()) as (daemon, _):
+            await wait_for(lambda: daemon.outward.mqtt.connected, what="bridge connected")
+            for raw in cards:  # back to back: many land in one feed of the publisher process
+                await scan(daemon, raw)
+            await daemon.quiesce()
+            audited = [(e.body["decision"], e.body.get("reason"), bool(e.body.get("replay")))
+                       for e in daemon.outbox.recent(100) if e.type == "VERIFY"]
+            await wait_for(lambda: len(heard.on(f"{BASE}/decision")) == len(cards), what="every summary")
+    finally:
+        heard.close()
+    published = [(b["decision"], b["reason"], b["replay"]) for b in map(json.loads, heard.on(f"{BASE}/decision"))]
+    assert len(audited) == len(cards) and published == audited
+
+
+def test_a_sigkilled_daemon_leaves_no_publisher_behind_and_the_broker_says_offline(tmp_path):
+    broker = Broker(tmp_path / "broker").start()
+    svc = Service(tmp_path)
+    write_config(svc.config, svc.state, svc.site, svc.pty.path,
+                 tail=f"[mqtt]\nenabled = true\nport = {broker.port}\nreconnect_min_s = 0.05\n")
+    heard = Listener(broker, "door-bridge/BRIDGE-SVC/status")
+    try:
+        svc.start()
+        svc.wait_log("mqtt_connected")
+        (child,) = publishers(svc.proc.pid)
+        deadline = time.monotonic() + 10
+        while heard.on("door-bridge/BRIDGE-SVC/status")[-1:] != ["online"]:
+            assert time.monotonic() < deadline, heard.messages
+            time.sleep(0.05)
+        svc.kill()
+        try:
+            child.wait(10)  # its input closed with the daemon: it ends by itself
+        except psutil.TimeoutExpired:
+            pytest.fail("the publisher process outlived the SIGKILLed daemon")
+        while heard.on("door-bridge/BRIDGE-SVC/status")[-1:] != ["offline"]:
+            assert time.monotonic() < deadline + 10, heard.messages
+            time.sleep(0.05)
+    finally:
+        heard.close()
+        svc.close()
+        broker.kill()
