@@ -64,7 +64,7 @@ def run_atheris(seconds: int, work: Path) -> dict[str, Any]:
     return results
 
 
-# --- the atheris child: one target, the checks from tests/unit/test_fuzz.py ---------------------------
+# --- the atheris child: one target, the checks from tests/support/fuzz_checks.py ---------------------------
 
 
 def _child(target: str, libfuzzer_args: list[str]) -> None:
@@ -78,7 +78,7 @@ def _child(target: str, libfuzzer_args: list[str]) -> None:
         import verifier.bundle
         import verifier.credentials
         import verifier.wiegand_formats  # noqa: F401
-    from tests.unit import test_fuzz as tf
+    from tests.support import fuzz_checks as tf
 
     work = Path(tempfile.mkdtemp(prefix=f"fuzz-{target}-"))
     one = _one_input(target, tf, work)
@@ -96,7 +96,7 @@ def _one_input(target: str, tf: Any, work: Path) -> Callable[[Any], None]:
     if target == "scan":
         return lambda f: tf.check_scan(f.ConsumeBytes(f.ConsumeIntInRange(0, 5000)), f.PickValueInList([None, "pin", "card"]))
     if target == "wedge":
-        layouts = sorted(tf._TABLES)
+        layouts = sorted(tf.TYPING_TABLES)
 
         def wedge(f: Any) -> None:
             events = [(1e9 + f.ConsumeIntInRange(0, 10_000) / 1000, f.PickValueInList([1, 1, 1, 0, 4, 0x1F]),
@@ -106,7 +106,7 @@ def _one_input(target: str, tf: Any, work: Path) -> Callable[[Any], None]:
     if target == "wiegand":
         def wiegand(f: Any) -> None:
             n = f.PickValueInList([4, 8, 26, 34, 37, f.ConsumeIntInRange(0, 130)])
-            tf.check_wiegand(tuple(f.ConsumeIntInRange(0, 1) for _ in range(n)), f.PickValueInList(tf._SITE_FORMATS))
+            tf.check_wiegand(tuple(f.ConsumeIntInRange(0, 1) for _ in range(n)), f.PickValueInList(tf.SITE_FORMATS))
         assert FORMATS
         return wiegand
     if target == "bundle_body":
@@ -114,7 +114,7 @@ def _one_input(target: str, tf: Any, work: Path) -> Callable[[Any], None]:
 
         def body_only(f: Any) -> None:
             body = f.ConsumeBytes(f.ConsumeIntInRange(0, 8192))
-            tf.check_bundle(site, tf._GOOD_HEAD + b"\n" + body, must_reject=body != tf._GOOD_BODY)
+            tf.check_bundle(site, tf.GOOD_HEAD + b"\n" + body, must_reject=body != tf.GOOD_BODY)
         return body_only
     if target == "bundle_signed":
         site = tf.BundleSite(work)
@@ -135,7 +135,7 @@ def _one_input(target: str, tf: Any, work: Path) -> Callable[[Any], None]:
         return lambda f: tf.check_config_text(path, f.ConsumeBytes(f.ConsumeIntInRange(0, 4096)))
     if target == "upstream":
         upstreams = tf.Upstreams()
-        names = sorted(tf._DOCUMENTED)
+        names = sorted(tf.DOCUMENTED_ANSWERS)
         return lambda f: tf.check_upstream(upstreams, f.PickValueInList(names), f.ConsumeIntInRange(100, 599),
                                            f.ConsumeBytes(f.ConsumeIntInRange(0, 6000)), {})
     raise SystemExit(f"unknown target {target!r}; known: {', '.join(TARGETS)}")

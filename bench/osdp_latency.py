@@ -30,8 +30,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.test_osdp_reader import CARD, KEY, READER, Pd, config, daemon_on, emulated, events, key_file, online  # noqa: E402
 from tests.support.harness import wait_for  # noqa: E402
+from tests.support.osdp_rig import (  # noqa: E402
+    CARD,
+    KEY,
+    READER,
+    Pd,
+    config,
+    daemon_on,
+    emulated,
+    events,
+    key_file,
+    online,
+)
 
 # A card read with no decision after this long is counted lost (the PD dropped it).
 LOST_AFTER_S = 10.0

@@ -4,49 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from datetime import datetime, timezone
-import sys
-from pathlib import Path
 
-from bridge.config import load
-from bridge.service.daemon import Daemon
-from bridge.inputs.base import Scan
+from tests.support.cli import cli, cli_config, decide_once
 from tests.support.harness import Site, door_records
-from verifier.types import Reason, Source
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridge.cli", *args], input=stdin, capture_output=True,
-                          text=True, timeout=60, cwd=ROOT)
-
-
-def _config(tmp_path: Path, public_key: str, signing: Path | None = None) -> Path:
-    path = tmp_path / "door.toml"
-    lines = ["[bridge]", f'state_dir = "{tmp_path / "state"}"', "[cache]", f'public_key = "{public_key}"']
-    if signing:
-        lines.append(f'signing_key_file = "{signing}"')
-    lines += ["[gpio]", 'pin_factory = "mock"', "[doors.main]", "relay_pin = 17", "pulse_s = 0.1"]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-async def _decide(config_path: Path, text: str, hint=None):
-    from datetime import datetime, timezone
-
-    cfg = load(config_path)
-    from gpiozero.pins.mock import MockFactory
-
-    daemon = Daemon(cfg, pin_factory=MockFactory(), clock=lambda: datetime.now(timezone.utc),
-                    inputs=[])
-    await daemon.start()
-    try:
-        daemon.reader_door["FRONT"] = "main"
-        return await daemon.handle(Scan("FRONT", Source.CARD, text.encode(), hint))
-    finally:
-        await daemon.stop()
+from verifier.types import Reason
 
 
 def test_standalone_site_keygen_add_revoke_list_and_tail(tmp_path):
@@ -56,7 +18,7 @@ def test_standalone_site_keygen_add_revoke_list_and_tail(tmp_path):
     public = out.stdout.split('public_key = "')[1].split('"')[0]
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     assert cli("grants", "keygen", "--out", str(key)).returncode == 1  # never overwrites a key
-    config = _config(tmp_path, public, key)
+    config = cli_config(tmp_path, public, key)
 
     r = cli("grants", "add", "card", "6b:06:c2:a2:5e:99:c6:8e:dc:be", "--devices", "FRONT", "--name", "Guest 101",
             "--until", "2099-01-01T00:00:00", "--config", str(config))
@@ -64,8 +26,8 @@ def test_standalone_site_keygen_add_revoke_list_and_tail(tmp_path):
     r = cli("grants", "add", "pin", "pwd-1", "--devices", "FRONT", "--config", str(config), stdin="4711\n")
     assert r.returncode == 0 and "4711" not in r.stdout + r.stderr
 
-    assert asyncio.run(_decide(config, "6B06C2A25E99C68EDCBE")).granted
-    assert asyncio.run(_decide(config, "4711", hint="pin")).granted
+    assert asyncio.run(decide_once(config, "6B06C2A25E99C68EDCBE")).granted
+    assert asyncio.run(decide_once(config, "4711", hint="pin")).granted
 
     listing = cli("grants", "list", "--config", str(config))
     assert listing.returncode == 0 and "cache version 2" in listing.stdout
@@ -75,7 +37,7 @@ def test_standalone_site_keygen_add_revoke_list_and_tail(tmp_path):
 
     r = cli("grants", "revoke", "card", "6B06C2A25E99C68EDCBE", "--config", str(config))
     assert r.returncode == 0, r.stderr
-    assert asyncio.run(_decide(config, "6B06C2A25E99C68EDCBE")).reason is Reason.NO_GRANT
+    assert asyncio.run(decide_once(config, "6B06C2A25E99C68EDCBE")).reason is Reason.NO_GRANT
     assert len(list((tmp_path / "state" / "bundles").iterdir())) == 3  # the site's signed history
 
     tail = cli("events", "tail", "-n", "10", "--config", str(config))
@@ -85,7 +47,7 @@ def test_standalone_site_keygen_add_revoke_list_and_tail(tmp_path):
 
 def test_import_refuses_tampered_foreign_and_old_bundles_keeping_the_cache(tmp_path):
     site, stranger = Site(), Site()
-    config = _config(tmp_path, site.public_key)
+    config = cli_config(tmp_path, site.public_key)
     good = tmp_path / "v1.bundle"
     now = datetime.now(timezone.utc)
     good.write_bytes(site.bundle(door_records("FRONT", now), now=now, days=3650))
@@ -103,15 +65,15 @@ def test_import_refuses_tampered_foreign_and_old_bundles_keeping_the_cache(tmp_p
                       (unsigned, "manifest"), (good, "not newer")):
         r = cli("grants", "import", str(path), "--config", str(config))
         assert r.returncode == 1 and why in r.stderr and "stays at version 1" in r.stderr, (path, r.stderr)
-    assert asyncio.run(_decide(config, "6B06C2A25E99C68EDCBE")).granted
-    assert asyncio.run(_decide(config, "ABCDEF12")).reason is Reason.NO_GRANT
+    assert asyncio.run(decide_once(config, "6B06C2A25E99C68EDCBE")).granted
+    assert asyncio.run(decide_once(config, "ABCDEF12")).reason is Reason.NO_GRANT
 
 
 def test_standalone_site_adds_door_modes_schedules_holidays_and_role_grants(tmp_path):
     key = tmp_path / "signing.key"
     out = cli("grants", "keygen", "--out", str(key))
     public = out.stdout.split('public_key = "')[1].split('"')[0]
-    config = _config(tmp_path, public, key)
+    config = cli_config(tmp_path, public, key)
     assert cli("grants", "add", "zone", "zone_front", "--devices", "FRONT", "--config", str(config)).returncode == 0
     records = "\n".join(json.dumps(r) for r in [
         {"type": "role", "id": "staff"},
@@ -125,10 +87,10 @@ def test_standalone_site_adds_door_modes_schedules_holidays_and_role_grants(tmp_
     assert r.returncode == 0 and "cache version 2" in r.stdout, r.stderr
     r = cli("grants", "add", "card", "0A1B2C3D", "--user", "u1", "--config", str(config))
     assert r.returncode == 0, r.stderr
-    assert asyncio.run(_decide(config, "0A1B2C3D")).reason is Reason.DOOR_LOCKED  # the role grant admits; the door is locked
+    assert asyncio.run(decide_once(config, "0A1B2C3D")).reason is Reason.DOOR_LOCKED  # the role grant admits; the door is locked
     r = cli("grants", "add", "record", json.dumps({"type": "door_mode", "id": "main", "mode": "card-only"}), "--config", str(config))
     assert r.returncode == 0, r.stderr
-    assert asyncio.run(_decide(config, "0A1B2C3D")).granted
+    assert asyncio.run(decide_once(config, "0A1B2C3D")).granted
     # A bad record is refused whole, naming the problem; the cache stays as it was.
     bad = cli("grants", "add", "record", json.dumps({"type": "schedule", "id": "s", "slots": [
         {"days": ["mon"], "start": "10:00", "end": "09:00"}]}), "--config", str(config))
@@ -142,7 +104,7 @@ def test_a_lost_cache_does_not_reopen_the_door_to_older_bundles(tmp_path):
     bridge applied with this key is kept beside it, so the older bundle that still lists a card
     revoked since is refused; the current bundle itself may be applied again."""
     site = Site()
-    config = _config(tmp_path, site.public_key)
+    config = cli_config(tmp_path, site.public_key)
     now = datetime.now(timezone.utc)
     card = {"type": "card", "number": "ABCDEF12", "devices": ["FRONT"]}
     old, new = tmp_path / "v1.bundle", tmp_path / "v2.bundle"
@@ -158,18 +120,18 @@ def test_a_lost_cache_does_not_reopen_the_door_to_older_bundles(tmp_path):
     assert r.returncode == 1 and "older than version 2" in r.stderr and "stays at version 0" in r.stderr, r.stderr
     r = cli("grants", "import", str(new), "--config", str(config))
     assert r.returncode == 0, r.stderr
-    assert asyncio.run(_decide(config, "ABCDEF12")).reason is Reason.GRANT_REVOKED
+    assert asyncio.run(decide_once(config, "ABCDEF12")).reason is Reason.GRANT_REVOKED
     assert oct((state / "bundle-floor.json").stat().st_mode & 0o777) == "0o600"
 
 
 def test_import_after_a_key_rotation_takes_only_the_new_key(tmp_path):
     old_site, new_site = Site(), Site()
     now = datetime.now(timezone.utc)
-    config = _config(tmp_path, old_site.public_key)
+    config = cli_config(tmp_path, old_site.public_key)
     first = tmp_path / "v1.bundle"
     first.write_bytes(old_site.bundle(door_records("FRONT", now), now=now, days=3650))
     assert cli("grants", "import", str(first), "--config", str(config)).returncode == 0
-    config = _config(tmp_path, new_site.public_key)  # the site rotates cache.public_key
+    config = cli_config(tmp_path, new_site.public_key)  # the site rotates cache.public_key
     stale, fresh = tmp_path / "old-key.bundle", tmp_path / "new-key.bundle"
     stale.write_bytes(old_site.bundle(door_records("FRONT", now), now=now, days=3650))
     new_site.version = 2

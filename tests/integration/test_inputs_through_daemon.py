@@ -14,9 +14,16 @@ from structlog.testing import capture_logs
 
 from bridge.inputs.evdev_scanner import EvdevScannerConfig, EvdevScannerInput
 from bridge.inputs.keypad import KeypadConfig, KeypadInput
-from tests.support.harness import SetClock, Site, make_config, relay_pulses, running, wait_for
-from tests.unit.test_evdev_scanner import FakeKeyboard, Plugging, Typist, _us_table
-from tests.unit.test_wiegand import send
+from tests.support.fakes.keyboard import FakeKeyboard, Plugging, Typist, us_table
+from tests.support.harness import (
+    SetClock,
+    Site,
+    make_config,
+    relay_pulses,
+    running,
+    wait_for,
+)
+from tests.support.wiegand_wire import send
 from verifier.hashing import PinHashing, hash_pin
 from verifier.wiegand_formats import encode, encode_key
 
@@ -51,7 +58,7 @@ async def _verify_rows(daemon, n):
 
 async def test_evdev_scanner_through_the_daemon(tmp_path):
     typist = Typist()
-    table = _us_table()
+    table = us_table()
     events = typist.type("vis_Lobby0123456789abcdefghij", table) + typist.type("vis_nope0123456789abcdefghij", table)
     cfg = EvdevScannerConfig(type="evdev", id="QR-1", device="/dev/input/by-id/usb-scanner-event-kbd")
     keyboard = FakeKeyboard(events)
@@ -101,13 +108,16 @@ async def test_wiegand_card_and_keypad_bursts_through_the_daemon(tmp_path):
 
 
 async def test_forced_and_held_open_each_give_one_audit_event_and_one_warning(tmp_path):
-    cfg = _setup(tmp_path, door_switch_pin=22, rex_pin=23, held_open_s=0.3, forced_open_grace_s=0.2)
+    # held_open_s is well above the 50 ms settle time: a door found open at start (MockPin's pull-up)
+    # must read closed before its own held-open timer runs out, even on a loaded machine.
+    cfg = _setup(tmp_path, door_switch_pin=22, rex_pin=23, held_open_s=1.5, forced_open_grace_s=0.2)
     with capture_logs() as logs:
         async with running(cfg, clock=SetClock()) as (daemon, factory):
             switch, rex = factory.pin(22), factory.pin(23)
             switch.drive_low()  # door closed
             await wait_for(lambda: daemon.door_io["main"].state()["position"] == "closed", what="door closed")
             switch.drive_high()  # opened with no grant: forced
+            await wait_for(lambda: daemon.door_io["main"].state()["position"] == "open", what="door open")
             await wait_for(lambda: "DOOR_HELD_OPEN" in [e.type for e in daemon.outbox.recent(50)], what="held-open event")
             switch.drive_low()
             await wait_for(lambda: daemon.door_io["main"].state()["alarm"] is None, what="alarm cleared")

@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from bridge.inputs.keypad import KeypadBuffer, KeypadConfig, KeypadInput, create
-from tests.unit.test_evdev_scanner import FakeKeyboard, Plugging, Typist, run_until, unplugged
+from tests.support.fakes.keyboard import (
+    FakeKeyboard,
+    Plugging,
+    Typist,
+    run_until,
+    unplugged,
+)
 from verifier.credentials import parse
 from verifier.types import Pin, Source
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from bridge.cli.doctor import run
 from tests.support.harness import wait_for
-from tests.integration.test_osdp_reader import (
+from tests.support.osdp_rig import bus  # noqa: F401  (the pty fixture: the daemon's end by path, the emulator's by fd)
+from tests.support.osdp_rig import (
     KEY,
     OTHER_KEY,
     READER,
@@ -21,9 +22,6 @@ from tests.integration.test_osdp_reader import (
     key_file,
     online,
 )
-from tests.integration.test_osdp_reader import bus as _pty_bus
-
-bus = _pty_bus  # the pty fixture: the daemon's end by path, the emulator's by fd
 
 
 def write_config(tmp_path: Path, port: str, pds: list[tuple[int, str, bool]]) -> str:

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
+from bridge.config.readers import OsdpReaderConfig
 from bridge.door.feedback import DENY_LED, OFFLINE_IDLE_LED, RATE_LIMITED_BEEP
 from bridge.inputs.osdp_logic import buzzer_pattern, led_pattern
-from bridge.config.readers import OsdpReaderConfig
 from bridge.inputs.osdp_reader import OsdpKeyError, load_scbk
 from tests.support.harness import T0, relay_pulses, running, wait_for
-from tests.integration.test_osdp_reader import (
+from tests.support.osdp_rig import bus  # noqa: F401  (the pty fixture: the daemon's end by path, the emulator's by fd)
+from tests.support.osdp_rig import (
     CARD,
     KEY,
     READER,
@@ -30,9 +31,6 @@ from tests.integration.test_osdp_reader import (
     key_file,
     online,
 )
-from tests.integration.test_osdp_reader import bus as _pty_bus
-
-bus = _pty_bus  # the pty fixture: the daemon's end by path, the emulator's by fd
 
 LED, BUZZER = 2, 3  # osdp.Command values, as the emulator reports them
 RED, AMBER, NONE = 1, 3, 0

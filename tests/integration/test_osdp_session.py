@@ -21,7 +21,8 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from tests.support.harness import wait_for
-from tests.integration.test_osdp_reader import (
+from tests.support.osdp_rig import bus  # noqa: F401  (the pty fixture: the daemon's end by path, the emulator's by fd)
+from tests.support.osdp_rig import (
     CARD,
     KEY,
     Pd,
@@ -33,9 +34,6 @@ from tests.integration.test_osdp_reader import (
     online,
     reader_bus,
 )
-from tests.integration.test_osdp_reader import bus as _pty_bus
-
-bus = _pty_bus  # the pty fixture: the daemon's end by path, the emulator's by fd
 
 LATE_TRIES = 5
 # The back-off a PD that keeps failing gets (the largest retry_s allowed): the reader must be back

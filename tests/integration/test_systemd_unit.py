@@ -16,12 +16,14 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.checkout import checkout  # noqa: F401  (fixture: the files install.sh reads)
+
 ROOT = Path(__file__).resolve().parents[2]
+
 UNIT = ROOT / "systemd" / "door-bridge.service"
 INSTALL = ROOT / "systemd" / "install.sh"
 UNINSTALL = ROOT / "systemd" / "uninstall.sh"
@@ -254,17 +256,6 @@ def test_scripts_pass_shellcheck(script: Path) -> None:
     # -x follows `. script-helpers.sh`, so the helpers are checked with each script's variables.
     done = subprocess.run(["shellcheck", "-x", script.name], capture_output=True, text=True, check=False, timeout=60, cwd=script.parent)
     assert done.returncode == 0, done.stdout
-
-
-@pytest.fixture
-def checkout(tmp_path: Path) -> Iterator[Path]:
-    """A copy of the files install.sh reads, so the dry run does not depend on the rest of the tree."""
-    co = tmp_path / "checkout"
-    for rel in ("systemd/door-bridge.service", "systemd/install.sh", "systemd/uninstall.sh", "systemd/script-helpers.sh", "systemd/door-bridge-nfc-blacklist.conf", "hardware/udev/99-door-bridge.rules", "pyproject.toml"):
-        (co / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, co / rel)
-    (co / "config.example.toml").write_text("# example\n")
-    yield co
 
 
 def _snapshot(paths: list[str]) -> dict[str, bool]:

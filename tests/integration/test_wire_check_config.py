@@ -13,7 +13,7 @@ from bridge.cli import main
 from bridge.config import ConfigError, from_dict
 from tests.support.fakes.frontelio import API_KEY
 from tests.support.harness import Site, running
-from tests.integration.test_systemd_unit import checkout  # noqa: F401  (fixture)
+from tests.support.checkout import checkout  # noqa: F401  (fixture)
 
 GOOD_KEY = API_KEY + "\n"
 

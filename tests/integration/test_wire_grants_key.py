@@ -10,7 +10,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.integration.test_cli_grants import _config, _decide, cli
+from tests.support.cli import cli, cli_config, decide_once
 from verifier.types import Decision, Reason
 
 
@@ -18,7 +18,7 @@ def test_a_standalone_site_adds_a_jwt_key_with_the_cli_and_revokes_it(tmp_path):
     signing = tmp_path / "signing.key"
     out = cli("grants", "keygen", "--out", str(signing))
     public = out.stdout.split('public_key = "')[1].split('"')[0]
-    config = _config(tmp_path, public, signing)
+    config = cli_config(tmp_path, public, signing)
     for args in (("zone", "zone_front", "--devices", "FRONT", "--name", "Front"),
                  ("user", "user_layla", "--name", "Layla Hassan", "--zone", "zone_front")):
         r = cli("grants", "add", *args, "--config", str(config))
@@ -31,21 +31,21 @@ def test_a_standalone_site_adds_a_jwt_key_with_the_cli_and_revokes_it(tmp_path):
     token = jwt.encode({"sub": "user_layla", "iat": now, "exp": now + 3600}, issuer, algorithm="EdDSA",
                        headers={"kid": "app-2026"})
 
-    assert asyncio.run(_decide(config, token)).reason is Reason.SIGNATURE_INVALID  # no key yet
+    assert asyncio.run(decide_once(config, token)).reason is Reason.SIGNATURE_INVALID  # no key yet
     r = cli("grants", "add", "key", "app-2026", "--key-file", str(pem), "--config", str(config))
     assert r.returncode == 0 and "added key" in r.stdout, r.stderr
-    granted = asyncio.run(_decide(config, token))
+    granted = asyncio.run(decide_once(config, token))
     assert granted.decision is Decision.GRANT and granted.user_id == "user_layla"
 
     r = cli("grants", "revoke", "key", "app-2026", "--config", str(config))
     assert r.returncode == 0, r.stderr
-    assert asyncio.run(_decide(config, token)).reason is Reason.SIGNATURE_INVALID
+    assert asyncio.run(decide_once(config, token)).reason is Reason.SIGNATURE_INVALID
 
 
 def test_grants_add_key_refuses_private_and_secret_keys(tmp_path):
     signing = tmp_path / "signing.key"
     public = cli("grants", "keygen", "--out", str(signing)).stdout.split('public_key = "')[1].split('"')[0]
-    config = _config(tmp_path, public, signing)
+    config = cli_config(tmp_path, public, signing)
     secret_jwk = tmp_path / "hs.jwk"
     secret_jwk.write_text(json.dumps({"kty": "oct", "k": "c2VjcmV0"}))
     for path, words in ((signing, "private key"), (secret_jwk, "secret or private key")):

@@ -14,7 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.support.builders import iso, jwk_okp, OKP_KEY, OKP_KID
+from tests.support.builders import OKP_KEY, OKP_KID, iso, jwk_okp
 from verifier.bundle import apply_bundle, bundle_bytes
 from verifier.cache import GrantCache
 from verifier.credentials import parse
@@ -126,7 +126,7 @@ def test_every_mode_is_a_valid_door_mode_record(tmp_path: Path, mode: str) -> No
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tests.unit.test_schedule import ZONES, cases, ref_value  # noqa: E402
+from tests.support.schedule_cases import ZONES, cases, ref_value  # noqa: E402
 from verifier.door_mode import DoorModes, DoorPolicy, FirstPersonIn  # noqa: E402
 from verifier.schedule import Calendar  # noqa: E402
 

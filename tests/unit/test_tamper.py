@@ -48,7 +48,7 @@ from tests.support.builders import (
     records,
     user_claims,
 )
-from tests.unit.test_fuzz import signed_bundle
+from tests.support.fuzz_checks import signed_bundle
 from verifier.bundle import (
     MAX_MANIFEST_BYTES,
     BundleRejected,

@@ -8,8 +8,7 @@ is mocked.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import pytest
 import structlog
@@ -22,6 +21,8 @@ from pydantic import ValidationError
 
 from bridge.inputs.base import InputContext, Scan
 from bridge.inputs.wiegand import FrameAssembler, WiegandReaderConfig, create
+from tests.support.wiegand_wire import Train, send
+from tests.support.wiegand_wire import factory  # noqa: F401  (the MockFactory fixture)
 from verifier.types import Source
 from verifier.wiegand_formats import (
     FORMATS,
@@ -235,34 +236,6 @@ def test_config_mistakes_are_named(overrides: dict[str, object], message: str) -
 
 
 # --- the input on mock GPIO pins --------------------------------------------------------------
-
-BIT_SPACING_S = 0.0015
-
-
-@pytest.fixture
-def factory() -> Iterable[MockFactory]:
-    pins = MockFactory()
-    yield pins
-    pins.reset()
-
-
-Train = tuple[int, ...] | float  # a frame, or a pause in seconds (a person between two keys)
-
-
-def send(factory: MockFactory, cfg: WiegandReaderConfig, *frames: Train) -> None:
-    """Pulse the lines as a reader does, then stay quiet for just over frame_gap_ms."""
-    d0, d1 = factory.pin(cfg.d0_pin), factory.pin(cfg.d1_pin)
-    for frame in frames:
-        if isinstance(frame, float):
-            time.sleep(frame)
-            continue
-        for bit in frame:
-            line = d1 if bit else d0
-            line.drive_low()
-            time.sleep(0.00005)
-            line.drive_high()
-            time.sleep(BIT_SPACING_S)
-        time.sleep(1.1 * cfg.frame_gap_ms / 1000)  # sleep never returns early
 
 
 async def scans_from(factory: MockFactory, cfg: WiegandReaderConfig, frames: Sequence[Train], expect: int) -> list[Scan]:
