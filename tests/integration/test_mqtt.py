@@ -6,39 +6,31 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from bridge.config import ConfigError
 from bridge.inputs.base import Scan
-from tests.support.harness import Site, SteppingClock, door_records, ever_high, make_config, relay_pulses, running, wait_for
-from tests.support.mqtt_broker import Broker, Listener, CertAuthority, publish_retained
+from tests.support.harness import (
+    Site,
+    SteppingClock,
+    ever_high,
+    make_config,
+    relay_pulses,
+    running,
+    wait_for,
+)
+from tests.support.mqtt_broker import Broker, CertAuthority, Listener, publish_retained
+from tests.support.mqtt_site import (
+    BASE,
+    READER,
+    REVOKED,
+    VALID,
+    broker,  # noqa: F401  (fixture: a real mosquitto on loopback)
+    config,
+)
 from verifier.types import Source
-
-READER = "R1"
-VALID, REVOKED = "6B06C2A25E99C68EDCBE", "04A22C1A7B3F80"
-BASE = "door-bridge/BRIDGE-T"
-
-
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path / "broker").start()
-    yield b
-    b.kill()
-
-
-def config(tmp_path: Path, port: int, **mqtt):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    site = Site()
-    site.install(tmp_path, door_records(READER))
-    return make_config(tmp_path, site, [{"type": "console", "id": READER}],
-                       doors={"main": {"relay_pin": 17, "pulse_s": 0.2, "door_switch_pin": 22, "held_open_s": 0.3,
-                                       "forced_open_grace_s": 0.2}},
-                       mqtt={"enabled": True, "port": port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, **mqtt})
 
 
 async def scan(daemon, raw: str):

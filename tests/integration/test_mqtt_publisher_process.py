@@ -15,9 +15,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridge.inputs.base import Scan
-from tests.integration.test_mqtt import BASE, READER, REVOKED, VALID, broker, config  # noqa: F401 - fixture
 from tests.support.harness import SteppingClock, running, wait_for
 from tests.support.mqtt_broker import Broker, Listener
+from tests.support.mqtt_site import BASE, READER, REVOKED, VALID, broker, config  # noqa: F401 - fixture
 from tests.support.service import Service, write_config
 from verifier.types import Source
 
