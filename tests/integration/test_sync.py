@@ -16,10 +16,22 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from bridge.central.sync import BundleSync, SyncOutcome, run_sync
-from bridge.upstream.central import build_central
 from bridge.config.upstream import CentralSection, HttpSettings, UpstreamSection
-from bridge.upstream.errors import UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable
-from tests.support.builders import FOREIGN_KEY, NOW, READER, SIGNING_KEY, USER_CARD, make_bundle, records
+from bridge.upstream.central import build_central
+from bridge.upstream.errors import (
+    UpstreamProtocolError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from tests.support.builders import (
+    FOREIGN_KEY,
+    NOW,
+    READER,
+    SIGNING_KEY,
+    USER_CARD,
+    make_bundle,
+    records,
+)
 from tests.support.fakes.central import FakeCentral
 from verifier.cache import GrantCache
 from verifier.credentials import parse
@@ -33,7 +45,7 @@ FAST = HttpSettings(retry_max_wait_s=0.01, retry_deadline_s=0.3, breaker_failure
 NEW_CARD = "5A5A5A5A01"
 
 
-class Site:
+class SyncedBridge:
     """A bridge's state dir with a decision-side cache, and a way to run sync against the fake."""
 
     def __init__(self, fake: FakeCentral, key_file: Path, state_dir: Path, **section: Any) -> None:
@@ -73,8 +85,8 @@ class Site:
 
 
 @pytest.fixture
-def site(fake_central: FakeCentral, central_key_file: Path, tmp_path: Path) -> Site:
-    return Site(fake_central, central_key_file, tmp_path)
+def site(fake_central: FakeCentral, central_key_file: Path, tmp_path: Path) -> SyncedBridge:
+    return SyncedBridge(fake_central, central_key_file, tmp_path)
 
 
 def grant_layla_revoked() -> dict[str, Any]:
@@ -85,7 +97,7 @@ def grant_layla_revoked() -> dict[str, Any]:
 def test_full_bundle_then_delta_are_applied_and_decide(
     fake_central: FakeCentral, central_key_file: Path, tmp_path: Path, apply_in: str
 ) -> None:
-    site = Site(fake_central, central_key_file, tmp_path, apply_in=apply_in)
+    site = SyncedBridge(fake_central, central_key_file, tmp_path, apply_in=apply_in)
     assert site.decide(USER_CARD).reason is Reason.CACHE_STALE  # empty cache before the first sync
     fake_central.publish_full(records())
     assert site.sync() == ["applied"]
@@ -101,7 +113,7 @@ def test_full_bundle_then_delta_are_applied_and_decide(
     assert not (tmp_path / "bundle.download").exists()
 
 
-def test_requests_carry_the_documented_path_auth_and_since(site: Site) -> None:
+def test_requests_carry_the_documented_path_auth_and_since(site: SyncedBridge) -> None:
     site.fake.publish_full(records())
     site.sync()
     (request,) = site.fake.server.requests_to(f"/bridges/{site.fake.bridge_id}/bundle")
@@ -112,7 +124,7 @@ def test_requests_carry_the_documented_path_auth_and_since(site: Site) -> None:
     assert "if-none-match" not in request.headers
 
 
-def test_nothing_newer_is_a_304_and_leaves_the_cache(site: Site) -> None:
+def test_nothing_newer_is_a_304_and_leaves_the_cache(site: SyncedBridge) -> None:
     site.fake.publish_full(records())
     assert site.sync(times=2) == ["applied", "not_modified"]
     assert [s.status for s in site.fake.served] == [200, 304]
@@ -122,7 +134,7 @@ def test_nothing_newer_is_a_304_and_leaves_the_cache(site: Site) -> None:
     assert site.decide(USER_CARD).decision is Decision.GRANT
 
 
-def test_matching_etag_is_a_304_without_a_body(site: Site) -> None:
+def test_matching_etag_is_a_304_without_a_body(site: SyncedBridge) -> None:
     """The central makes no delta here, so `since` alone cannot say "nothing new": the ETag does."""
     site.fake.deltas = False
     site.fake.publish_full(records())
@@ -140,7 +152,7 @@ def test_matching_etag_is_a_304_without_a_body(site: Site) -> None:
     assert site.fake.served[-1].status == 304
 
 
-def test_tampered_bundle_is_refused_and_the_previous_cache_still_decides(site: Site) -> None:
+def test_tampered_bundle_is_refused_and_the_previous_cache_still_decides(site: SyncedBridge) -> None:
     site.fake.publish_full(records())
     site.sync()
     site.fake.publish_delta([grant_layla_revoked()])
@@ -164,7 +176,7 @@ def test_tampered_bundle_is_refused_and_the_previous_cache_still_decides(site: S
 
 def test_tampered_bundle_is_refused_by_the_child_process_too(fake_central: FakeCentral, central_key_file: Path,
                                                              tmp_path: Path) -> None:
-    site = Site(fake_central, central_key_file, tmp_path, apply_in="process")
+    site = SyncedBridge(fake_central, central_key_file, tmp_path, apply_in="process")
     fake_central.publish_full(records())
     fake_central.tamper_bundles()
     assert site.sync() == ["rejected"]
@@ -172,7 +184,7 @@ def test_tampered_bundle_is_refused_by_the_child_process_too(fake_central: FakeC
     assert site.decide(USER_CARD).reason is Reason.CACHE_STALE
 
 
-def test_bundle_signed_by_another_key_is_refused_with_what_to_check(site: Site) -> None:
+def test_bundle_signed_by_another_key_is_refused_with_what_to_check(site: SyncedBridge) -> None:
     site.fake.publish_full(records())
     site.sync()
     site.fake.signing_key = FOREIGN_KEY
@@ -184,7 +196,7 @@ def test_bundle_signed_by_another_key_is_refused_with_what_to_check(site: Site) 
     assert site.decide(USER_CARD).decision is Decision.GRANT
 
 
-def test_older_version_from_the_central_is_refused_as_a_rollback(site: Site) -> None:
+def test_older_version_from_the_central_is_refused_as_a_rollback(site: SyncedBridge) -> None:
     site.fake.publish_full(records())
     site.fake.publish_full(records())
     site.sync()
@@ -197,7 +209,7 @@ def test_older_version_from_the_central_is_refused_as_a_rollback(site: Site) -> 
     assert site.version() == 2
 
 
-def test_revoked_upstream_denies_after_the_next_sync(site: Site) -> None:
+def test_revoked_upstream_denies_after_the_next_sync(site: SyncedBridge) -> None:
     site.fake.publish_full(records())
     site.sync()
     assert site.decide(USER_CARD).decision is Decision.GRANT
@@ -207,7 +219,7 @@ def test_revoked_upstream_denies_after_the_next_sync(site: Site) -> None:
     assert (decision.decision, decision.reason) == (Decision.DENY, Reason.GRANT_REVOKED)
 
 
-def test_deleted_card_upstream_is_no_grant_after_sync(site: Site) -> None:
+def test_deleted_card_upstream_is_no_grant_after_sync(site: SyncedBridge) -> None:
     site.fake.publish_full(records())
     site.sync()
     site.fake.publish_delta([{"type": "card", "number": USER_CARD, "op": "delete"}])
@@ -215,7 +227,7 @@ def test_deleted_card_upstream_is_no_grant_after_sync(site: Site) -> None:
     assert site.decide(USER_CARD).reason is Reason.NO_GRANT
 
 
-def test_gone_delta_falls_back_to_a_full_bundle(site: Site) -> None:
+def test_gone_delta_falls_back_to_a_full_bundle(site: SyncedBridge) -> None:
     site.fake.deltas = False
     site.fake.gone_when_no_delta = True
     site.fake.publish_full(records())
@@ -226,7 +238,7 @@ def test_gone_delta_falls_back_to_a_full_bundle(site: Site) -> None:
     assert site.decide(USER_CARD).reason is Reason.GRANT_REVOKED
 
 
-def test_refused_bundle_without_etag_is_not_applied_twice(site: Site) -> None:
+def test_refused_bundle_without_etag_is_not_applied_twice(site: SyncedBridge) -> None:
     site.fake.send_etag = False
     site.fake.publish_full(records())
     site.fake.tamper_bundles()
@@ -238,7 +250,7 @@ def test_refused_bundle_without_etag_is_not_applied_twice(site: Site) -> None:
 def test_oversized_bundle_is_a_protocol_error_and_nothing_is_left_on_disk(
     fake_central: FakeCentral, central_key_file: Path, tmp_path: Path
 ) -> None:
-    site = Site(fake_central, central_key_file, tmp_path, max_bundle_bytes=64 * 1024)
+    site = SyncedBridge(fake_central, central_key_file, tmp_path, max_bundle_bytes=64 * 1024)
     fake_central.publish_full(records() + [{"type": "user", "id": f"u{i}", "name": "x" * 100} for i in range(2000)])
     with pytest.raises(UpstreamProtocolError, match="max_bundle_bytes"):
         site.sync()
@@ -246,20 +258,20 @@ def test_oversized_bundle_is_a_protocol_error_and_nothing_is_left_on_disk(
     assert site.version() == 0
 
 
-def test_html_answer_is_refused_before_writing(site: Site) -> None:
+def test_html_answer_is_refused_before_writing(site: SyncedBridge) -> None:
     site.fake.server.respond_raw(b"<html>captive portal</html>", content_type="text/html")
     with pytest.raises(UpstreamProtocolError, match="text/html"):
         site.sync()
 
 
-def test_wrong_key_is_rejected_with_a_hint(site: Site) -> None:
+def test_wrong_key_is_rejected_with_a_hint(site: SyncedBridge) -> None:
     site.fake.api_keys = {"cbk_some_other_key"}
     site.fake.publish_full(records())
     with pytest.raises(UpstreamRejected, match="api_key_file"):
         site.sync()
 
 
-def test_central_down_is_unavailable_after_retries_and_cache_keeps_deciding(site: Site) -> None:
+def test_central_down_is_unavailable_after_retries_and_cache_keeps_deciding(site: SyncedBridge) -> None:
     site.fake.publish_full(records())
     site.sync()
     site.fake.server.fail_with(503)
@@ -269,7 +281,7 @@ def test_central_down_is_unavailable_after_retries_and_cache_keeps_deciding(site
     assert site.decide(USER_CARD).decision is Decision.GRANT
 
 
-def test_connection_dropped_mid_download_is_retried(site: Site) -> None:
+def test_connection_dropped_mid_download_is_retried(site: SyncedBridge) -> None:
     site.fake.publish_full(records())
     site.fake.server.drop_connections()
 
@@ -283,7 +295,7 @@ def test_connection_dropped_mid_download_is_retried(site: Site) -> None:
     assert site.version() == 1
 
 
-def test_run_sync_polls_until_cancelled_and_reports_state(site: Site) -> None:
+def test_run_sync_polls_until_cancelled_and_reports_state(site: SyncedBridge) -> None:
     site.fake.publish_full(records())
     waits: list[float] = []
 
@@ -333,7 +345,7 @@ def test_central_section_needs_a_key_and_sane_bounds(central_key_file: Path) -> 
     assert (ok.base_url, ok.poll_interval_s, ok.batch_size, ok.apply_in) == ("https://c.example.com", 60.0, 500, "process")
 
 
-def test_empty_200_body_is_a_protocol_error(site: Site) -> None:
+def test_empty_200_body_is_a_protocol_error(site: SyncedBridge) -> None:
     site.fake.publish_full(records())
     site.fake.server.respond_raw(b"", content_type="application/x-door-bridge-bundle")
     with pytest.raises(UpstreamProtocolError, match="empty bundle"):
@@ -360,7 +372,7 @@ def test_a_quarantined_cache_does_not_reset_anti_rollback_for_synced_bundles(tmp
         apply_here(cache_path, old, SIGNING_KEY.public_key())
 
 
-def test_bundle_addressed_to_another_bridge_is_refused_by_sync_and_the_child(site: Site, tmp_path: Path) -> None:
+def test_bundle_addressed_to_another_bridge_is_refused_by_sync_and_the_child(site: SyncedBridge, tmp_path: Path) -> None:
     from bridge.central.sync import apply_in_process
     from verifier.bundle import bundle_bytes
 
@@ -386,7 +398,7 @@ def test_bundle_addressed_to_another_bridge_is_refused_by_sync_and_the_child(sit
     assert site.version() == 0
 
 
-def test_an_upstream_that_echoes_the_api_key_never_puts_it_in_the_error_or_the_log(site: Site) -> None:
+def test_an_upstream_that_echoes_the_api_key_never_puts_it_in_the_error_or_the_log(site: SyncedBridge) -> None:
     from tests.support.fakes.central import API_KEY
 
     site.fake.server.respond_raw(b"<html>login</html>", content_type=f"text/x-echo-{API_KEY}")

@@ -9,18 +9,15 @@ from typing import Any, Iterator
 import pytest
 
 from bridge.upstream import CircuitBreaker, CircuitState, HttpSettings
-from bridge.upstream.errors import UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable
+from bridge.upstream.errors import (
+    UpstreamProtocolError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 from bridge.upstream.http import Answer, UpstreamHttp, build_client
 from tests.support.fakes.server import FakeServer, Reply
 from tests.support.fakes.tls import make_ca_and_server_context
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.harness import SetMonotonic
 
 
 @pytest.fixture
@@ -34,9 +31,9 @@ def server() -> Iterator[FakeServer]:
         fake.stop()
 
 
-def http_for(url: str, clock: FakeClock | None = None, **settings: Any) -> UpstreamHttp:
+def http_for(url: str, clock: SetMonotonic | None = None, **settings: Any) -> UpstreamHttp:
     config = HttpSettings.model_validate(settings)
-    breaker = CircuitBreaker("test", config.breaker_failures, config.breaker_cooldown_s, clock=clock or FakeClock())
+    breaker = CircuitBreaker("test", config.breaker_failures, config.breaker_cooldown_s, clock=clock or SetMonotonic(1000.0))
     return UpstreamHttp("test", build_client(url, config), breaker, config.max_body_bytes)
 
 
@@ -120,7 +117,7 @@ def test_body_over_the_cap_is_a_protocol_error(server: FakeServer, omit_length: 
 
 
 def test_a_5xx_storm_opens_the_circuit_then_half_opens_and_closes(server: FakeServer) -> None:
-    clock = FakeClock()
+    clock = SetMonotonic(1000.0)
     http = http_for(server.url, clock, breaker_failures=3, breaker_cooldown_s=30)
     server.fail_with(503)
 

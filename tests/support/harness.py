@@ -36,6 +36,17 @@ class SetClock:
         return self.t
 
 
+class SetMonotonic:
+    """A monotonic clock in seconds (breakers, frame gaps, retry timers) that a test moves by hand:
+    `clock.now += 5`."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class RunningClock:
     """`start` plus real elapsed time (replay windows and sync intervals behave as on a door), plus
     whatever a test `advance`s (to pass an exp or an end_at)."""

@@ -6,17 +6,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridge.upstream import CircuitBreaker, CircuitState, UpstreamUnavailable
+from tests.support.harness import SetMonotonic
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def open_breaker(clock: Clock, threshold: int = 3) -> CircuitBreaker:
+def open_breaker(clock: SetMonotonic, threshold: int = 3) -> CircuitBreaker:
     breaker = CircuitBreaker("frontelio", failure_threshold=threshold, cooldown_s=10, clock=clock)
     for _ in range(threshold):
         breaker.before_call()
@@ -25,7 +18,7 @@ def open_breaker(clock: Clock, threshold: int = 3) -> CircuitBreaker:
 
 
 def test_failures_below_threshold_keep_it_closed_and_success_resets_the_count() -> None:
-    breaker = CircuitBreaker("x", failure_threshold=3, cooldown_s=10, clock=Clock())
+    breaker = CircuitBreaker("x", failure_threshold=3, cooldown_s=10, clock=SetMonotonic(0.0))
     for _ in range(2):
         breaker.record_failure()
     breaker.record_success()
@@ -35,7 +28,7 @@ def test_failures_below_threshold_keep_it_closed_and_success_resets_the_count() 
 
 
 def test_threshold_opens_and_refuses_until_the_cool_down_ends() -> None:
-    clock = Clock()
+    clock = SetMonotonic(0.0)
     with capture_logs() as logs:
         breaker = open_breaker(clock)
     assert breaker.state is CircuitState.OPEN
@@ -47,7 +40,7 @@ def test_threshold_opens_and_refuses_until_the_cool_down_ends() -> None:
 
 
 def test_half_open_lets_exactly_one_probe_through() -> None:
-    clock = Clock()
+    clock = SetMonotonic(0.0)
     breaker = open_breaker(clock)
     clock.now = 10
     assert breaker.state is CircuitState.HALF_OPEN
@@ -57,7 +50,7 @@ def test_half_open_lets_exactly_one_probe_through() -> None:
 
 
 def test_probe_success_closes_probe_failure_reopens_for_a_new_cool_down() -> None:
-    clock = Clock()
+    clock = SetMonotonic(0.0)
     breaker = open_breaker(clock)
     clock.now = 10
     breaker.before_call()
@@ -75,7 +68,7 @@ def test_probe_success_closes_probe_failure_reopens_for_a_new_cool_down() -> Non
 
 
 def test_a_cancelled_probe_frees_the_slot() -> None:
-    clock = Clock()
+    clock = SetMonotonic(0.0)
     breaker = open_breaker(clock)
     clock.now = 10
     breaker.before_call()

@@ -21,8 +21,12 @@ from pydantic import ValidationError
 
 from bridge.inputs.base import InputContext, Scan
 from bridge.inputs.wiegand import FrameAssembler, WiegandReaderConfig, create
-from tests.support.wiegand_wire import Train, send
-from tests.support.wiegand_wire import factory  # noqa: F401  (the MockFactory fixture)
+from tests.support.harness import SetMonotonic
+from tests.support.wiegand_wire import (
+    Train,
+    factory,  # noqa: F401  (the MockFactory fixture)
+    send,
+)
 from verifier.types import Source
 from verifier.wiegand_formats import (
     FORMATS,
@@ -170,16 +174,8 @@ def test_any_valid_card_round_trips(fmt: FormatName, data: st.DataObject) -> Non
 # --- frame and PIN assembly with an explicit clock --------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_frames_are_cut_on_the_gap_between_bit_timestamps() -> None:
-    clock = Clock()
+    clock = SetMonotonic(100.0)
     frames = FrameAssembler(gap_s=0.025, clock=clock)
     for b in (1, 0, 1):
         frames.bit(b)
@@ -194,7 +190,7 @@ def test_frames_are_cut_on_the_gap_between_bit_timestamps() -> None:
 
 
 def test_a_stuck_line_is_counted_not_stored() -> None:
-    clock = Clock()
+    clock = SetMonotonic(100.0)
     frames = FrameAssembler(gap_s=0.025, clock=clock)
     for _ in range(10_000):
         frames.bit(1)
