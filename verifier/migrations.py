@@ -1,4 +1,5 @@
-"""The one migration runner for the SQLite files door-bridge keeps: grant cache, outbox, learned cache.
+"""The one migration runner for the SQLite files door-bridge keeps: grant cache, outbox, learned cache,
+emergency.db.
 
 `PRAGMA user_version` is a file's schema version. Each step runs in its own IMMEDIATE transaction
 together with its version bump, so a power cut leaves the file at the version before or after a

@@ -16,17 +16,26 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from verifier.antipassback import Presence, PresenceChange
+from verifier.migrations import Step, migrate
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS presence (area TEXT NOT NULL, holder TEXT NOT NULL, inside INTEGER NOT NULL,
-    reader_id TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY (area, holder));
-CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL);
-"""
+if TYPE_CHECKING:  # the migration steps' type; verifier.migrations imports it only when a step is due
+    import sqlite_utils
+
+
+def _v1(db: "sqlite_utils.Database") -> None:
+    # One statement per execute: executescript() would COMMIT the runner's transaction half-way.
+    # IF NOT EXISTS: a file the first release created, cut before it set user_version, has them.
+    db.conn.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, body TEXT NOT NULL)")
+    db.conn.execute("CREATE TABLE IF NOT EXISTS presence (area TEXT NOT NULL, holder TEXT NOT NULL, inside INTEGER NOT NULL, "
+                    "reader_id TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY (area, holder))")
+    db.conn.execute("CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL)")
+
+
+_MIGRATIONS: dict[int, Step] = {1: _v1}
+SCHEMA_VERSION = max(_MIGRATIONS)
 
 
 class EmergencyStoreError(Exception):
@@ -40,11 +49,8 @@ class EmergencyStore:
             self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise EmergencyStoreError(f"{path}: schema {version} is newer than this daemon ({SCHEMA_VERSION}); upgrade door-bridge")
-            self.conn.executescript(_SCHEMA)
-            self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            migrate(self.conn, _MIGRATIONS, lambda found, latest: EmergencyStoreError(
+                f"{path}: schema {found} is newer than this daemon ({latest}); upgrade door-bridge"))
         except sqlite3.Error as e:
             raise EmergencyStoreError(f"{path}: cannot open: {e}; check owner, mode and free space of the state dir") from None
 

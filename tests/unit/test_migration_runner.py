@@ -1,13 +1,15 @@
-"""verifier.migrations.migrate: the one runner the grant cache, the outbox and the learned cache use."""
+"""verifier.migrations.migrate: the one runner the grant cache, the outbox, the learned cache and emergency.db use."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
 import pytest
 import sqlite_utils
 
+from bridge.state.emergency_store import EmergencyStore, EmergencyStoreError
 from bridge.state.learned_store import LearnedStore
 from verifier.migrations import migrate
 
@@ -56,3 +58,36 @@ def test_the_learned_cache_refuses_a_newer_file_through_the_runner(tmp_path: Pat
     conn.close()
     with pytest.raises(RuntimeError, match=r"learned cache schema 9 is newer than this daemon \(1\)"):
         LearnedStore(path, max_entries=10)
+
+
+def test_emergency_db_refuses_a_newer_file_through_the_runner_and_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "emergency.db"
+    conn = _conn(path)
+    conn.execute("PRAGMA user_version=4")
+    conn.close()
+    with pytest.raises(EmergencyStoreError, match=rf"{path}: schema 4 is newer than this daemon \(1\)"):
+        EmergencyStore(path)
+
+
+def test_emergency_db_cut_before_its_version_was_set_opens_and_keeps_its_rows(tmp_path: Path) -> None:
+    """The first release created the tables, then set user_version: a cut in between left them at 0."""
+    path = tmp_path / "emergency.db"
+    conn = _conn(path)
+    conn.execute("CREATE TABLE state (key TEXT PRIMARY KEY, body TEXT NOT NULL)")
+    conn.execute("""INSERT INTO state VALUES ('precedence', '{"lockdowns": {}}')""")
+    conn.close()
+    store = EmergencyStore(path)
+    try:
+        assert store.load("precedence") == {"lockdowns": {}}
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    finally:
+        store.close()
+
+
+def test_only_the_runner_sets_a_schema_version() -> None:
+    """Every SQLite owner goes through verifier.migrations: no module bumps `user_version` itself."""
+    root = Path(__file__).resolve().parents[2]
+    setters = [f"{p.relative_to(root)}:{n}" for folder in ("bridge", "verifier") for p in sorted((root / folder).rglob("*.py"))
+               for n, line in enumerate(p.read_text().splitlines(), 1)
+               if re.search(r"PRAGMA user_version\s*=", line) and p.name != "migrations.py"]
+    assert setters == []
