@@ -1,7 +1,7 @@
 """Every file the configuration names, checked with the loaders `run` uses.
 
 `check-config` and `run` both call `check_files`, and the daemon loads the same files with the
-same functions (`load_api_key`, `load_passcode_secret`, `load_public_key`, `load_signing_key`),
+same functions (`load_api_key`, `load_passcode_secret`, `bundle_public_key`, `load_signing_key`),
 so a file check-config passes is a file `run` accepts. All problems are reported at once, one
 line each: `FILE: key.path: problem`, exit 2.
 
@@ -55,13 +55,14 @@ def bundle_public_key(config: Config, source: str | None = None, *, needed: str 
     from verifier.bundle import load_public_key
 
     prefix = f"{source}: " if source else ""
+    key = "cache.public_key_file" if config.cache.public_key_file is not None else "cache.public_key"
     text = config.cache.public_key_text(source or "<config>")
     if text is None:
         raise ConfigError(f"{prefix}cache.public_key: required {needed} (the central's Ed25519 public key)")
     try:
         return load_public_key(text)
     except ValueError as e:
-        raise ConfigError(f"{prefix}cache.public_key: {e}") from None
+        raise ConfigError(f"{prefix}{key}: {e}") from None
 
 
 def _text(e: Exception) -> str:
@@ -71,7 +72,7 @@ def _text(e: Exception) -> str:
 
 
 def _checks(config: Config, source: str, credentials_dir: str | None) -> list[tuple[str, Callable[[], object]]]:
-    from verifier.bundle import load_public_key, load_signing_key
+    from verifier.bundle import load_signing_key
 
     checks: list[tuple[str, Callable[[], object]]] = []
 
@@ -97,7 +98,7 @@ def _checks(config: Config, source: str, credentials_dir: str | None) -> list[tu
         checks.append(("upstream.http.ca_bundle", lambda: _ca_bundle(bundle)))
     if config.cache.public_key is not None or config.cache.public_key_file is not None:
         key = "cache.public_key_file" if config.cache.public_key_file else "cache.public_key"
-        checks.append((key, lambda: load_public_key(config.cache.public_key_text(source) or "")))
+        checks.append((key, lambda: bundle_public_key(config, source)))  # the daemon's own loader
     if config.cache.signing_key_file is not None:
         signing = config.cache.signing_key_file
         checks.append(("cache.signing_key_file", lambda: load_signing_key(Path(signing))))

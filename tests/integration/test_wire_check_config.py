@@ -122,3 +122,19 @@ def test_install_sh_stages_the_unit_credentials_for_check_config(checkout):  # n
     assert out.index(check) < out.index("+ systemctl restart door-bridge.service")
     if os.access("/etc/door-bridge/api-key", os.R_OK):
         assert "/etc/door-bridge/api-key /run/door-bridge-check-config/api-key" in out
+
+
+def test_a_bad_bundle_key_file_gives_check_config_and_the_daemon_the_same_line(tmp_path, capsys):
+    """One loader for the bundle key: what check-config prints is what the daemon's loader raises."""
+    from bridge.config import load
+    from bridge.service.config_files import bundle_public_key
+
+    bundle_key = tmp_path / "bundle-key.pem"
+    bundle_key.write_text("-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n")
+    config = _write(tmp_path, f'[cache]\npublic_key_file = "{bundle_key}"\n[doors.main]\nrelay_pin = 17\n')
+    code, err = _check(config, capsys)
+    with pytest.raises(ConfigError) as daemon_error:
+        bundle_public_key(load(config), str(config))
+    assert code == 2
+    assert err.strip() == str(daemon_error.value)
+    assert err.startswith(f"{config}: cache.public_key_file: ")
