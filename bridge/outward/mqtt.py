@@ -368,6 +368,8 @@ class MqttPublisher:
         """At stop: the rest of the notes, then end of input; the process says `offline` and ends."""
         child = self._child
         if child is None:
+            self.dropped += len(self._notes)  # stopped while no publisher process was running
+            self._notes.clear()
             return
         if child.poll() is None:
             self._feed()

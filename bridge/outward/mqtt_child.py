@@ -14,7 +14,8 @@ password: never argv or the environment, which `ps` shows), then publishes each 
 `[topic, payload, retain]` in order. It answers on stdout with one JSON object per event
 (`connected`, `disconnected`, `refused`, `ignored`) and running `counts`; the daemon logs them,
 so the journal and `status` read as before. End of stdin (the daemon stopped, or was killed)
-ends the child: it says `offline` (retained) while still connected, then disconnects.
+ends the child: it says `offline` (retained) while still connected, then disconnects. It ignores
+SIGTERM, SIGINT and SIGHUP, which systemd and a terminal send to every process of the service.
 
 Imports only the standard library at module level: the daemon imports `tls_context` from here
 to check the TLS files at start, without loading paho.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import queue
 import random
+import signal
 import ssl
 import sys
 import threading
@@ -271,6 +273,11 @@ def read_messages(session: Session, lines: IO[str]) -> None:
 
 
 def main() -> int:
+    # systemd stops a unit by signalling every process of its cgroup, and Ctrl-C reaches the whole
+    # process group: the daemon decides when this ends (end of stdin), so `offline` is said and
+    # nothing is logged as a crash at every stop. A hung child still meets systemd's SIGKILL.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     settings = SessionSettings.from_json(sys.stdin.readline())
     session = Session(settings, Reporter(sys.stdout))
     reader = threading.Thread(target=read_messages, args=(session, sys.stdin), name="mqtt-input", daemon=True)

@@ -94,6 +94,9 @@ async def test_door_events_and_alarms_are_published_as_they_happen(tmp_path, bro
             await wait_for(lambda: heard.on(f"{BASE}/door/main/alarm")[-1:] == ["none"], what="alarm cleared")
             await daemon.quiesce()
             audited = [e.type for e in daemon.outbox.recent(50) if e.type.startswith("DOOR_")]
+            # Summaries reach the publisher process at its next feed (FEED_INTERVAL_S): wait for
+            # as many as were audited, then compare them one by one.
+            await wait_for(lambda: len(heard.on(f"{BASE}/event")) >= len(audited), what="every audited event")
     finally:
         heard.close()
     published = [json.loads(p)["type"] for p in heard.on(f"{BASE}/event")]

@@ -117,6 +117,26 @@ async def test_summaries_arrive_in_the_order_decided_through_the_batched_hand_ov
     assert len(audited) == len(cards) and published == audited
 
 
+def wait_heard(svc: Service, heard: Listener, topic: str, last: str, timeout: float = 15.0) -> None:
+    """Until `last` is the latest payload on `topic`, reading the daemon's notify socket meanwhile
+    (as systemd does: a datagram socket nobody reads blocks the daemon's sd_notify after 10)."""
+    deadline = time.monotonic() + timeout
+    while heard.on(topic)[-1:] != [last]:
+        assert time.monotonic() < deadline, (last, heard.messages)
+        svc.notify.drain()
+        time.sleep(0.05)
+
+
+def stopped(svc: Service, timeout: float = 15.0) -> int:
+    assert svc.proc is not None
+    deadline = time.monotonic() + timeout
+    while svc.proc.poll() is None:
+        assert time.monotonic() < deadline, f"daemon did not stop:\n{svc.output()[-3000:]}"
+        svc.notify.drain()
+        time.sleep(0.05)
+    return svc.proc.returncode
+
+
 def test_a_sigkilled_daemon_leaves_no_publisher_behind_and_the_broker_says_offline(tmp_path):
     broker = Broker(tmp_path / "broker").start()
     svc = Service(tmp_path)
@@ -127,18 +147,40 @@ def test_a_sigkilled_daemon_leaves_no_publisher_behind_and_the_broker_says_offli
         svc.start()
         svc.wait_log("mqtt_connected")
         (child,) = publishers(svc.proc.pid)
-        deadline = time.monotonic() + 10
-        while heard.on("door-bridge/BRIDGE-SVC/status")[-1:] != ["online"]:
-            assert time.monotonic() < deadline, heard.messages
-            time.sleep(0.05)
+        wait_heard(svc, heard, "door-bridge/BRIDGE-SVC/status", "online")
         svc.kill()
         try:
             child.wait(10)  # its input closed with the daemon: it ends by itself
         except psutil.TimeoutExpired:
             pytest.fail("the publisher process outlived the SIGKILLed daemon")
-        while heard.on("door-bridge/BRIDGE-SVC/status")[-1:] != ["offline"]:
-            assert time.monotonic() < deadline + 10, heard.messages
-            time.sleep(0.05)
+        wait_heard(svc, heard, "door-bridge/BRIDGE-SVC/status", "offline")
+    finally:
+        heard.close()
+        svc.close()
+        broker.kill()
+
+
+def test_a_service_stop_that_signals_the_whole_cgroup_still_says_offline_and_logs_no_crash(tmp_path):
+    """systemd's KillMode=control-group sends SIGTERM to the daemon and its publisher at once."""
+    broker = Broker(tmp_path / "broker").start()
+    svc = Service(tmp_path)
+    write_config(svc.config, svc.state, svc.site, svc.pty.path,
+                 tail=f"[mqtt]\nenabled = true\nport = {broker.port}\nreconnect_min_s = 0.05\n")
+    heard = Listener(broker, "door-bridge/BRIDGE-SVC/status")
+    try:
+        svc.start()
+        svc.wait_log("mqtt_connected")
+        (child,) = publishers(svc.proc.pid)
+        wait_heard(svc, heard, "door-bridge/BRIDGE-SVC/status", "online")
+        child.send_signal(signal.SIGTERM)
+        svc.signal(signal.SIGTERM)
+        assert stopped(svc) == 0
+        child.wait(5)
+        wait_heard(svc, heard, "door-bridge/BRIDGE-SVC/status", "offline")
+        out = svc.output()
+        assert "mqtt_publisher_exited" not in out and "Traceback" not in out, out[-2000:]
+        # The child said `offline` itself (a clean DISCONNECT), not the broker's last will.
+        assert "Client door-bridge-BRIDGE-SVC disconnected." in broker.log_text(), broker.log_text()[-1500:]
     finally:
         heard.close()
         svc.close()
