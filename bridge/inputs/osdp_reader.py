@@ -54,6 +54,7 @@ from bridge.inputs.osdp_logic import (
     led_pattern,
 )
 from bridge.config.wiegand import format_table
+from bridge.inputs.osdp_supervisor import REMIND_EVERY_S, BusSupervisor
 from verifier.types import AccessDecision, Reason, Source
 from verifier.wiegand_formats import WiegandCard, WiegandFormat, card_key, decode_bytes
 
@@ -70,11 +71,7 @@ _CARD_FMT_RAW, _CARD_FMT_WIEGAND, _CARD_FMT_ASCII = 0, 1, 2
 _STATUS_LOCAL, _STATUS_REMOTE = 2, 3
 _LED_NONE, _LED_RED, _LED_GREEN, _LED_AMBER = 0, 1, 2, 3
 
-# How often the supervisor looks at the bus (port health, retries, reminders).
-SUPERVISE_EVERY_S = 0.1
 RETRY_MAX_S = OSDP_RETRY_MAX_S
-# While install mode lasts, or a PD stays refused, the warning is repeated this often.
-REMIND_EVERY_S = 60.0
 # A key that has worked with a PD since start is not blamed for this many failed handshakes in
 # a row: one late reply during the handshake fails it as well (libosdp retries osdp_CHLNG and
 # gives up on the answer; seen with libosdp's own PD under CPU load). After that the key is
@@ -433,7 +430,7 @@ class OsdpBus:
         self._serving = 0
         self._started: asyncio.Future[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._port_warned_at: float | None = None
+        self.supervisor = BusSupervisor(self)
         self.card_reads = 0
 
     def add(self, reader: OsdpReader) -> None:
@@ -480,7 +477,7 @@ class OsdpBus:
         try:
             self.channel.open()
         except Exception as e:  # noqa: BLE001 - reported and retried by the supervisor
-            self._port_problem(str(e))
+            self.supervisor.port_problem(str(e))
         infos = []
         for reader in self.readers:
             flags = [osdp.LibFlag.EnableNotification]
@@ -500,7 +497,7 @@ class OsdpBus:
         for reader in self.readers:
             reader.state.offline_since = time.monotonic()
             reader.log.info("osdp_ready", baudrate=self.baudrate, secure="install" if reader.installing else "enforced")
-        self._supervisor = asyncio.create_task(self._supervise(), name=f"osdp-{self.port}")
+        self._supervisor = asyncio.create_task(self.supervisor.run(), name=f"osdp-{self.port}")
 
     async def _stop(self) -> None:
         if self._supervisor is not None:
@@ -567,7 +564,7 @@ class OsdpBus:
             if arg0:
                 self._online(reader)
             else:
-                self._offline(reader)
+                self.offline(reader)
         elif kind == _NOTIF_COMMAND and arg0 == _CMD_KEYSET and reader.installing:
             state.key_sent = bool(arg1)
 
@@ -600,7 +597,7 @@ class OsdpBus:
         reader.log.info("osdp_online", secure=True, **info)
         self.submit_idle(reader)
 
-    def _offline(self, reader: OsdpReader) -> None:
+    def offline(self, reader: OsdpReader) -> None:
         state = reader.state
         now = time.monotonic()
         was_online = state.online
@@ -665,67 +662,6 @@ class OsdpBus:
         reader.sink.reader_event(reader.reader_id, "OSDP_KEY_INSTALLED", {"address": reader.cfg.address})
         reader.log.info("osdp_key_installed", key_file=str(reader.cfg.scbk_file), install_mode="ended",
                         next_step="remove install = true from the config (a present key file wins anyway)")
-
-    # --- supervision ----------------------------------------------------------------------------
-
-    async def _supervise(self) -> None:
-        while True:
-            await asyncio.sleep(SUPERVISE_EVERY_S)
-            now = time.monotonic()
-            try:
-                self._check_port(now)
-                for reader in self.readers:
-                    self._check_reader(reader, now)
-            except Exception as e:  # noqa: BLE001 - supervision must go on
-                log.exception("osdp_supervisor_error", port=self.port, error=f"{type(e).__name__}: {e}"[:200])
-
-    def _check_port(self, now: float) -> None:
-        if self.channel.broken is None:
-            if self._port_warned_at is not None:
-                log.info("osdp_port_ready", port=self.port)
-                self._port_warned_at = None
-            return
-        problem = self.channel.broken
-        try:
-            self.channel.open()
-        except Exception:  # noqa: BLE001 - reported below, retried next round
-            if self._port_warned_at is None or now - self._port_warned_at >= REMIND_EVERY_S:
-                self._port_problem(problem)
-            return
-        log.info("osdp_port_reopened", port=self.port, after=problem)
-        self._port_warned_at = None
-
-    def _port_problem(self, problem: str) -> None:
-        self._port_warned_at = time.monotonic()
-        log.error("osdp_port_unavailable", port=self.port, error=problem,
-                  check="the RS-485 adapter is plugged in (door-bridge doctor lists serial ports), the service user "
-                        "is in the dialout group, no other program holds the port")
-
-    def _check_reader(self, reader: OsdpReader, now: float) -> None:
-        state = reader.state
-        if state.online or self.cp is None:
-            if state.online and reader.installing is False and state.warned_at is not None:
-                state.warned_at = None
-            return
-        if reader.installing and state.warned_at is not None and now - state.warned_at >= REMIND_EVERY_S:
-            state.warned_at = now
-            reader.log.warning("osdp_install_mode", key_file=str(reader.cfg.scbk_file), still="waiting for the PD")
-        if state.offline_since is not None and not state.reported and state.next_retry_at is None:
-            # Never came online at all since start: libosdp tries once, then we pace the retries.
-            if now - state.offline_since > 10.0:
-                self._offline(reader)
-        if state.next_retry_at is not None and now >= state.next_retry_at:
-            state.next_retry_at = None
-            self.watch.reset(reader.cfg.address)
-            address = reader.cfg.address
-            with contextlib.suppress(Exception):
-                self.cp.disable_pd(address)
-            self.loop.call_later(0.1, self._enable, address) if self.loop else None
-
-    def _enable(self, address: int) -> None:
-        if self.cp is not None:
-            with contextlib.suppress(Exception):
-                self.cp.enable_pd(address)
 
     # --- feedback (any thread) ------------------------------------------------------------------
 
