@@ -163,6 +163,8 @@ class LoadResult:
             "e2e_p50_ms": round(statistics.median(self.e2e_ms), 2) if self.e2e_ms else None,
             "e2e_p99_ms": round(pct(self.e2e_ms, 99), 2) if self.e2e_ms else None,
             "cpu_percent": round(100 * self.cpu_s / self.decided_s, 1) if self.decided_s else None,
+            # The daemon's user+system CPU per decided scan: what a scan costs, whatever else runs.
+            "cpu_us_per_scan": round(1e6 * self.cpu_s / self.decided) if self.decided else None,
             "rss_mb": round(self.rss_peak_mb, 1), "rss_start_mb": round(self.rss_start_mb, 1),
             "dropped": self.dropped, "duplicated": self.duplicated, "decided": self.decided,
             "wrong_decisions": self.wrong_decisions, "granted": self.granted, "pulsed": self.pulsed,
@@ -171,6 +173,7 @@ class LoadResult:
             "healthy": self.status is not None and self.exit_code == 0,
             "observe": (s.observe_only or "both") if s.observe else False,
             "scrape_s": s.scrape_s if s.observe else None, "observed": self.observed,
+            "load_avg_1m": round(os.getloadavg()[0], 2),
         }
 
 
@@ -616,7 +619,7 @@ def describe(result: LoadResult) -> Iterator[str]:
            f"decided {s['decided']} at {s['rate']}/s; drain after the last write {s['drain_s']} s")
     yield (f"scan-to-relay (daemon's latency_ms): p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms  max {s['max_ms']} ms; "
            f"pty write to decision logged: p50 {s['e2e_p50_ms']} ms  p99 {s['e2e_p99_ms']} ms")
-    yield f"daemon CPU {s['cpu_percent']} % of one core; RSS {s['rss_start_mb']} MB at start, {s['rss_mb']} MB peak"
+    yield f"daemon CPU {s['cpu_percent']} % of one core ({s['cpu_us_per_scan']} µs per scan); RSS {s['rss_start_mb']} MB at start, {s['rss_mb']} MB peak"
     yield (f"audit: dropped {s['dropped']}, duplicated {s['duplicated']}, wrong decisions {s['wrong_decisions']}; "
            f"granted {s['granted']} of {result.planned_grants} planned, relay pulses {s['pulsed']}, replays {s['replays']}")
     ceiling = 1000 / result.outbox_append_ms if result.outbox_append_ms else 0

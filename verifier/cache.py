@@ -70,6 +70,15 @@ class CardRow:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldCard:
+    """A card and its holder's user row (None: no holder, or one the bundle does not list), read
+    in one statement: a card decision's first look-up."""
+
+    card: CardRow
+    holder: UserRow | None
+
+
+@dataclass(frozen=True, slots=True)
 class GrantRow:
     zone_id: str
     window: Window
@@ -192,6 +201,31 @@ class GrantCache:
         if row is None:
             return None
         return CardRow(row[0], row[1], _tuple(row[2]), Window(row[3], row[4], bool(row[5])))
+
+    def held_card(self, number: str) -> HeldCard | None:
+        """`card` and `user` of its holder in one statement (a LEFT JOIN on the users' primary
+        key): every look-up on the decision path costs a statement's fixed price, so the hot path
+        pays it once per thing it must know."""
+        row = self.conn.execute(
+            "SELECT c.name, c.user_id, c.devices, c.starts_ms, c.ends_ms, c.revoked, u.id, u.name, u.active "
+            "FROM cards c LEFT JOIN users u ON u.id = c.user_id WHERE c.number = ?", (number,)
+        ).fetchone()
+        if row is None:
+            return None
+        card = CardRow(row[0], row[1], _tuple(row[2]), Window(row[3], row[4], bool(row[5])))
+        return HeldCard(card, None if row[6] is None else UserRow(row[7], bool(row[8])))
+
+    def zone_grants(self, user_id: str, zone_id: str) -> list[GrantRow]:
+        """`grants` and `role_grants` of the holder in the zone, in one statement. Their order
+        does not matter to a decision: every row is for this zone, so the first that admits and
+        the most specific denial are the same whichever comes first."""
+        rows = self.conn.execute(
+            "SELECT starts_ms, ends_ms, revoked, schedule_id FROM grants WHERE user_id = ? AND zone_id = ? "
+            "UNION ALL SELECT g.starts_ms, g.ends_ms, g.revoked, g.schedule_id FROM user_roles u "
+            "JOIN role_grants g ON g.role_id = u.role_id WHERE u.user_id = ? AND g.zone_id = ?",
+            (user_id, zone_id, user_id, zone_id),
+        ).fetchall()
+        return [GrantRow(zone_id, Window(r[0], r[1], bool(r[2])), r[3]) for r in rows]
 
     def grants(self, user_id: str, zone_id: str) -> list[GrantRow]:
         rows = self.conn.execute(

@@ -10,10 +10,10 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Mapping
 
 from verifier import jwtcheck
-from verifier.cache import GrantCache, GrantRow, Window, Zone
+from verifier.cache import GrantCache, UserRow, Window, Zone
 from verifier.door_mode import DoorModes, ModeSettings, Verdict
 from verifier.door_rules import DoorRules
 from verifier.duress import DuressRule
@@ -200,7 +200,7 @@ class Verifier:
                                          p.rate_limit_cooldown_s, now_ms + self.limiter.cooldown_ms))
         decision = gated
         if decision.reason is not Reason.RATE_LIMITED:
-            self.replays.remember(reader_id, fp, now_ms, replace(decision, replay=False))
+            self.replays.remember(reader_id, fp, now_ms, replace(decision, replay=False) if decision.replay else decision)
         return decision
 
     def _jwt_has_key(self, token: str) -> bool:
@@ -243,10 +243,10 @@ class Verifier:
         return _Outcome(Reason.MALFORMED_CREDENTIAL)
 
     def _card(self, number: str, reader_id: str, zones: tuple[Zone, ...], now_ms: int) -> _Outcome:
-        card = self.cache.card(number)
-        if card is None:
+        held = self.cache.held_card(number)
+        if held is None:
             return _Outcome(Reason.NO_GRANT)
-        user = self.cache.user(card.user_id) if card.user_id else None
+        card, user = held.card, held.holder
         name = user.name if user else card.name
         if (why := _window_reason(card.window, now_ms)) is not None:
             return _Outcome(why, card.user_id, name)
@@ -255,7 +255,7 @@ class Verifier:
         if card.devices is not None and reader_id in card.devices:
             return _Outcome(None, card.user_id, name, zones[0] if zones else None)
         if card.user_id is not None:
-            return self._user_grants(card.user_id, name, zones, now_ms)
+            return self._grants_of(card.user_id, user, name, zones, now_ms)
         return _Outcome(Reason.NO_GRANT, None, name)
 
     def _pin(self, digits: str, reader_id: str, zones: tuple[Zone, ...], now_ms: int) -> _Outcome:
@@ -314,9 +314,15 @@ class Verifier:
             name = user.name or name
             if not user.active:
                 return _Outcome(Reason.HOLDER_INACTIVE, user_id, name)
+        return self._grants_of(user_id, user, name, zones, now_ms)
+
+    def _grants_of(self, user_id: str, user: UserRow | None, name: str | None, zones: tuple[Zone, ...],
+                   now_ms: int) -> _Outcome:
+        """The holder's grants (their own, then their roles') in the reader's zones; `user` is the
+        holder's row, already read (and checked active) by the caller."""
         best: tuple[int, Reason | None, Zone | None] = (_rank(Reason.NO_GRANT), Reason.NO_GRANT, None)
         for zone in zones:
-            for grant in self._zone_grants(user_id, zone.id):
+            for grant in self.cache.zone_grants(user_id, zone.id):
                 why = _window_reason(grant.window, now_ms)
                 if why is None and grant.schedule_id is not None and not self.door_modes().schedule_open(grant.schedule_id, now_ms):
                     why = Reason.OUT_OF_SCHEDULE
@@ -328,11 +334,6 @@ class Verifier:
                     best = (_rank(why), why, zone)
         return _Outcome(best[1], user_id, name, best[2])
 
-
-    def _zone_grants(self, user_id: str, zone_id: str) -> Iterator[GrantRow]:
-        """The holder's own grants first; grants to their roles only if none of those admits."""
-        yield from self.cache.grants(user_id, zone_id)
-        yield from self.cache.role_grants(user_id, zone_id)
 
 
 def _from_recalled(decision: AccessDecision, recalled: Recalled) -> AccessDecision:

@@ -6,6 +6,7 @@ go on the wire, into the audit log and into a journal line without translation.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass, field
@@ -138,10 +139,27 @@ def fingerprint(credential: Credential, key: bytes) -> str:
     what replay memory, the journal and the audit rows need. Another bridge's key gives another
     tag: fingerprints do not link one person across bridges (docs/operations.md).
     """
+    mac = _keyed_mac(key).copy()
+    mac.update(f"{credential.kind}:{secret_of(credential)}".encode())
+    return f"{credential.kind}:{mac.hexdigest()[:16]}"
+
+
+@functools.lru_cache(maxsize=4)
+def _keyed_mac(key: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 keyed once, copied per credential (every decision fingerprints one).
+
+    The constructor given as `digestmod` makes the hmac module build the MAC from two SHA-256
+    states it keys here once (RFC 2104's inner and outer pads); `copy()` then costs two state
+    copies. With `hashlib.sha256` or "sha256" it would use OpenSSL 3's HMAC instead, which looks
+    its algorithm up on every call: 5-7 µs per fingerprint against 1.5 µs, the same bytes
+    (tests/unit/test_fingerprint.py)."""
     if len(key) < 16:
         raise ValueError("the fingerprint key must be at least 16 bytes")
-    mac = hmac.new(key, f"{credential.kind}:{secret_of(credential)}".encode(), hashlib.sha256).hexdigest()
-    return f"{credential.kind}:{mac[:16]}"
+    return hmac.new(key, digestmod=_sha256)
+
+
+def _sha256(data: bytes = b"") -> hashlib._Hash:
+    return hashlib.sha256(data)
 
 
 # --- decisions ---------------------------------------------------------------------------------

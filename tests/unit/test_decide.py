@@ -454,3 +454,54 @@ def test_grant_iff_start_le_now_lt_end_and_not_revoked(window_cache: GrantCache,
 
 def _fields(d: AccessDecision) -> dict:
     return {name: getattr(d, name) for name in AccessDecision.__slots__}
+
+
+# --- what a decision costs the cache ----------------------------------------------------------------
+
+
+def _statements(cache: GrantCache, scan: str, reader: str = READER) -> list[str]:
+    verifier = Verifier(cache, Policy())
+    verifier.decide(parse(b"FFFF0000AAAA"), reader, Source.CARD, NOW - DAY)  # memoise the reader's zones
+    seen: list[str] = []
+    cache.conn.set_trace_callback(seen.append)
+    try:
+        verifier.decide(parse(scan.encode()), reader, Source.CARD, NOW)
+    finally:
+        cache.conn.set_trace_callback(None)
+    return seen
+
+
+def test_a_card_decision_reads_the_cache_in_three_statements(site: GrantCache) -> None:
+    """Each statement has a fixed price that dominates a point look-up at a million grants: the
+    data version, the card with its holder, the holder's own and role grants in the zone. (It read
+    the holder twice and the role grants apart: five, before.)"""
+    seen = _statements(site, USER_CARD)
+    assert len(seen) == 3, seen
+    assert seen[0] == "PRAGMA data_version"
+
+
+def test_a_jwt_decision_reads_the_holder_once(site: GrantCache) -> None:
+    seen = _statements(site, make_jwt(user_claims()))
+    assert sum("FROM users" in s for s in seen) == 1, seen
+    assert sum("grants" in s for s in seen) == 1, seen
+
+
+def _role_site(tmp_path: Path, **grant: str | bool) -> GrantCache:
+    return loaded_cache(tmp_path, [
+        {"type": "zone", "id": "z", "name": "Z", "readers": [READER]},
+        {"type": "role", "id": "staff", "name": "Staff"},
+        {"type": "user", "id": "u", "name": "U", "roles": ["staff"]},
+        {"type": "grant", "id": "g_own", "userId": "u", "zoneId": "z", "revoked": True},
+        {"type": "grant", "id": "g_staff", "roleId": "staff", "zoneId": "z", **grant},
+        {"type": "card", "number": "AB12", "userId": "u"},
+    ], not_after=NOW + 36500 * DAY)
+
+
+def test_a_role_grant_admits_when_the_holders_own_grant_does_not(tmp_path: Path) -> None:
+    d = decide(_role_site(tmp_path), "AB12")
+    assert (d.decision, d.user_id, d.zone_id) == (Decision.GRANT, "u", "z")
+
+
+def test_a_revoked_role_grant_and_a_revoked_own_grant_deny_as_revoked(tmp_path: Path) -> None:
+    d = decide(_role_site(tmp_path, revoked=True), "AB12")
+    assert (d.decision, d.reason) == (Decision.DENY, Reason.GRANT_REVOKED)
