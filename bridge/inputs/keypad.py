@@ -91,6 +91,22 @@ class KeypadBuffer:
         return None
 
 
+def feed_logged(buffer: KeypadBuffer, symbol: str, at: float, log: structlog.typing.FilteringBoundLogger,
+                events: str = "keypad_entry") -> str | None:
+    """Feed one key; say why an entry was dropped (timed out: info, too long: warning) and log a
+    submitted one by its length only — the digits are a secret. Every keypad (evdev, OSDP, Wiegand)
+    takes keys this way; `events` is the prefix of its event names."""
+    before = (buffer.timed_out, buffer.too_long)
+    pin = buffer.feed(symbol, at=at)
+    if buffer.timed_out != before[0]:
+        log.info(f"{events}_timed_out", timeout_s=buffer.entry_timeout_s)
+    if buffer.too_long != before[1]:
+        log.warning(f"{events}_too_long", max_length=buffer.max_length)
+    if pin is not None:
+        log.debug(events, length=len(pin))
+    return pin
+
+
 class KeypadKeys:
     """Evdev key events → keypad symbols (presses only; Shift for the US `#`/`*` on 3/8)."""
 
@@ -155,16 +171,8 @@ class KeypadInput:
         symbol = self._keys.symbol(event)
         if symbol is None:
             return
-        buffer = self._buffer
-        before = (buffer.timed_out, buffer.too_long)
-        pin = buffer.feed(symbol, at=event.timestamp())
-        if buffer.timed_out != before[0]:
-            self._log.info("keypad_entry_timed_out", timeout_s=buffer.entry_timeout_s)
-        if buffer.too_long != before[1]:
-            self._log.warning("keypad_entry_too_long", max_length=buffer.max_length)
+        pin = feed_logged(self._buffer, symbol, event.timestamp(), self._log)
         if pin is not None:
-            # Only the length: the digits are a secret.
-            self._log.debug("keypad_entry", length=len(pin))
             emit(Scan(self.reader_id, Source.KEYPAD, raw=pin.encode(), hint="pin", at_monotonic=time.monotonic()))
 
 

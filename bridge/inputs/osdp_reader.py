@@ -39,7 +39,7 @@ import structlog
 
 from bridge.config.readers import OSDP_RETRY_MAX_S, OsdpReaderConfig
 from bridge.inputs.base import Emit, InputContext, Scan
-from bridge.inputs.keypad import KeypadBuffer
+from bridge.inputs.keypad import KeypadBuffer, feed_logged
 from bridge.inputs.nfc import SameCardGate
 from bridge.inputs.osdp_logic import (
     KEY_CODES,
@@ -376,14 +376,8 @@ class OsdpReader:
             if symbol is None:
                 buffer.ignored += 1
                 continue
-            before = (buffer.timed_out, buffer.too_long)
-            pin = buffer.feed(symbol, at)
-            if buffer.timed_out != before[0]:
-                self.log.info("keypad_entry_timed_out", timeout_s=buffer.entry_timeout_s)
-            if buffer.too_long != before[1]:
-                self.log.warning("keypad_entry_too_long", max_length=buffer.max_length)
+            pin = feed_logged(buffer, symbol, at, self.log)
             if pin is not None:
-                self.log.debug("keypad_entry", length=len(pin))
                 assert self.emit is not None
                 self.emit(Scan(self.reader_id, Source.KEYPAD, pin.encode(), hint="pin", at_monotonic=at))
 

@@ -24,7 +24,7 @@ from gpiozero.pins import Factory
 
 from bridge.config.readers import WiegandReaderConfig
 from bridge.inputs.base import Emit, InputContext, Scan
-from bridge.inputs.keypad import KeypadBuffer
+from bridge.inputs.keypad import KeypadBuffer, feed_logged
 from verifier.credentials import PIN_MAX_DIGITS
 from verifier.types import Source
 from bridge.config.wiegand import format_table
@@ -166,12 +166,8 @@ class WiegandInput:
             case WiegandKey() if not self._cfg.keypad:
                 self._log.warning("wiegand_key_ignored", bits=length, why="reader is not configured with keypad = true")
             case WiegandKey():
-                refused = self._entry.too_long
-                entry = self._entry.feed(frame.symbol, at)
-                if self._entry.too_long > refused:
-                    self._log.warning("wiegand_pin_too_long", limit=PIN_MAX_DIGITS)
+                entry = feed_logged(self._entry, frame.symbol, at, self._log, events="wiegand_pin")
                 if entry is not None:
-                    self._log.debug("wiegand_pin", digits=len(entry))
                     emit(Scan(self.reader_id, Source.KEYPAD, entry.encode(), hint="pin", at_monotonic=at))
             case WiegandError():
                 self._log.warning(

@@ -323,6 +323,18 @@ def test_a_pause_forgets_a_half_typed_pin(factory: MockFactory) -> None:
     assert [s.raw for s in scans] == [b"3456"]
 
 
+def test_a_pin_entry_dropped_by_a_pause_says_so_without_its_digits(factory: MockFactory) -> None:
+    """The same lines as a USB or OSDP keypad: a technician sees why a half-typed PIN was lost."""
+    cfg = reader_config(keypad=True, pin_timeout_s=0.5)
+    keys: list[Train] = [encode_key("1", 8), encode_key("2", 8), 0.8]
+    keys += [encode_key(k, 8) for k in "3456#"]
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(scans_from(factory, cfg, keys, expect=1))
+    timed_out = [e for e in logs if e["event"] == "wiegand_pin_timed_out"]
+    assert len(timed_out) == 1 and timed_out[0]["log_level"] == "info" and timed_out[0]["timeout_s"] == 0.5
+    assert not any(str(v) in ("12", "3456") or "3456" in str(v) for e in logs for k, v in e.items() if k != "event")
+
+
 def test_an_overlong_entry_is_refused_whole(factory: MockFactory) -> None:
     cfg = reader_config(keypad=True)
     keys = [encode_key(k, 4) for k in "1234567890123#" + "4321#"]
