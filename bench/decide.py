@@ -15,6 +15,7 @@ import argparse
 import gc
 import json
 import multiprocessing
+import os
 import random
 import statistics
 import sys
@@ -33,6 +34,8 @@ from jwt.algorithms import OKPAlgorithm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.online import figures as online_figures  # noqa: E402
+from bench.online import online_round_trips  # noqa: E402
 from verifier.bundle import BundleWriter, apply_file  # noqa: E402
 from verifier.cache import GrantCache  # noqa: E402
 from verifier.credentials import parse  # noqa: E402
@@ -146,6 +149,8 @@ def main() -> None:
     ap.add_argument("--grants", type=int, default=1_000_000)
     ap.add_argument("--decisions", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--online-round-trips", type=int, default=2000,
+                    help="online verify round trips to a loopback central, the cached-vs-online floor (0: none)")
     ap.add_argument("--schedules", action="store_true",
                     help="door modes on schedules with holidays at every reader, a third of the grants scheduled")
     args = ap.parse_args()
@@ -205,6 +210,12 @@ def main() -> None:
         }
         result.update(_lookup_paths(tmpdir / "grants.db", [card_number(i - i % 5) for i in
                                                           (rng.randrange(n) for _ in range(5000))]))
+        if args.online_round_trips > 0:
+            online = online_round_trips(args.online_round_trips)
+            result.update(online_figures(online))
+            print(f"online verify round trip (loopback Frontelio, bench/online.py): p50 {result['online_p50_us']} µs, "
+                  f"p99 {result['online_p99_us']} µs", file=sys.stderr)
+        result["load_avg_1m"] = round(os.getloadavg()[0], 2)
         for kind, values in sorted(lat.items()):
             print(f"{kind:<12} n={len(values):>6}  p50={statistics.median(values):7.1f} µs  "
                   f"p99={pct(values, 99):7.1f} µs  max={max(values):8.1f} µs", file=sys.stderr)

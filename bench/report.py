@@ -6,7 +6,8 @@ script does not know by name are found by looking for `if __name__ == "__main__"
 run with their defaults (with `--quick` in quick mode, if their `--help` offers it).
 
 Each bench's section ends with its figures as multiples of a floor measured in the same run
-(`FLOORS`): a decision against one prepared-statement look-up in the same cache, scan-to-relay
+(`FLOORS`): a decision against one prepared-statement look-up in the same cache and against
+one online verify round trip to a loopback central (cached vs online, bench/online.py), scan-to-relay
 against one fsync'd audit append on the same file system, the decisions during a sync against
 those just before it, the start against the bare interpreter's. A ratio travels between machines
 better than a figure: a Pi is slower at both.
@@ -165,6 +166,9 @@ FLOORS: dict[str, tuple[Floor, ...]] = {
         Floor("p99_us_card", "lookup_us_prepared", "one prepared-statement card look-up in the same cache"),
         Floor("p99_us_jwt", "lookup_us_prepared", "one prepared-statement card look-up in the same cache"),
         Floor("p99_us", "lookup_us_prepared", "one prepared-statement card look-up in the same cache"),
+        # Cached vs online: below 1, a decision from the cache beats the best an online answer can do.
+        Floor("p99_us_card", "online_p50_us", "one online verify round trip to a loopback central (median)"),
+        Floor("p99_us_jwt", "online_p50_us", "one online verify round trip to a loopback central (median)"),
     ),
     "load.py": (
         Floor("p99_ms", "outbox_append_ms", "one fsync'd audit append on the same file system"),
@@ -191,6 +195,11 @@ def against_floors(script: str, figures: dict[str, Any]) -> list[tuple[Floor, fl
         if isinstance(value, (int, float)) and isinstance(floor, (int, float)) and floor > 0:
             found.append((f, value / floor))
     return found
+
+
+def times(ratio: float) -> str:
+    """`18.0×`, or for a fraction two significant digits (`0.029×`): cached against online is small."""
+    return f"{ratio:,.1f}×" if ratio >= 1 else f"{ratio:.2g}×"
 
 
 # --- the machine -----------------------------------------------------------------------------------
@@ -302,7 +311,7 @@ def render(outcomes: list[Outcome], quick: bool, plot_note: str | None, png: Pat
         out += [f"| {k} | {cell(v)} |" for k, v in o.figures.items()]
         if ratios := against_floors(o.job.script, o.figures):
             out += ["", "| figure | × its floor | floor (same run) |", "| --- | ---: | --- |"]
-            out += [f"| {f.figure} | {ratio:,.1f}× | {f.floor} = {cell(o.figures[f.floor])}: {f.floor_is} |"
+            out += [f"| {f.figure} | {times(ratio)} | {f.floor} = {cell(o.figures[f.floor])}: {f.floor_is} |"
                     for f, ratio in ratios]
         if o.job.script == "load.py":
             out += load_notes(o.figures)

@@ -40,3 +40,16 @@ def test_the_report_renders_the_floor_table() -> None:
     text = report.render([outcome], quick=True, plot_note="not drawn here", png=Path("x.png"))
     assert "| load.py | `(defaults)` | ok | 1 | 1.5 → 1.75 |" in text  # the shared machine's load beside each run
     assert "| p99_ms | 3.0× | outbox_append_ms = 2: one fsync'd audit append on the same file system |" in text
+
+
+def test_a_cached_decision_is_also_shown_against_an_online_round_trip() -> None:
+    """Cached vs online (issue 17): the loopback central's median round trip is the second floor
+    of a decision, and a fraction is shown with its digits, not rounded to 0.0×."""
+    report = _report()
+    figures = {"p99_us_card": 90.0, "p99_us_jwt": 200.0, "lookup_us_prepared": 9.0, "online_p50_us": 3000.0}
+    found = {(f.figure, f.floor): r for f, r in report.against_floors("decide.py", figures)}
+    assert found[("p99_us_card", "online_p50_us")] == 0.03 and found[("p99_us_card", "lookup_us_prepared")] == 10.0
+    outcome = report.Outcome(report.Job("decide.py", "decide.py"), 1.0, figures)
+    text = report.render([outcome], quick=True, plot_note="not drawn here", png=Path("x.png"))
+    assert "| p99_us_card | 0.03× | online_p50_us = 3,000: one online verify round trip" in text
+    assert "| p99_us_jwt | 0.067× |" in text
