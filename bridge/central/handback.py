@@ -27,14 +27,15 @@ from typing import Any, Awaitable, Callable
 import httpx
 import structlog
 
-from bridge.state.export import is_offline_decision
 from bridge.config.offline import WebhookSection
-from bridge.state.outbox import Event, Outbox
-from bridge.state.json_file import write_json
 from bridge.config.secret_files import ApiKey, load_api_key
 from bridge.config.upstream import HttpSettings, UpstreamSection
+from bridge.state.export import is_offline_decision
+from bridge.state.json_file import write_json
+from bridge.state.outbox import Event, Outbox
 from bridge.upstream.errors import UpstreamError, UpstreamRejected, UpstreamUnavailable
 from bridge.upstream.http import build_client
+from verifier.timeutil import iso_seconds
 
 log = structlog.get_logger()
 
@@ -76,7 +77,7 @@ class HandbackState:
 
     def as_status(self) -> dict[str, Any]:
         return {"online": self.online, "cursorSeq": self.cursor_seq, "delivered": self.delivered,
-                "lastSuccessAt": self.last_success_at.isoformat(timespec="seconds") if self.last_success_at else None,
+                "lastSuccessAt": iso_seconds(self.last_success_at),
                 "lastError": self.last_error}
 
 

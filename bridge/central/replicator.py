@@ -20,12 +20,16 @@ from typing import Any, Awaitable, Callable
 
 import structlog
 
+from bridge.config.upstream import CentralSection, HttpSettings
 from bridge.state.outbox import Event, Outbox
 from bridge.upstream.central import BatchTooLarge, CentralClient, IngestAnswer
-from bridge.config.upstream import CentralSection, HttpSettings
-from bridge.upstream.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
+from bridge.upstream.errors import (
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamUnavailable,
+)
 from bridge.upstream.retry import call_with_retry
-from verifier.timeutil import parse_instant
+from verifier.timeutil import iso_seconds, parse_instant
 
 log = structlog.get_logger()
 
@@ -52,9 +56,7 @@ class ReplicationState:
         return max(0.0, (now - parse_instant(self.oldest_pending_at, "at")).total_seconds())
 
     def as_status(self, now: datetime) -> dict[str, Any]:
-        def t(v: datetime | None) -> str | None:
-            return v.isoformat(timespec="seconds") if v else None
-
+        t = iso_seconds
         age = self.oldest_pending_age_s(now)
         return {"online": self.online, "since": t(self.since), "lastSuccessAt": t(self.last_success_at),
                 "lastError": self.last_error, "depth": self.depth,

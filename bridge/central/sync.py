@@ -34,10 +34,14 @@ from typing import Any, Awaitable, Callable, Literal
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from bridge.config.upstream import CentralSection, HttpSettings
 from bridge.state import bundle_floor
 from bridge.upstream.central import BundleFetch, CentralClient
-from bridge.config.upstream import CentralSection, HttpSettings
-from bridge.upstream.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
+from bridge.upstream.errors import (
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamUnavailable,
+)
 from bridge.upstream.retry import call_with_retry
 from verifier import schema
 from verifier.bundle import (
@@ -45,12 +49,13 @@ from verifier.bundle import (
     BundleRejected,
     Manifest,
     apply_file,
+    check_audience,
     load_public_key,
     public_key_text,
-    check_audience,
     read_manifest,
     read_meta,
 )
+from verifier.timeutil import iso_seconds
 
 log = structlog.get_logger()
 
@@ -77,9 +82,7 @@ class SyncState:
     applying: bool = False
 
     def as_status(self) -> dict[str, Any]:
-        def t(v: datetime | None) -> str | None:
-            return v.isoformat(timespec="seconds") if v else None
-
+        t = iso_seconds
         return {"version": self.version, "lastAttemptAt": t(self.last_attempt_at), "lastSyncAt": t(self.last_sync_at),
                 "lastAppliedAt": t(self.last_applied_at), "lastApplyS": self.last_apply_s,
                 "lastApplyPeakRssMb": self.last_apply_peak_rss_mb,
