@@ -1,7 +1,7 @@
 """Offline-passcode guessing through the real daemon decision path: guesses per hour, time to a hit.
 
 A real `Daemon` (MockFactory pins, real SQLite files, the real parse → worker → verifier → audit
-outbox → door path via `Daemon.handle`) with an offline-passcode door, the cache fresh, stale
+outbox → door path via `daemon.pipeline.handle`) with an offline-passcode door, the cache fresh, stale
 (past not_after) and empty (never synced). An attacker types wrong 12-digit codes as fast as the
 reader allows: at a keypad one code per `--keypad-s` seconds (default 3 s: 12 digits and #),
 through a QR/serial scanner one line per `--qr-s` seconds (default 0.2 s). Simulated time (the
@@ -91,7 +91,7 @@ async def attack(work: Path, cache: str, reader: str, interval_s: float, hours: 
                 code = f"{(int(good) + n) % 10**PASSCODE_LENGTH:0{PASSCODE_LENGTH}d}"
                 scan = (Scan(READER, Source.PHONE_QR, (code + "#").encode(), None) if scanner
                         else Scan(READER, Source.KEYPAD, code.encode(), "pin"))
-                d = await daemon.handle(scan)
+                d = await daemon.pipeline.handle(scan)
                 attempts += 1
                 if d.reason is Reason.RATE_LIMITED:
                     limited += 1
@@ -101,7 +101,7 @@ async def attack(work: Path, cache: str, reader: str, interval_s: float, hours: 
                     checked += 1
                 now[0] += timedelta(seconds=interval_s)
             await daemon.quiesce()
-            lockouts = sum(1 for e in daemon.outbox.recent(10**6) if e.type == "READER_RATE_LIMITED")
+            lockouts = sum(1 for e in daemon.parts.outbox.recent(10**6) if e.type == "READER_RATE_LIMITED")
     finally:
         os.close(master)
         os.close(slave)

@@ -76,7 +76,7 @@ async def measure(reads: int, late_every: int, late_ms: float, repeat: bool) -> 
         async with daemon_on(cfg) as daemon:
             daemon.decision_listeners.append(lambda d, ms, *rest: relayed.append((time.monotonic(), ms)))
             await wait_for(lambda: online(daemon), 30, "online")
-            bus = daemon.reader_feedback[READER].bus
+            bus = daemon.parts.reader_feedback[READER].bus
             for i in range(reads):
                 before, sent_before = len(relayed), _sent(pd)
                 pd.card(101, CARD)

@@ -6,9 +6,9 @@ event ingest; tests/support/fakes/central.py, in a process of its own so its JSO
 the daemon's GIL) and Frontelio (heartbeats; tests/support/fakes/frontelio.py, in this process).
 
 1. Both fakes up: the daemon syncs the central's bundle, whose `not_after` falls inside the day,
-   and heartbeats; then both go down and the daemon notices (`daemon.upstream` offline).
+   and heartbeats; then both go down and the daemon notices (`daemon.health.upstream` offline).
 2. 24 h of door traffic in seconds: the injected clock is moved to each scan's instant and the
-   scan goes through `Daemon.handle`, as an input's would (4 readers on one door; valid cards,
+   scan goes through `daemon.pipeline.handle`, as an input's would (4 readers on one door; valid cards,
    a revoked card, unknown cards). Every decision is checked against what the cache implies for
    that instant: GRANT/DENY from the cache until `not_after`; from then on `CACHE_STALE` with
    `staleness = "deny"`, the same decisions as before with `"warn"`.
@@ -89,7 +89,7 @@ class OutageResult:
     settings: OutageSettings
     not_after: datetime
     online_before: bool | None = None
-    online_during: bool | None = None  # daemon.upstream.online when the first outage scan was decided
+    online_during: bool | None = None  # daemon.health.upstream.online when the first outage scan was decided
     scans: int = 0
     scan_at_not_after: bool = False  # one scan fell exactly on not_after (the half-open boundary)
     outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (phase, decision, reason)
@@ -320,8 +320,8 @@ async def until(predicate: Any, timeout: float, what: str, every: float = 0.02) 
 
 
 def cache_version(daemon: Daemon) -> int:
-    daemon.cache.refresh()
-    return daemon.cache.meta.version
+    daemon.parts.cache.refresh()
+    return daemon.parts.cache.meta.version
 
 
 def audit_ids(state_dir: Path) -> list[str]:
@@ -363,18 +363,18 @@ async def run_outage(s: OutageSettings) -> OutageResult:
 async def _day(s: OutageSettings, r: OutageResult, daemon: Daemon, central: CentralProcess, frontelio: FakeFrontelio,
                factory: MockFactory, clock: SimClock, logs: LogTally) -> None:
     for reader in reader_ids(s):
-        daemon.reader_door[reader] = "main"
+        daemon.parts.reader_door[reader] = "main"
     door = daemon.doors["main"]
     # 1. Online: the bundle is in, heartbeats flow, nothing pending.
     await until(lambda: cache_version(daemon) == 1, 30, "the first bundle sync")
-    await until(lambda: len(frontelio.heartbeats) >= 1 and daemon.upstream.online is True, 30, "a heartbeat")
-    await until(lambda: daemon.outbox.depth() == 0, 30, "the BOOT event replicated")
-    r.online_before = daemon.upstream.online
+    await until(lambda: len(frontelio.heartbeats) >= 1 and daemon.health.upstream.online is True, 30, "a heartbeat")
+    await until(lambda: daemon.parts.outbox.depth() == 0, 30, "the BOOT event replicated")
+    r.online_before = daemon.health.upstream.online
     r.heartbeats_before = len(frontelio.heartbeats)
     # 2. The WAN goes down; the daemon notices through its heartbeats.
     central.ask("down")
     frontelio.server.go_down()
-    await until(lambda: daemon.upstream.online is False, 30, "the daemon to notice the outage")
+    await until(lambda: daemon.health.upstream.online is False, 30, "the daemon to notice the outage")
     logs.phase = "outage"
     not_after = r.not_after
     step = timedelta(microseconds=int(s.hours * 3600e6) // s.events)
@@ -385,8 +385,8 @@ async def _day(s: OutageSettings, r: OutageResult, daemon: Daemon, central: Cent
             r.pulses_before_stale = door.pulses
         reader, card, fresh = scan_plan(s, i)
         if i == 0:
-            r.online_during = daemon.upstream.online
-        decision = await daemon.handle(Scan(reader, Source.CARD, card.encode()))
+            r.online_during = daemon.health.upstream.online
+        decision = await daemon.pipeline.handle(Scan(reader, Source.CARD, card.encode()))
         want = expected(s, fresh, at, not_after)
         phase = "stale" if at >= not_after else "fresh"
         r.scan_at_not_after |= at == not_after
@@ -401,8 +401,8 @@ async def _day(s: OutageSettings, r: OutageResult, daemon: Daemon, central: Cent
     r.traffic_s = time.perf_counter() - started
     r.scans = s.events
     r.pulses_after_outage = door.pulses
-    r.stale_in_status = daemon.snapshot()["cache"]["stale"]
-    r.backlog = daemon.outbox.depth()
+    r.stale_in_status = daemon.health.snapshot()["cache"]["stale"]
+    r.backlog = daemon.parts.outbox.depth()
     # 3. The WAN comes back.
     logs.phase = "recovery"
     heartbeats_down = len(frontelio.heartbeats)
@@ -410,16 +410,16 @@ async def _day(s: OutageSettings, r: OutageResult, daemon: Daemon, central: Cent
     central.ask("up")
     frontelio.server.come_up()
     deadline = back + s.drain_within_s
-    while daemon.outbox.depth() > 0 and time.monotonic() < deadline:
-        if r.first_ack_s is None and daemon.outbox.depth() < r.backlog:
+    while daemon.parts.outbox.depth() > 0 and time.monotonic() < deadline:
+        if r.first_ack_s is None and daemon.parts.outbox.depth() < r.backlog:
             r.first_ack_s = time.monotonic() - back
         await asyncio.sleep(0.02)
-    if daemon.outbox.depth() == 0:
+    if daemon.parts.outbox.depth() == 0:
         r.drain_s = time.monotonic() - back
-    await until(lambda: len(frontelio.heartbeats) > heartbeats_down and daemon.upstream.online is True, 30,
+    await until(lambda: len(frontelio.heartbeats) > heartbeats_down and daemon.health.upstream.online is True, 30,
                 "heartbeats to resume")
     r.heartbeats_after = len(frontelio.heartbeats) - heartbeats_down
-    r.online_after = daemon.upstream.online
+    r.online_after = daemon.health.upstream.online
     r.relay_energised_after = factory.pin(RELAY_PIN).state == 1
     # A fresh bundle ends staleness; a valid card is let in again and its event replicates.
     central.ask("publish", records(s), clock.now, clock.now + timedelta(days=7))
@@ -428,8 +428,8 @@ async def _day(s: OutageSettings, r: OutageResult, daemon: Daemon, central: Cent
     logs.phase = "after"
     clock.now += timedelta(seconds=10)
     reader, card, _ = scan_plan(s, 0)
-    r.fresh = await daemon.handle(Scan(reader, Source.CARD, card.encode()))
-    await until(lambda: daemon.outbox.depth() == 0, 30, "the last event replicated")
+    r.fresh = await daemon.pipeline.handle(Scan(reader, Source.CARD, card.encode()))
+    await until(lambda: daemon.parts.outbox.depth() == 0, 30, "the last event replicated")
 
 
 def main() -> None:

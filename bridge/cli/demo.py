@@ -145,10 +145,10 @@ async def run_demo(stdin=None, out: TextIO = sys.stdout) -> int:
         try:
             await eof.wait()
             await daemon.quiesce()
-            rows = daemon.outbox.count()
+            rows = daemon.parts.outbox.count()
         finally:
             await daemon.stop()
         door = daemon.doors["main"]
-        out.write(f"\n{daemon.stats.decisions} decisions, {daemon.stats.grants} granted, {door.pulses} relay pulses, "
+        out.write(f"\n{daemon.health.stats.decisions} decisions, {daemon.health.stats.grants} granted, {door.pulses} relay pulses, "
                   f"{rows} audit events committed (incl. BOOT); relay released at exit\n")
     return 0

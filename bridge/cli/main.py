@@ -94,7 +94,7 @@ async def _reload(daemon, path: str) -> None:
         log.info("reloaded", config=path, needs_restart=",".join(restart) or "-")
         if restart:
             log.warning("reload_needs_restart", changed=",".join(restart), check="systemctl restart door-bridge to apply these")
-    daemon.notifier.ready(daemon.status_line())
+    daemon.notifier.ready(daemon.health.status_line())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -90,12 +90,12 @@ def door_views(daemon: "Daemon") -> dict[str, "DoorView"]:
 
     out = {}
     for name in daemon.doors:
-        io = daemon.door_io.get(name)
-        if io is None:
+        monitor = daemon.parts.door_monitors.get(name)
+        if monitor is None:
             out[name] = DoorView("unknown", "none", has_switch=False)
         else:
-            st = io.state()
-            out[name] = DoorView(st["position"], st["alarm"] or "none", has_switch=io.switch is not None)
+            st = monitor.state()
+            out[name] = DoorView(st["position"], st["alarm"] or "none", has_switch=monitor.switch is not None)
     return out
 
 
@@ -116,7 +116,7 @@ def _publisher(daemon: "Daemon") -> "MqttPublisher":
             raise ConfigError(f"{key}: {e}") from None
     try:
         return MqttPublisher(s, daemon.config.bridge.id, lambda: door_views(daemon), password=password,
-                             reader_door=daemon.reader_door, clock=daemon.clock)
+                             reader_door=daemon.parts.reader_door, clock=daemon.clock)
     except (OSError, ValueError) as e:  # ssl.SSLError is an OSError: a CA or key file that is not PEM
         raise ConfigError(f"mqtt: cannot set up TLS: {e}") from None
 

@@ -90,23 +90,24 @@ class DaemonCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         d = self.daemon
+        parts, health = d.parts, d.health
         now = d.clock()
         yield InfoMetricFamily(f"{PREFIX}_build", "Version of door-bridge and of the Python running it.",
                                value={"version": __version__, "python": platform.python_version()})
-        yield _gauge("start_time_seconds", "When this daemon started (Unix time).", d.stats.started_at.timestamp())
+        yield _gauge("start_time_seconds", "When this daemon started (Unix time).", health.stats.started_at.timestamp())
 
-        yield _gauge("outbox_depth", "Audit events not yet acknowledged by the central.", d.outbox.depth())
-        oldest = d.storage.oldest_pending_at
+        yield _gauge("outbox_depth", "Audit events not yet acknowledged by the central.", parts.outbox.depth())
+        oldest = health.storage.oldest_pending_at
         age = _seconds_since(oldest, now) if oldest else 0.0
         yield _gauge("outbox_oldest_pending_age_seconds",
                      "Age of the oldest unacknowledged audit event (0 when none is pending).", age)
 
-        meta = d.cache.meta
+        meta = parts.cache.meta
         yield _gauge("cache_version", "Version of the signed grant bundle in use (0: none).", meta.version)
         if meta.version:
             yield _gauge("cache_age_seconds", "Age of the bundle in use (now minus its issued_at).",
                          now.timestamp() - meta.issued_at_ms / 1000)
-        yield _gauge("cache_grants", "Grant and card records in the cache.", d.storage.grants)
+        yield _gauge("cache_grants", "Grant and card records in the cache.", health.storage.grants)
         yield _gauge("cache_stale", "1 when the bundle is past its not_after (or there is none).",
                      float(meta.version == 0 or now.timestamp() * 1000 >= meta.not_after_ms))
 
@@ -114,12 +115,12 @@ class DaemonCollector(Collector):
                                labels=["upstream"])
         last = GaugeMetricFamily(f"{PREFIX}_upstream_last_success_timestamp_seconds",
                                  "When this upstream last answered (Unix time).", labels=["upstream"])
-        for name, seen in sorted(d.upstream.by_name.items()):
+        for name, seen in sorted(health.upstream.by_name.items()):
             up.add_metric([name], float(bool(seen.online)))
             if seen.last_success is not None:
                 last.add_metric([name], seen.last_success.timestamp())
-        if d.replicator is not None:
-            rs, ss = d.replicator.state, d.sync.state
+        if parts.replicator is not None and parts.sync is not None:
+            rs, ss = parts.replicator.state, parts.sync.state
             up.add_metric(["central"], float(bool(rs.online)))
             times = [t for t in (rs.last_success_at, ss.last_sync_at) if t is not None]
             if times:
@@ -129,8 +130,8 @@ class DaemonCollector(Collector):
 
         readers = GaugeMetricFamily(f"{PREFIX}_reader_up", "1 while the reader's input runs (and, for a serial "
                                     "scanner, its port is open).", labels=["reader"])
-        inputs = {i.reader_id: i for i in d.inputs}
-        for rid, st in sorted(d.stats.readers.items()):
+        inputs = {i.reader_id: i for i in parts.inputs}
+        for rid, st in sorted(health.stats.readers.items()):
             connected = getattr(inputs.get(rid), "connected", None)
             ok = not st.failed and (not isinstance(connected, threading.Event) or connected.is_set())
             readers.add_metric([rid], float(ok))
@@ -146,10 +147,10 @@ class DaemonCollector(Collector):
         for name, door in sorted(d.doors.items()):
             pulses.add_metric([name], door.pulses)
             energised.add_metric([name], float(door.energised))
-            io = d.door_io.get(name)
-            if io is None:
+            monitor = parts.door_monitors.get(name)
+            if monitor is None:
                 continue
-            state, raised = io.state(), io.alarms()
+            state, raised = monitor.state(), monitor.alarms()
             if state["position"] != "unknown":
                 position.add_metric([name], float(state["position"] == "open"))
             for kind in ALARMS:

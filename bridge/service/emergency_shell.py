@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -46,11 +46,14 @@ from verifier.interlock import DoorState, Interlock
 from verifier.timeutil import to_ms
 from verifier.two_person import TwoPerson
 
+if TYPE_CHECKING:
+    from bridge.door.monitor import DoorMonitor
+
 log = structlog.get_logger()
 
 STATE_KEY = "precedence"
 CURSOR_KEY = "commands"
-# A contact must read the same for this long before its new level counts (as door_io's
+# A contact must read the same for this long before its new level counts (as the door monitor's
 # DEFAULT_SETTLE_S: gpiozero's bounce_time is a lock-out that can drop the last edge of a burst).
 SETTLE_S = 0.05
 
@@ -77,7 +80,7 @@ def build_rules(section: EmergencySection, reader_door: dict[str, str], store: E
 
 
 class _Line:
-    """One emergency input pin: its alarm level (from the contact type), settled like door_io."""
+    """One emergency input pin: its alarm level (from the contact type), settled like a door monitor's contacts."""
 
     def __init__(self, kind: str, pin: int, contact: str, pin_factory: Any, on_level: Callable[[str, bool], None]) -> None:
         self.kind = kind
@@ -120,14 +123,14 @@ class _Line:
 
 
 class EmergencyShell:
-    def __init__(self, *, section: EmergencySection, bridge_id: str, doors: dict[str, Relay], door_io: dict[str, Any],
+    def __init__(self, *, section: EmergencySection, bridge_id: str, doors: dict[str, Relay], door_monitors: dict[str, DoorMonitor],
                  reader_door: dict[str, str], verifier: Any, store: EmergencyStore, append: Append, submit: Submit,
                  clock: Callable[[], datetime], clock_trusted: Callable[[], bool], tz: ZoneInfo,
                  public_key: Any, pin_factory: Any, apply_modes: Callable[[], None]) -> None:
         self.section = section
         self.bridge_id = bridge_id
         self.doors = doors
-        self.door_io = door_io
+        self.door_monitors = door_monitors
         self.reader_door = reader_door
         self.verifier = verifier
         self.store = store
@@ -282,9 +285,9 @@ class EmergencyShell:
                 assert c.door is not None
                 door = self.doors[c.door]
                 if not door.held:  # the row above is on disk before the relay moves
-                    io = self.door_io.get(c.door)
-                    if io is not None:
-                        io.authorised("command")
+                    monitor = self.door_monitors.get(c.door)
+                    if monitor is not None:
+                        monitor.authorised("command")
                     door.pulse()
             case CommandKind.HOLD_UNLOCKED:
                 assert c.door is not None
@@ -372,7 +375,7 @@ class EmergencyShell:
 
     def door_states(self) -> dict[str, DoorState]:
         """Each door's position and relay now: the interlock's view (worker thread)."""
-        return {name: DoorState(open=name in self.door_io and self.door_io[name].state()["position"] == "open",
+        return {name: DoorState(open=name in self.door_monitors and self.door_monitors[name].state()["position"] == "open",
                                 unlocked=door.energised or door.held) for name, door in self.doors.items()}
 
     def door_hold(self, door: str, now_ms: int) -> bool | None:

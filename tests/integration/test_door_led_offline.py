@@ -32,7 +32,7 @@ async def test_the_door_led_winks_for_a_cache_that_is_stale_at_start(tmp_path: P
     async with running(_config(tmp_path), clock=lambda: T0 + timedelta(days=8)) as (daemon, factory):
         led = factory.pin(LED_PIN)
         await wait_for(lambda: _blinks(led) >= 2, 20, "the offline wink on the door LED")
-        assert daemon.door_io["main"].feedback_out is not None
+        assert daemon.parts.door_monitors["main"].feedback_out is not None
 
 
 async def test_the_door_led_stays_dark_on_a_fresh_cache_and_winks_once_it_goes_stale(tmp_path: Path) -> None:
@@ -42,5 +42,5 @@ async def test_the_door_led_stays_dark_on_a_fresh_cache_and_winks_once_it_goes_s
         await asyncio.sleep(1.0)
         assert _blinks(led) == 0  # fresh and no upstream configured: nothing to wink about
         now[0] = T0 + timedelta(days=8)
-        await daemon.handle(Scan("SCAN-1", Source.CARD, b"6B06C2A25E99C68EDCBE"))  # a decision notices the cache went stale
+        await daemon.pipeline.handle(Scan("SCAN-1", Source.CARD, b"6B06C2A25E99C68EDCBE"))  # a decision notices the cache went stale
         await wait_for(lambda: _blinks(led) >= 3, 20, "the offline wink after the deny pattern")

@@ -67,18 +67,18 @@ def _config(tmp_path: Path, site: Site):
 def _wire(daemon) -> None:
     """Both readers of door `main`, as `[[readers]]` entries would map them (scans are handed to
     `Daemon.handle` directly instead of through a console input)."""
-    daemon.reader_door.update({CARD_R: "main", KEYPAD_R: "main"})
+    daemon.parts.reader_door.update({CARD_R: "main", KEYPAD_R: "main"})
 
 
 async def _scan(daemon, reader: str, text: str):
     hint = "pin" if reader == KEYPAD_R else "card"
-    if not daemon.reader_door:
+    if not daemon.parts.reader_door:
         _wire(daemon)
-    return await daemon.handle(Scan(reader, Source.KEYPAD if hint == "pin" else Source.CARD, text.encode(), hint))
+    return await daemon.pipeline.handle(Scan(reader, Source.KEYPAD if hint == "pin" else Source.CARD, text.encode(), hint))
 
 
 def _events(daemon, kind: str) -> list[dict]:
-    return [e.body for e in daemon.outbox.recent(500) if e.type == kind]
+    return [e.body for e in daemon.parts.outbox.recent(500) if e.type == kind]
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ async def test_unlocked_slot_holds_only_after_the_first_valid_badge_and_releases
         clock.t = MON_0700 + timedelta(hours=1, minutes=5)  # 08:05: the unlocked slot, nobody in yet
         await daemon.apply_modes()
         assert not relay.state, "first-person-in: the slot alone does not unlock"
-        status = daemon.snapshot()["doors"]["main"]["readers"][CARD_R]
+        status = daemon.health.snapshot()["doors"]["main"]["readers"][CARD_R]
         assert status["mode"] == "card-only" and status["first_person_in_pending"] and "pending" in status["why"]
         # Layla is admitted but has no `staff` role: she may enter, she does not start the slot.
         first = await _scan(daemon, CARD_R, LAYLA_CARD)
@@ -135,12 +135,12 @@ async def test_unlocked_slot_holds_only_after_the_first_valid_badge_and_releases
         starter = await _scan(daemon, CARD_R, OMAR_CARD)  # staff: the first person in
         assert starter.granted
         assert daemon.doors["main"].held and relay.state
-        view = daemon.snapshot()["doors"]["main"]
+        view = daemon.health.snapshot()["doors"]["main"]
         assert view["relay_held"] and view["readers"][CARD_R]["mode"] == "unlocked"
         assert view["readers"][CARD_R]["next_change"] == "2026-06-01T16:00:00.000Z"  # 18:00 Berlin
         from bridge.service.status_socket import format_status
 
-        text = format_status(daemon.snapshot())
+        text = format_status(daemon.health.snapshot())
         assert f"{CARD_R}: mode unlocked (slot mon,tue,wed,thu,fri 08:00-18:00; first person in: u_omar; " \
                f"next card-and-pin at 2026-06-01T16:00:00.000Z)" in text, text
         # While held, a GRANT does not pulse (a pulse would end the hold when its timer ran out).
@@ -171,7 +171,7 @@ async def test_the_relay_is_not_held_at_start_nor_on_an_untrusted_clock(tmp_path
         relay = factory.pin(17)
         await daemon.apply_modes()
         assert not any(s.state for s in relay.states), "never energised at start, and not on an untrusted clock"
-        assert "clock not trusted" in daemon.snapshot()["doors"]["main"]["readers"][CARD_R]["why"]
+        assert "clock not trusted" in daemon.health.snapshot()["doors"]["main"]["readers"][CARD_R]["why"]
         trusted["ok"] = True
         await daemon.apply_modes()
         assert relay.state and daemon.doors["main"].held
@@ -187,7 +187,7 @@ async def test_a_holiday_overrides_the_weekly_slot(tmp_path: Path, site: Site) -
         starter = await _scan(daemon, CARD_R, OMAR_CARD)
         assert starter.granted and starter.door_mode == "card-only"
         assert daemon.doors["main"].pulses == 1 and not daemon.doors["main"].held  # pulsed, not held open
-        view = daemon.snapshot()["doors"]["main"]["readers"][CARD_R]
+        view = daemon.health.snapshot()["doors"]["main"]["readers"][CARD_R]
         assert view["mode"] == "card-only" and "Corpus Christi" in view["why"]
         pin = await _scan(daemon, KEYPAD_R, LAYLA_PIN )
         assert pin.reason is Reason.CARD_REQUIRED  # card-only: a PIN alone is not enough

@@ -106,25 +106,25 @@ class Rig:
         p = self.factory.pin(pin)
         p.drive_low() if closed else p.drive_high()
         await asyncio.sleep(0.15)  # the settle time (50 ms), then the worker
-        await asyncio.wrap_future(self.daemon._worker.submit(lambda: None))
+        await asyncio.wrap_future(self.daemon.worker.submit(lambda: None))
         await self.daemon.apply_modes()
 
     async def scan(self, reader: str, card: str | None = None, pin: str | None = None):
         raw, hint = (card, "card") if card is not None else (pin, "pin")
-        return await self.daemon.handle(Scan(reader, Source.KEYPAD if pin else Source.CARD, raw.encode(), hint))
+        return await self.daemon.pipeline.handle(Scan(reader, Source.KEYPAD if pin else Source.CARD, raw.encode(), hint))
 
     def events(self, kind: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-        return [(e.type, e.body) for e in self.daemon.outbox.recent(1000) if kind is None or e.type == kind]
+        return [(e.type, e.body) for e in self.daemon.parts.outbox.recent(1000) if kind is None or e.type == kind]
 
     def mode(self, reader: str) -> dict[str, Any]:
-        return self.daemon.snapshot()["doors"][self.daemon.reader_door[reader]]["readers"][reader]
+        return self.daemon.health.snapshot()["doors"][self.daemon.parts.reader_door[reader]]["readers"][reader]
 
 
 async def _start(config, clock: SetClock) -> tuple[Daemon, MockFactory]:
     factory = MockFactory()
     daemon = Daemon(config, pin_factory=factory, clock=clock)
     await daemon.start()
-    await asyncio.wrap_future(daemon._worker.submit(lambda: None))  # read_inputs has run
+    await asyncio.wrap_future(daemon.worker.submit(lambda: None))  # read_inputs has run
     await daemon.apply_modes()
     return daemon, factory
 
@@ -194,13 +194,13 @@ async def test_fire_releases_egress_doors_while_active_and_lockdown_ends_back_to
         clock.t += timedelta(seconds=30)
         await rig.daemon.apply_modes()
         assert rig.held("main") and rig.held("back"), "held while the input is active"
-        status = rig.daemon.snapshot()["emergency"]
+        status = rig.daemon.health.snapshot()["emergency"]
         assert status["fire_active"] and status["lockdown"] == {"site": {"source": "input", "by": f"GPIO{LOCKDOWN}"}}
-        assert rig.daemon.status_line().startswith("EVACUATION (fire input active); LOCKDOWN (site); ")
+        assert rig.daemon.health.status_line().startswith("EVACUATION (fire input active); LOCKDOWN (site); ")
         from bridge.service.status_socket import format_status
 
         assert f"EMERGENCY  EVACUATION (fire input active); LOCKDOWN site (by input GPIO{LOCKDOWN})" in \
-            format_status(rig.daemon.snapshot())
+            format_status(rig.daemon.health.snapshot())
 
         await rig.contact(FIRE, closed=False)
         assert not rig.held("main") and not rig.held("back"), "fire over, lockdown again"
@@ -229,7 +229,7 @@ async def test_restart_in_lockdown_comes_back_in_lockdown(tmp_path: Path, site: 
     config = _config(tmp_path, site, admin_readers=["DESK"], admin_roles=["admin"])
     async with _Running(config, clock) as rig:
         await rig.scan("DESK", CARDS["admin"])  # the designated admin credential: lockdown on
-        assert rig.daemon.snapshot()["emergency"]["lockdown"]["site"]["source"] == "credential"
+        assert rig.daemon.health.snapshot()["emergency"]["lockdown"]["site"]["source"] == "credential"
         assert not rig.held("main")
     clock.t += timedelta(minutes=5)
     async with _Running(config, clock) as rig:  # a new daemon on the same state dir
@@ -252,11 +252,11 @@ async def test_tamper_sounds_the_alarm_output_and_power_fault_locks_down(tmp_pat
     async with _Running(config, SetClock(MON_1000)) as rig:
         siren = rig.factory.pin(ALARM_OUT)
         # (The console readers have no terminal under pytest and report failed; the tamper line is what is asserted.)
-        assert not siren.state and "tamper input in alarm" not in rig.daemon.health()["problems"]
+        assert not siren.state and "tamper input in alarm" not in rig.daemon.health.report()["problems"]
         await rig.contact(TAMPER, closed=True)
         assert siren.state and rig.events("TAMPER")
-        assert rig.daemon.health()["state"] == "degraded" and "tamper input in alarm" in rig.daemon.health()["problems"]
-        assert "ALARM TAMPER" in rig.daemon.status_line()
+        assert rig.daemon.health.report()["state"] == "degraded" and "tamper input in alarm" in rig.daemon.health.report()["problems"]
+        assert "ALARM TAMPER" in rig.daemon.health.status_line()
         await rig.contact(TAMPER, closed=False)
         assert not siren.state and rig.events("TAMPER_CLEARED")
         await rig.contact(POWER, closed=True)
@@ -287,7 +287,7 @@ async def test_duress_pin_grants_as_the_normal_pin_and_its_alarm_replicates_firs
         assert alarm["userId"] == "layla" and alarm["readerId"] == "KEY" and "4712" not in str(alarm)
         wrong = await rig.scan("KEY", pin="4719")  # neither the PIN nor its duress form
         assert wrong.reason is Reason.NO_GRANT and len(rig.events("DURESS")) == 1
-        assert rig.daemon.outbox.depth() > 8
+        assert rig.daemon.parts.outbox.depth() > 8
         # A batch already being retried when the alarm was written finishes its round (retry_deadline_s);
         # the next round reads the pending events afresh, and the alarm leads it.
         await asyncio.sleep(1.5)
@@ -349,7 +349,7 @@ async def test_every_bad_command_is_refused_and_audited_and_changes_nothing(tmp_
             central.publish_command(token)
         central.publish_command("eyJhbGciOiJub25lIn0.eyJjb21tYW5kIjoibG9ja2Rvd25fb24ifQ.")  # unsigned
         await wait_for(lambda: len(rig.events("COMMAND_REFUSED")) == 8, what="eight refusals")
-        assert not rig.daemon.emergency.emergency.lockdowns
+        assert not rig.daemon.parts.emergency.emergency.lockdowns
         central.publish_command(good)
         await wait_for(lambda: rig.events("COMMAND_APPLIED"), what="the good one")
         central.publish_command(good)  # the same signed command again: a replay
@@ -397,9 +397,9 @@ async def test_antipassback_modes_through_the_daemon_and_across_a_restart(tmp_pa
             assert (await rig.scan("MAIN-IN", CARDS["layla"])).granted == (mode == "soft")
         # Forgiven at 03:00 local: the next night.
         clock.t = MON_1000.replace(hour=2, minute=59) + timedelta(days=1)
-        await asyncio.wrap_future(rig.daemon._worker.submit(rig.daemon.emergency.tick))
+        await asyncio.wrap_future(rig.daemon.worker.submit(rig.daemon.parts.emergency.tick))
         clock.t += timedelta(minutes=2)
-        await asyncio.wrap_future(rig.daemon._worker.submit(rig.daemon.emergency.tick))
+        await asyncio.wrap_future(rig.daemon.worker.submit(rig.daemon.parts.emergency.tick))
         assert rig.events("ANTIPASSBACK_FORGIVEN")[-1][1]["forgiven"] == 1
         assert (await rig.scan("MAIN-IN", CARDS["layla"])).granted
 
@@ -445,12 +445,12 @@ async def test_interlock_blocks_one_door_while_the_other_is_open(tmp_path: Path,
         assert opened.granted
         await wait_for(lambda: not rig.relay("vault"), what="the vault's pulse ended")
         rig.factory.pin(SWITCH_VAULT).drive_high()  # the vault door stands open
-        await wait_for(lambda: rig.daemon.door_io["vault"].state()["position"] == "open", what="vault open")
+        await wait_for(lambda: rig.daemon.parts.door_monitors["vault"].state()["position"] == "open", what="vault open")
         clock.t += timedelta(seconds=5)
         blocked = await rig.scan("MAIN-IN", CARDS["omar"])
         assert (blocked.decision, blocked.reason) == (Decision.DENY, Reason.INTERLOCK) and not rig.relay("main")
         rig.factory.pin(SWITCH_VAULT).drive_low()
-        await wait_for(lambda: rig.daemon.door_io["vault"].state()["position"] == "closed", what="vault closed")
+        await wait_for(lambda: rig.daemon.parts.door_monitors["vault"].state()["position"] == "closed", what="vault closed")
         clock.t += timedelta(seconds=5)
         assert (await rig.scan("MAIN-IN", CARDS["omar"])).granted
 
@@ -479,19 +479,19 @@ async def test_unlock_once_is_refused_at_a_mantrap_door_while_its_partner_is_ope
     async with _Running(_config(tmp_path, site, central, interlock=[["main", "vault"]]), clock) as rig:
         rig.factory.pin(SWITCH_MAIN).drive_low()
         rig.factory.pin(SWITCH_VAULT).drive_high()  # the vault stands open
-        await wait_for(lambda: rig.daemon.door_io["vault"].state()["position"] == "open", what="vault open")
+        await wait_for(lambda: rig.daemon.parts.door_monitors["vault"].state()["position"] == "open", what="vault open")
         central.publish_command(_cmd(site, "unlock_once", at=clock.t, door="main"))
         await wait_for(lambda: rig.events("COMMAND_REFUSED"), what="refused")
         assert rig.events("COMMAND_REFUSED")[-1][1]["refusal"] == "interlocked" and rig.daemon.doors["main"].pulses == 0
         rig.factory.pin(SWITCH_VAULT).drive_low()
-        await wait_for(lambda: rig.daemon.door_io["vault"].state()["position"] == "closed", what="vault closed")
+        await wait_for(lambda: rig.daemon.parts.door_monitors["vault"].state()["position"] == "closed", what="vault closed")
         central.publish_command(_cmd(site, "unlock_once", at=clock.t, door="main"))
         await wait_for(lambda: rig.daemon.doors["main"].pulses == 1, what="unlock_once once the vault is shut")
 
 
 async def test_a_full_emergency_db_is_loud_and_the_lockdown_still_holds(tmp_path: Path, site: Site) -> None:
     async with _Running(_config(tmp_path, site), SetClock(MON_1000)) as rig:
-        conn = rig.daemon.emergency.store.conn
+        conn = rig.daemon.parts.emergency.store.conn
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL from here on
         for size in (200, 40, 1):  # fill what room the last page has left, down to the smallest row

@@ -65,11 +65,11 @@ def test_wrong_offline_codes_lock_the_keypad_whatever_the_cache(tmp_path: Path, 
     async def attack() -> tuple[list[dict], list[float]]:
         async with running(config, clock=lambda: T0) as (daemon, pins):
             for code in _wrong_codes(5):
-                reasons.append((await daemon.handle(Scan(READER, Source.KEYPAD, code.encode(), "pin"))).reason)
-            locked = await daemon.handle(Scan(READER, Source.KEYPAD, good.encode(), "pin"))
+                reasons.append((await daemon.pipeline.handle(Scan(READER, Source.KEYPAD, code.encode(), "pin"))).reason)
+            locked = await daemon.pipeline.handle(Scan(READER, Source.KEYPAD, good.encode(), "pin"))
             reasons.append(locked.reason)
             await daemon.quiesce()
-            rows = [e.body | {"type": e.type} for e in daemon.outbox.recent(100)]
+            rows = [e.body | {"type": e.type} for e in daemon.parts.outbox.recent(100)]
             return rows, relay_pulses(pins.pin(17))
 
     rows, pulses = asyncio.run(attack())
@@ -92,9 +92,9 @@ def test_the_right_code_still_opens_once_the_cooldown_has_passed(tmp_path: Path,
     async def run() -> tuple[Reason | None, bool]:
         async with running(config, clock=lambda: now[0]) as (daemon, _pins):
             for code in _wrong_codes(5):
-                await daemon.handle(Scan(READER, Source.KEYPAD, code.encode(), "pin"))
+                await daemon.pipeline.handle(Scan(READER, Source.KEYPAD, code.encode(), "pin"))
             now[0] = T0 + timedelta(seconds=31)
-            d = await daemon.handle(Scan(READER, Source.KEYPAD, good.encode(), "pin"))
+            d = await daemon.pipeline.handle(Scan(READER, Source.KEYPAD, good.encode(), "pin"))
             return d.reason, d.granted
 
     assert asyncio.run(run()) == (None, True)
@@ -110,7 +110,7 @@ def test_stale_card_scans_do_not_lock_out_cardholders(tmp_path: Path, pty_path: 
 
     async def run() -> list[Reason | None]:
         async with running(config, clock=lambda: T0) as (daemon, _pins):
-            return [(await daemon.handle(Scan(READER, Source.CARD, f"{0xC0DE00 + i:08X}".encode(), "card"))).reason
+            return [(await daemon.pipeline.handle(Scan(READER, Source.CARD, f"{0xC0DE00 + i:08X}".encode(), "card"))).reason
                     for i in range(10)]
 
     assert set(asyncio.run(run())) == {Reason.CACHE_STALE}
@@ -128,7 +128,7 @@ def test_a_scanned_line_that_is_a_pin_is_refused_unless_the_reader_takes_pins(
 
     async def run():
         async with running(config, clock=lambda: T0) as (daemon, _pins):
-            d = await daemon.handle(Scan(READER, Source.PHONE_QR, (good + "#").encode(), None))
+            d = await daemon.pipeline.handle(Scan(READER, Source.PHONE_QR, (good + "#").encode(), None))
             return d
 
     d = asyncio.run(run())
@@ -140,10 +140,10 @@ def test_a_scanned_line_that_is_a_pin_is_refused_unless_the_reader_takes_pins(
 
 def test_a_flooding_reader_cannot_starve_another_readers_scans(tmp_path: Path, pty_path: str, monkeypatch) -> None:
     """Issue 10, Medium 7: the in-flight bound is per reader as well as global."""
-    from bridge.service import daemon as daemon_mod
+    from bridge.service import scan_pipeline as pipeline_mod
 
-    monkeypatch.setattr(daemon_mod, "MAX_SCANS_IN_FLIGHT", 60)
-    monkeypatch.setattr(daemon_mod, "MAX_SCANS_IN_FLIGHT_PER_READER", 40, raising=False)
+    monkeypatch.setattr(pipeline_mod, "MAX_SCANS_IN_FLIGHT", 60)
+    monkeypatch.setattr(pipeline_mod, "MAX_SCANS_IN_FLIGHT_PER_READER", 40)
     state = tmp_path / "state"
     state.mkdir()
     site = Site()
@@ -152,15 +152,15 @@ def test_a_flooding_reader_cannot_starve_another_readers_scans(tmp_path: Path, p
 
     async def run() -> tuple[int, int, int]:
         async with running(config, clock=lambda: T0) as (daemon, _pins):
-            before = daemon.stats.decisions
+            before = daemon.health.stats.decisions
             # All in one turn of the loop: nothing is decided yet, so every scan is in flight.
             for i in range(500):
-                daemon._spawn_scan(Scan(READER, Source.PHONE_QR, b"junk junk", None))
+                daemon.pipeline.spawn(Scan(READER, Source.PHONE_QR, b"junk junk", None))
             for i in range(20):
-                daemon._spawn_scan(Scan("R-2", Source.CARD, b"6B06C2A25E99C68EDCBE", "card"))
+                daemon.pipeline.spawn(Scan("R-2", Source.CARD, b"6B06C2A25E99C68EDCBE", "card"))
             await daemon.quiesce()
-            second = daemon.stats.readers["R-2"].scans if "R-2" in daemon.stats.readers else 0
-            return second, daemon.dropped_by_reader[READER], daemon.stats.decisions - before
+            second = daemon.health.stats.readers["R-2"].scans if "R-2" in daemon.health.stats.readers else 0
+            return second, daemon.pipeline.dropped_by_reader[READER], daemon.health.stats.decisions - before
 
     second, dropped_flood, decided = asyncio.run(run())
     assert second == 20, "every scan of the second reader was decided"

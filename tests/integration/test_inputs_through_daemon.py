@@ -51,9 +51,9 @@ def _setup(tmp_path, **door):
 
 
 async def _verify_rows(daemon, n):
-    await wait_for(lambda: daemon.stats.decisions >= n, what=f"{n} decisions")
+    await wait_for(lambda: daemon.health.stats.decisions >= n, what=f"{n} decisions")
     await daemon.quiesce()
-    return [e.body for e in daemon.outbox.recent(100) if e.type == "VERIFY"]
+    return [e.body for e in daemon.parts.outbox.recent(100) if e.type == "VERIFY"]
 
 
 async def test_evdev_scanner_through_the_daemon(tmp_path):
@@ -103,7 +103,7 @@ async def test_wiegand_card_and_keypad_bursts_through_the_daemon(tmp_path):
         await asyncio.to_thread(send, factory, wg, tuple(bad), *[encode_key(k) for k in "2468#"])
         rows = await _verify_rows(daemon, 3)
         assert (rows[-1]["source"], rows[-1]["decision"]) == ("KEYPAD", "GRANT")
-        assert daemon.stats.decisions == 3
+        assert daemon.health.stats.decisions == 3
         await wait_for(lambda: len(relay_pulses(relay)) == 2 and not relay.state, what="two relay pulses")
 
 
@@ -115,17 +115,17 @@ async def test_forced_and_held_open_each_give_one_audit_event_and_one_warning(tm
         async with running(cfg, clock=SetClock()) as (daemon, factory):
             switch, rex = factory.pin(22), factory.pin(23)
             switch.drive_low()  # door closed
-            await wait_for(lambda: daemon.door_io["main"].state()["position"] == "closed", what="door closed")
+            await wait_for(lambda: daemon.parts.door_monitors["main"].state()["position"] == "closed", what="door closed")
             switch.drive_high()  # opened with no grant: forced
-            await wait_for(lambda: daemon.door_io["main"].state()["position"] == "open", what="door open")
-            await wait_for(lambda: "DOOR_HELD_OPEN" in [e.type for e in daemon.outbox.recent(50)], what="held-open event")
+            await wait_for(lambda: daemon.parts.door_monitors["main"].state()["position"] == "open", what="door open")
+            await wait_for(lambda: "DOOR_HELD_OPEN" in [e.type for e in daemon.parts.outbox.recent(50)], what="held-open event")
             switch.drive_low()
-            await wait_for(lambda: daemon.door_io["main"].state()["alarm"] is None, what="alarm cleared")
+            await wait_for(lambda: daemon.parts.door_monitors["main"].state()["alarm"] is None, what="alarm cleared")
             rex.drive_low()
             rex.drive_high()
             await wait_for(lambda: len(relay_pulses(factory.pin(17))) == 1, what="REX pulse")
             await daemon.quiesce()
-            types = [e.type for e in daemon.outbox.recent(100)]
+            types = [e.type for e in daemon.parts.outbox.recent(100)]
     assert types.count("DOOR_FORCED_OPEN") == 1 and types.count("DOOR_HELD_OPEN") == 1 and types.count("REX") == 1
     warnings = [entry["event"] for entry in logs if entry["log_level"] == "warning"]
     assert warnings.count("door_forced_open") == 1 and warnings.count("door_held_open") == 1, warnings

@@ -69,13 +69,13 @@ def config(tmp_path: Path):
 async def scripted(tmp_path: Path) -> None:
     async with running(config(tmp_path), clock=SteppingClock()) as (daemon, factory):
         factory.pin(22).drive_low()
-        await wait_for(lambda: daemon.door_io["main"].state()["position"] == "closed", what="closed")
+        await wait_for(lambda: daemon.parts.door_monitors["main"].state()["position"] == "closed", what="closed")
         for raw in (VALID, REVOKED):
-            await daemon.handle(Scan(READER, Source.CARD, raw.encode()))
+            await daemon.pipeline.handle(Scan(READER, Source.CARD, raw.encode()))
         await wait_for(lambda: not factory.pin(17).state, what="relay released")
         await asyncio.sleep(0.3)
         factory.pin(22).drive_high()  # forced open: a warning with DOOR=
-        await wait_for(lambda: "forced_open" in daemon.door_io["main"].alarms(), what="forced open")
+        await wait_for(lambda: "forced_open" in daemon.parts.door_monitors["main"].alarms(), what="forced open")
         await daemon.quiesce()
 
 

@@ -63,12 +63,12 @@ def _frontelio_granting(tmp_path, fake, key_file, **kw):
 
 
 async def _scan(daemon, text, source=Source.CARD):
-    daemon.reader_door.setdefault(READER, "main")
-    return await daemon.handle(Scan(READER, source, text.encode()))
+    daemon.parts.reader_door.setdefault(READER, "main")
+    return await daemon.pipeline.handle(Scan(READER, source, text.encode()))
 
 
 def _verify_rows(daemon):
-    return [e.body for e in daemon.outbox.recent(1000) if e.type == "VERIFY"]
+    return [e.body for e in daemon.parts.outbox.recent(1000) if e.type == "VERIFY"]
 
 
 async def test_frontelio_jwt_granted_online_opens_offline_until_its_exp(tmp_path, fake_frontelio, frontelio_key_file):
@@ -85,7 +85,7 @@ async def test_frontelio_jwt_granted_online_opens_offline_until_its_exp(tmp_path
             expired = await _scan(daemon, token, Source.PHONE_NFC)
             await daemon.quiesce()
             rows = _verify_rows(daemon)
-            status = daemon.snapshot()
+            status = daemon.health.snapshot()
     assert (online.granted, online.decided) == (True, "online")
     assert (offline.granted, offline.decided, offline.user_name, offline.zone_name) == (True, "learned", "Layla Hassan", "Stockroom")
     assert (expired.reason, expired.decided) == (Reason.CREDENTIAL_EXPIRED, "learned")
@@ -133,11 +133,11 @@ async def test_an_online_deny_after_a_learned_grant_wins_at_once(tmp_path, fake_
     cfg, clock = _frontelio_granting(tmp_path, fake_frontelio, frontelio_key_file)
     async with running(cfg, clock=clock) as (daemon, _):
         assert (await _scan(daemon, CARD)).granted
-        assert daemon.learned.store.count() == 1
+        assert daemon.parts.learned.store.count() == 1
         fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom", "GRANT_REVOKED")
         await asyncio.sleep(2.1)  # past Frontelio's 2 s replay rule: a fresh verdict
         revoked = await _scan(daemon, CARD)
-        assert daemon.learned.store.count() == 0
+        assert daemon.parts.learned.store.count() == 0
         fake_frontelio.server.stop()
         clock.advance(minutes=1)
         offline = await _scan(daemon, CARD)
@@ -152,8 +152,8 @@ async def test_learned_entries_survive_a_restart(tmp_path, fake_frontelio, front
     fake_frontelio.server.stop()
     clock.advance(minutes=30)
     async with running(cfg, clock=clock) as (daemon, _):
-        await daemon._refresh_storage()
-        status = daemon.snapshot()
+        await asyncio.to_thread(daemon.health.read_storage)
+        status = daemon.health.snapshot()
         again = await _scan(daemon, CARD)
     assert (again.granted, again.decided, again.user_name) == (True, "learned", "Layla Hassan")
     assert status["learned"]["entries"] == 1
@@ -177,7 +177,7 @@ async def test_a_hand_edited_learned_entry_is_refused(tmp_path, fake_frontelio, 
         async with running(cfg, clock=clock) as (daemon, _):
             decision = await _scan(daemon, CARD)
             await daemon.quiesce()
-            refused = [e.body for e in daemon.outbox.recent(50) if e.type == "LEARNED_ENTRY_REFUSED"]
+            refused = [e.body for e in daemon.parts.outbox.recent(50) if e.type == "LEARNED_ENTRY_REFUSED"]
     refusals = [e for e in logs if e["event"] == "learned_entry_refused"]
     if edit.startswith("INSERT"):
         # The copy under a made-up key is refused; the genuine row still answers.
@@ -198,7 +198,7 @@ async def test_learn_false_keeps_sna_literal(tmp_path, fake_sna):
         fake_sna.server.stop()
         clock.advance(seconds=3)  # past the door's replay window, which holds for online decisions too
         offline = await _scan(daemon, CARD)
-        assert daemon.learned.store.count() == 0
+        assert daemon.parts.learned.store.count() == 0
     assert (offline.reason, offline.decided) == (Reason.CACHE_STALE, "cache")
 
 
@@ -233,7 +233,7 @@ async def test_digital_id_is_never_learned(tmp_path, fake_frontelio, frontelio_k
         fake_digital_id.server.stop()
         clock.advance(seconds=3)  # past the door's replay window, which holds for online decisions too
         offline = await _scan(daemon, qr, Source.PHONE_QR)
-        assert daemon.learned.store.count() == 0
+        assert daemon.parts.learned.store.count() == 0
     assert (offline.reason, offline.decided) == (Reason.UPSTREAM_UNAVAILABLE, "cache")
 
 
@@ -259,8 +259,8 @@ async def test_offline_decisions_reach_the_webhook_signed_in_order_once(tmp_path
         fake_frontelio.server.come_up()
         await wait_for(lambda: len(hook.events) >= 12, timeout=15, what="12 offline decisions at the webhook")
         await asyncio.sleep(0.3)  # anything more would be a double
-        offline_ids = [e.id for e in daemon.outbox.recent(1000) if e.type == "VERIFY" and not e.body["online"]]
-        status = daemon.snapshot()
+        offline_ids = [e.id for e in daemon.parts.outbox.recent(1000) if e.type == "VERIFY" and not e.body["online"]]
+        status = daemon.health.snapshot()
     assert [e["id"] for e in hook.events] == offline_ids, "every offline decision, in order"
     assert hook.duplicates == 0 and hook.bad_signatures == 0
     assert [e["decided"] for e in hook.events].count("learned") == 8
@@ -288,7 +288,7 @@ async def test_lowering_max_age_on_reload_applies_to_entries_already_learned(tmp
 async def test_a_learned_cache_that_cannot_write_never_blocks_the_online_answer(tmp_path, fake_frontelio, frontelio_key_file):
     fake_frontelio.credentials[CARD] = Holder("user_abc", "Layla Hassan", "Stockroom")
     async with running(_cfg(tmp_path, _frontelio(fake_frontelio, frontelio_key_file)), clock=RunningClock(NOW)) as (daemon, factory):
-        daemon.learned.store.conn.execute("PRAGMA query_only = 1")  # every write now fails inside SQLite
+        daemon.parts.learned.store.conn.execute("PRAGMA query_only = 1")  # every write now fails inside SQLite
         with capture_logs() as logs:
             decision = await _scan(daemon, CARD)
             await daemon.quiesce()

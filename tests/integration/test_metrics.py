@@ -69,23 +69,23 @@ async def test_scraped_metrics_match_the_audit_db_after_a_scripted_day(tmp_path)
     port = free_port()
     cfg = config(tmp_path, site, port)
     async with running(cfg, clock=SteppingClock()) as (daemon, factory):
-        daemon.reader_door[READER] = "main"
+        daemon.parts.reader_door[READER] = "main"
         switch = factory.pin(22)
         switch.drive_low()  # closed
-        await wait_for(lambda: daemon.door_io["main"].state()["position"] == "closed", what="door closed")
+        await wait_for(lambda: daemon.parts.door_monitors["main"].state()["position"] == "closed", what="door closed")
         relay = factory.pin(17)
         for raw in (VALID, REVOKED, EXPIRED, VALID, "hello world!", VALID):
-            d = await daemon.handle(Scan(READER, Source.CARD, raw.encode()))
+            d = await daemon.pipeline.handle(Scan(READER, Source.CARD, raw.encode()))
             if d.granted:  # the door is opened and shut well inside the forced-open logic's view
                 await wait_for(lambda: not relay.state, what="relay released")
         assert len(relay_pulses(relay)) == 3
         await asyncio.sleep(0.5)  # past forced_open_grace_s after the last pulse
         switch.drive_high()  # opened with no grant: forced, then held
-        await wait_for(lambda: "held_open" in daemon.door_io["main"].alarms(), what="held open")
+        await wait_for(lambda: "held_open" in daemon.parts.door_monitors["main"].alarms(), what="held open")
         await daemon.quiesce()
         text = await scrape(port)
         rows = audit(tmp_path)
-        meta = daemon.cache.meta
+        meta = daemon.parts.cache.meta
 
     found = samples(text)
     verify = [b for t, b, _ in rows if t == "VERIFY"]
@@ -121,12 +121,12 @@ async def test_no_label_carries_a_credential_user_or_name(tmp_path):
     site.install(tmp_path, door_records(READER))
     port = free_port()
     async with running(config(tmp_path, site, port), clock=SteppingClock()) as (daemon, _):
-        daemon.reader_door[READER] = "main"
+        daemon.parts.reader_door[READER] = "main"
         for raw in (VALID, REVOKED, "hello world!"):
-            await daemon.handle(Scan(READER, Source.CARD, raw.encode()))
+            await daemon.pipeline.handle(Scan(READER, Source.CARD, raw.encode()))
         await daemon.quiesce()
         text = await scrape(port)
-        fingerprints = {e.body.get("credentialFingerprint") for e in daemon.outbox.recent(50) if e.type == "VERIFY"}
+        fingerprints = {e.body.get("credentialFingerprint") for e in daemon.parts.outbox.recent(50) if e.type == "VERIFY"}
     secrets = {VALID, REVOKED, "user_ok", "user_rev", "Layla Hassan", "Omar Said", "Stockroom", "zone_a"}
     secrets |= {f for f in fingerprints if f}
     values = {v for family in text_string_to_metric_families(text) for s in family.samples for v in s.labels.values()}
@@ -141,7 +141,7 @@ async def test_the_textfile_for_node_exporter_is_written_whole(tmp_path):
     target.parent.mkdir()
     cfg = make_config(tmp_path, site, [], metrics={"textfile": str(target), "textfile_interval_s": 0.05})
     async with running(cfg, clock=SteppingClock()) as (daemon, _):
-        await daemon.handle(Scan(READER, Source.CARD, VALID.encode()))
+        await daemon.pipeline.handle(Scan(READER, Source.CARD, VALID.encode()))
         await wait_for(lambda: target.exists() and "door_bridge_decisions_total{" in target.read_text(),
                        what="textfile with the decision")
     found = samples(target.read_text())
@@ -176,8 +176,8 @@ async def test_a_port_in_use_is_logged_and_the_door_still_decides(tmp_path):
 
         with capture_logs() as logs:
             async with running(cfg, clock=SteppingClock()) as (daemon, _):
-                daemon.reader_door[READER] = "main"
-                d = await daemon.handle(Scan(READER, Source.CARD, VALID.encode()))
+                daemon.parts.reader_door[READER] = "main"
+                d = await daemon.pipeline.handle(Scan(READER, Source.CARD, VALID.encode()))
     assert d.granted
     assert [e for e in logs if e["event"] == "metrics_unavailable" and e["log_level"] == "error"]
 
@@ -189,13 +189,13 @@ async def test_upstream_and_reader_gauges_follow_the_daemon_state(tmp_path):
     site.install(tmp_path, door_records(READER))
     port = free_port()
     async with running(config(tmp_path, site, port), clock=SteppingClock()) as (daemon, _):
-        daemon._mark_upstream(True, name="frontelio")
-        daemon._mark_upstream(False, "digital_id: UpstreamUnavailable: no route", name="digital_id")
-        await daemon.handle(Scan(READER, Source.CARD, VALID.encode()))
+        daemon.health.mark_upstream(True, name="frontelio")
+        daemon.health.mark_upstream(False, "digital_id: UpstreamUnavailable: no route", name="digital_id")
+        await daemon.pipeline.handle(Scan(READER, Source.CARD, VALID.encode()))
         await daemon.quiesce()
-        daemon.stats.readers["R2"] = type(daemon.stats.readers[READER])(type="serial", last_error="OSError: gone")
+        daemon.health.stats.readers["R2"] = type(daemon.health.stats.readers[READER])(type="serial", last_error="OSError: gone")
         found = samples(await scrape(port))
-        seen = daemon.upstream.by_name["frontelio"].last_success
+        seen = daemon.health.upstream.by_name["frontelio"].last_success
     assert one(found, "door_bridge_upstream_up", upstream="frontelio") == 1
     assert one(found, "door_bridge_upstream_up", upstream="digital_id") == 0
     assert one(found, "door_bridge_upstream_last_success_timestamp_seconds", upstream="frontelio") == seen.timestamp()

@@ -34,7 +34,7 @@ from verifier.types import Source
 
 
 async def scan(daemon, raw: str):
-    return await daemon.handle(Scan(READER, Source.CARD, raw.encode()))
+    return await daemon.pipeline.handle(Scan(READER, Source.CARD, raw.encode()))
 
 
 async def test_decisions_door_state_and_discovery_arrive_and_only_descriptions_are_retained(tmp_path, broker):
@@ -47,7 +47,7 @@ async def test_decisions_door_state_and_discovery_arrive_and_only_descriptions_a
             assert not (await scan(daemon, REVOKED)).granted
             await wait_for(lambda: len(heard.on(f"{BASE}/decision")) == 2, what="two decision summaries")
             await wait_for(lambda: "closed" in heard.on(f"{BASE}/door/main/position"), what="door closed")
-            fingerprints = {e.body["credentialFingerprint"] for e in daemon.outbox.recent(50) if e.type == "VERIFY"}
+            fingerprints = {e.body["credentialFingerprint"] for e in daemon.parts.outbox.recent(50) if e.type == "VERIFY"}
         await wait_for(lambda: heard.on(f"{BASE}/status")[-1:] == ["offline"], what="offline on clean stop")
     finally:
         heard.close()
@@ -93,7 +93,7 @@ async def test_door_events_and_alarms_are_published_as_they_happen(tmp_path, bro
             switch.drive_low()
             await wait_for(lambda: heard.on(f"{BASE}/door/main/alarm")[-1:] == ["none"], what="alarm cleared")
             await daemon.quiesce()
-            audited = [e.type for e in daemon.outbox.recent(50) if e.type.startswith("DOOR_")]
+            audited = [e.type for e in daemon.parts.outbox.recent(50) if e.type.startswith("DOOR_")]
             # Summaries reach the publisher process at its next feed (FEED_INTERVAL_S): wait for
             # as many as were audited, then compare them one by one.
             await wait_for(lambda: len(heard.on(f"{BASE}/event")) >= len(audited), what="every audited event")
@@ -120,7 +120,7 @@ async def test_retained_commands_on_the_broker_never_reach_a_relay(tmp_path, bro
                 assert daemon.outward.mqtt.ignored == 0
                 assert (await scan(daemon, VALID)).granted  # the door still works as usual
                 await wait_for(lambda: len(relay_pulses(relay)) == 1, what="the one pulse a grant gives")
-                assert daemon.stats.decisions == 1
+                assert daemon.health.stats.decisions == 1
                 await asyncio.sleep(0.3)  # the relay released before the next start
         assert not [e for e in logs if e["event"] == "mqtt_message_ignored"]
     log = broker.log_text()
@@ -135,14 +135,14 @@ async def test_broker_killed_and_restarted_decisions_go_on_and_the_bridge_reconn
             await wait_for(lambda: mqtt.connected, what="bridge connected")
             broker.kill()
             await wait_for(lambda: not mqtt.connected, what="bridge noticed the broker gone")
-            shown = daemon.snapshot()["mqtt"]
+            shown = daemon.health.snapshot()["mqtt"]
             assert shown["connected"] is False and shown["last_error"], shown
             decided = []
             for raw in (VALID, REVOKED, VALID):
                 decided.append(await scan(daemon, raw))  # every scan is decided and audited meanwhile
             assert [d.decision.value for d in decided] == ["GRANT", "DENY", "GRANT"]
             await daemon.quiesce()
-            assert sum(e.type == "VERIFY" for e in daemon.outbox.recent(50)) == 3
+            assert sum(e.type == "VERIFY" for e in daemon.parts.outbox.recent(50)) == 3
             before = len(broker.log_text())
             broker.start()  # same port
             await wait_for(lambda: mqtt.connected, timeout=20, what="bridge reconnected")
@@ -169,7 +169,7 @@ async def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path, broker
         for _ in range(25):
             await scan(daemon, REVOKED)
         await daemon.quiesce()
-        assert daemon.stats.decisions == 25
+        assert daemon.health.stats.decisions == 25
         # 25 summaries into a queue of 10 (door states may take places too); the publisher process
         # counts what it drops and tells the daemon within COUNTS_EVERY_S.
         await wait_for(lambda: mqtt.dropped >= 15, timeout=5, what="drops counted")

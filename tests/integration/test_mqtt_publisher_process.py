@@ -42,7 +42,7 @@ def publishers(pid: int) -> list[psutil.Process]:
 
 
 async def scan(daemon, raw: str):
-    return await daemon.handle(Scan(READER, Source.CARD, raw.encode()))
+    return await daemon.pipeline.handle(Scan(READER, Source.CARD, raw.encode()))
 
 
 async def test_the_broker_connection_is_held_by_a_child_that_was_not_handed_the_password_on_its_command_line(
@@ -90,7 +90,7 @@ async def test_a_publisher_process_that_dies_is_counted_replaced_and_decisions_g
                 assert not (await scan(daemon, REVOKED)).granted
                 await wait_for(lambda: any(json.loads(p)["reason"] == "GRANT_REVOKED"
                                            for p in heard.on(f"{BASE}/decision")), what="summary after the restart")
-                shown = daemon.snapshot()["mqtt"]
+                shown = daemon.health.snapshot()["mqtt"]
                 assert shown["connected"] is True and shown["publisher_restarts"] == 1, shown
     finally:
         heard.close()
@@ -109,7 +109,7 @@ async def test_summaries_arrive_in_the_order_decided_through_the_batched_hand_ov
                 await scan(daemon, raw)
             await daemon.quiesce()
             audited = [(e.body["decision"], e.body.get("reason"), bool(e.body.get("replay")))
-                       for e in daemon.outbox.recent(100) if e.type == "VERIFY"]
+                       for e in daemon.parts.outbox.recent(100) if e.type == "VERIFY"]
             await wait_for(lambda: len(heard.on(f"{BASE}/decision")) == len(cards), what="every summary")
     finally:
         heard.close()

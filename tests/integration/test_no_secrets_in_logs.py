@@ -114,7 +114,7 @@ def stdlib_debug() -> Iterator[io.StringIO]:
 
 async def _scan_all(daemon, phase: str, decisions: list[str]) -> None:
     for raw, source, hint in SCANS:
-        d = await daemon.handle(Scan(READER, source, raw.encode(), hint))
+        d = await daemon.pipeline.handle(Scan(READER, source, raw.encode(), hint))
         decisions.append(f"{phase}:{d.credential_kind}:{d.decision.value}:{d.reason.value if d.reason else '-'}")
         await asyncio.sleep(0)
 
@@ -158,11 +158,11 @@ def test_a_day_of_scans_and_failures_leaves_no_secret_in_logs_or_audit(
             fake_frontelio.api_keys = {"mk_someone_else"}  # our key revoked: 401
             fake_digital_id.api_key = "did_someone_else"
             await _scan_all(daemon, "unauthorized", decisions)
-            snapshots.append(json.dumps(daemon.snapshot()))
+            snapshots.append(json.dumps(daemon.health.snapshot()))
             fake_frontelio.server.go_down()
             fake_digital_id.server.go_down()
             await _scan_all(daemon, "down", decisions)
-            snapshots.append(json.dumps(daemon.snapshot()))
+            snapshots.append(json.dumps(daemon.health.snapshot()))
 
     try:
         asyncio.run(day())

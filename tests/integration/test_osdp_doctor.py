@@ -90,5 +90,5 @@ async def test_doctor_leaves_a_bus_held_by_the_running_daemon_alone(tmp_path: Pa
             (held,) = osdp_lines(text, port)
             assert held.startswith(f"warn  {port}: held by another process (the running daemon?), so not asked")
             assert "door-bridge status" in held
-            assert online(daemon) and daemon.reader_feedback[READER].bus.channel.broken is None
+            assert online(daemon) and daemon.parts.reader_feedback[READER].bus.channel.broken is None
     assert code == 0

@@ -37,7 +37,7 @@ RED, AMBER, NONE = 1, 3, 0
 
 
 def verify_rows(daemon: Any) -> list[dict[str, Any]]:
-    return [e.body for e in daemon.outbox.recent(200) if e.type == "VERIFY"]
+    return [e.body for e in daemon.parts.outbox.recent(200) if e.type == "VERIFY"]
 
 
 async def test_a_locked_out_keypad_gets_red_blinks_and_one_long_beep(tmp_path: Path, bus: tuple[int, str]) -> None:
@@ -48,7 +48,7 @@ async def test_a_locked_out_keypad_gets_red_blinks_and_one_long_beep(tmp_path: P
             await wait_for(lambda: online(daemon), 30, "online")
             for n in range(cfg.policy.rate_limit_denies + 1):
                 pd.send(pd=101, keys=f"135{n}#")  # nobody's PINs (each a new guess, not a replay)
-                await wait_for(lambda: daemon.stats.decisions >= n + 1, 30, "PIN decision")
+                await wait_for(lambda: daemon.health.stats.decisions >= n + 1, 30, "PIN decision")
             await daemon.quiesce()
             reasons = [r["reason"] for r in verify_rows(daemon)]
             assert reasons[-1] == "RATE_LIMITED" and "RATE_LIMITED" not in reasons[:-1]
@@ -101,12 +101,12 @@ async def test_a_card_held_on_the_reader_is_one_presentation(tmp_path: Path, bus
             for _ in range(3):  # a reader repeating the card while it is held
                 pd.card(101, CARD)
                 await asyncio.sleep(0.3)
-            await wait_for(lambda: daemon.stats.decisions >= 1, 30, "decision")
+            await wait_for(lambda: daemon.health.stats.decisions >= 1, 30, "decision")
             await asyncio.sleep(1.0)
-            assert daemon.stats.decisions == 1
+            assert daemon.health.stats.decisions == 1
             await asyncio.sleep(2.5)  # taken away and presented again
             pd.card(101, CARD)
-            await wait_for(lambda: daemon.stats.decisions >= 2, 30, "the second presentation")
+            await wait_for(lambda: daemon.health.stats.decisions >= 2, 30, "the second presentation")
             relay = daemon.factory.pin(17)
             await wait_for(lambda: len(relay_pulses(relay)) == 2 and not relay.state, 30, "two relay pulses")
 
@@ -118,7 +118,7 @@ async def test_a_csn_readers_bits_are_the_card_number_in_hex(tmp_path: Path, bus
         async with daemon_on(cfg) as daemon:
             await wait_for(lambda: online(daemon), 30, "online")
             pd.send(pd=101, card="04a22c1a7b3f80", bits=56)  # the card on record as 04A22C1A7B3F80
-            await wait_for(lambda: daemon.stats.decisions >= 1, 30, "decision")
+            await wait_for(lambda: daemon.health.stats.decisions >= 1, 30, "decision")
             await daemon.quiesce()
             assert [(r["source"], r["decision"], r["reason"]) for r in verify_rows(daemon)] == [("CARD", "GRANT", None)]
 
@@ -132,7 +132,7 @@ async def test_a_pin_entry_left_unfinished_is_forgotten_after_pin_timeout_s(tmp_
             pd.send(pd=101, keys="13")  # walked away
             await asyncio.sleep(2.0)
             pd.send(pd=101, keys="2468#")  # without the timeout this is 132468: nobody's
-            await wait_for(lambda: daemon.stats.decisions >= 1, 30, "decision")
+            await wait_for(lambda: daemon.health.stats.decisions >= 1, 30, "decision")
             await daemon.quiesce()
             assert [(r["source"], r["decision"]) for r in verify_rows(daemon)] == [("KEYPAD", "GRANT")]
 

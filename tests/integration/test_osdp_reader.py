@@ -51,13 +51,13 @@ async def test_card_read_and_pin_become_decisions_relay_pulses_and_feedback(tmp_
             await wait_for(lambda: any(line.get("pd") == 101 and line.get("secure") for line in pd.lines), DEADLINE_S,
                            "the PD's side of the session")
             pd.card(101, CARD)
-            await wait_for(lambda: daemon.stats.decisions >= 1, DEADLINE_S, "card decision")
+            await wait_for(lambda: daemon.health.stats.decisions >= 1, DEADLINE_S, "card decision")
             pd.send(pd=101, keys="9*2468#")  # '*' clears the 9
-            await wait_for(lambda: daemon.stats.decisions >= 2, DEADLINE_S, "PIN decision")
+            await wait_for(lambda: daemon.health.stats.decisions >= 2, DEADLINE_S, "PIN decision")
             pd.card(101, encode("H10301", 1, 7))  # nobody's card
-            await wait_for(lambda: daemon.stats.decisions >= 3, DEADLINE_S, "deny decision")
+            await wait_for(lambda: daemon.health.stats.decisions >= 3, DEADLINE_S, "deny decision")
             await daemon.quiesce()
-            rows = [e.body for e in daemon.outbox.recent(100) if e.type == "VERIFY"]
+            rows = [e.body for e in daemon.parts.outbox.recent(100) if e.type == "VERIFY"]
             assert [(r["readerId"], r["source"], r["decision"], r["reason"]) for r in rows] == [
                 (READER, "CARD", "GRANT", None), (READER, "KEYPAD", "GRANT", None), (READER, "CARD", "DENY", "NO_GRANT")]
             relay = daemon.factory.pin(17)
@@ -81,11 +81,11 @@ async def test_wrong_key_is_refused_naming_the_reader_and_the_key_file(tmp_path:
             await wait_for(lambda: events(daemon, "READER_OFFLINE"), DEADLINE_S, "READER_OFFLINE")
             pd.card(101, CARD)
             await asyncio.sleep(1.0)
-            assert not online(daemon) and daemon.stats.decisions == 0
+            assert not online(daemon) and daemon.health.stats.decisions == 0
             assert events(daemon, "READER_OFFLINE")[0]["problem"] == "wrong_key"
-            state = daemon.snapshot()["readers"][READER]
+            state = daemon.health.snapshot()["readers"][READER]
             assert state["state"] == "failed" and str(path) in state["offline"]
-            assert "offline" in daemon.status_line() and READER in daemon.status_line()
+            assert "offline" in daemon.health.status_line() and READER in daemon.health.status_line()
     errors = [e for e in logs if e["event"] == "osdp_offline"]
     assert errors and errors[0]["log_level"] == "error" and errors[0]["reader"] == READER
     assert errors[0]["problem"] == "wrong_key" and str(path) in errors[0]["detail"]
@@ -100,7 +100,7 @@ async def test_clear_text_pd_is_refused_when_secure_channel_is_enforced(tmp_path
             await wait_for(lambda: events(daemon, "READER_OFFLINE"), DEADLINE_S, "READER_OFFLINE")
             pd.card(101, CARD)
             await asyncio.sleep(1.0)
-            assert not online(daemon) and daemon.stats.decisions == 0
+            assert not online(daemon) and daemon.health.stats.decisions == 0
             assert events(daemon, "READER_OFFLINE")[0]["problem"] == "clear_text_only"
     refused = [e for e in logs if e["event"] == "osdp_offline"]
     assert refused[0]["problem"] == "clear_text_only" and "Secure Channel" in refused[0]["check"]
@@ -130,7 +130,7 @@ async def test_install_mode_hands_over_a_new_key_and_the_next_session_uses_it(tm
         async with daemon_on(cfg) as daemon:
             await wait_for(lambda: online(daemon), DEADLINE_S, "online with the installed key")
             pd.card(101, CARD)
-            await wait_for(lambda: daemon.stats.decisions >= 1, DEADLINE_S, "decision")
+            await wait_for(lambda: daemon.health.stats.decisions >= 1, DEADLINE_S, "decision")
         assert pd.commands(101, 5) == []
     assert any(e["event"] == "osdp_install_ignored" for e in logs)
 
@@ -143,13 +143,13 @@ async def test_killed_pd_is_reader_offline_and_its_return_reader_online(tmp_path
             await wait_for(lambda: online(daemon), DEADLINE_S, "online")
             pd.kill()
             await wait_for(lambda: events(daemon, "READER_OFFLINE"), DEADLINE_S, "READER_OFFLINE")
-            assert daemon.health()["state"] == "degraded"
-            assert daemon.snapshot()["readers"][READER]["offline"].startswith("the PD stopped answering")
+            assert daemon.health.report()["state"] == "degraded"
+            assert daemon.health.snapshot()["readers"][READER]["offline"].startswith("the PD stopped answering")
         with emulated(master, f"101:{KEY}") as pd:
             await wait_for(lambda: events(daemon, "READER_ONLINE"), DEADLINE_S, "READER_ONLINE")
-            assert daemon.health()["state"] == "ok" and daemon.snapshot()["readers"][READER]["offline"] is None
+            assert daemon.health.report()["state"] == "ok" and daemon.health.snapshot()["readers"][READER]["offline"] is None
             pd.card(101, CARD)
-            await wait_for(lambda: daemon.stats.decisions >= 1, DEADLINE_S, "decision after the return")
+            await wait_for(lambda: daemon.health.stats.decisions >= 1, DEADLINE_S, "decision after the return")
         assert len(events(daemon, "READER_OFFLINE")) == 1
 
 
@@ -162,11 +162,11 @@ async def test_two_pds_on_one_bus_are_two_readers_and_tamper_is_an_audit_event(t
             await wait_for(lambda: online(daemon) and online(daemon, "OSDP-2"), DEADLINE_S, "both online")
             assert reader_bus(daemon) is reader_bus(daemon, "OSDP-2")
             pd.card(102, CARD)
-            await wait_for(lambda: daemon.stats.decisions >= 1, DEADLINE_S, "decision")
+            await wait_for(lambda: daemon.health.stats.decisions >= 1, DEADLINE_S, "decision")
             pd.send(pd=101, status=[1, 0])
             await wait_for(lambda: events(daemon, "READER_TAMPER"), DEADLINE_S, "tamper event")
             await daemon.quiesce()
-            rows = [e.body for e in daemon.outbox.recent(100) if e.type == "VERIFY"]
+            rows = [e.body for e in daemon.parts.outbox.recent(100) if e.type == "VERIFY"]
             assert [(r["readerId"], r["decision"]) for r in rows] == [("OSDP-2", "GRANT")]
             assert events(daemon, "READER_TAMPER")[0] == {"bridgeId": "BRIDGE-T", "readerId": READER, "door": "main",
                                                          "tamper": True, "where": "local"}
@@ -195,11 +195,11 @@ async def test_malformed_frames_on_the_line_never_crash_the_reader(tmp_path: Pat
             # session being re-opened is lost (OSDP has no event replay): present it again, as a
             # holder would, until the reader decides. What must hold is that it does decide.
             deadline = time.monotonic() + DEADLINE_S
-            while daemon.stats.decisions < 1 and time.monotonic() < deadline:
+            while daemon.health.stats.decisions < 1 and time.monotonic() < deadline:
                 if online(daemon):
                     pd.card(101, CARD)
                 await asyncio.sleep(1.0)
-            assert daemon.stats.decisions >= 1, "no decision after the noise"
+            assert daemon.health.stats.decisions >= 1, "no decision after the noise"
             assert all(not t.done() for t in daemon._tasks if t.get_name().startswith("input-"))
 
 

@@ -70,7 +70,7 @@ async def test_a_lost_session_is_brought_back_at_once_not_after_the_retry_back_o
             await wait_for(lambda: events(daemon, "READER_ONLINE"), BACK_WITHIN_S,
                            f"back online before the {LONG_RETRY_S:.0f} s back-off")
             pd.card(101, CARD)
-            await wait_for(lambda: daemon.stats.decisions >= 1, 30, "a decision after the return")
+            await wait_for(lambda: daemon.health.stats.decisions >= 1, 30, "a decision after the return")
     # A session that had been up with this key is never blamed on the key.
     assert not [e for e in logs if e["event"] == "osdp_offline" and e["problem"] == "wrong_key"]
 
@@ -86,7 +86,7 @@ async def test_a_late_reply_from_a_pd_that_repeats_it_costs_neither_the_session_
             await wait_for(lambda: any(line.get("sent") == "card" for line in pd.lines), 30, "the PD took the card")
             # The reply carrying the card read, or a poll before it, is late; the CP repeats it.
             await late_until(pd, lambda: any(line.get("repeated") for line in pd.lines), "a command repeated")
-            await wait_for(lambda: daemon.stats.decisions >= 1, 30, "the card read decided")
+            await wait_for(lambda: daemon.health.stats.decisions >= 1, 30, "the card read decided")
             assert events(daemon, "READER_OFFLINE") == [] and online(daemon)
 
 
@@ -98,7 +98,7 @@ async def test_libosdp_keeps_no_copy_of_the_events_it_handed_over(tmp_path: Path
             await wait_for(lambda: online(daemon), 30, "online")
             for n in range(3):
                 pd.card(101, CARD)
-                await wait_for(lambda: daemon.stats.decisions >= n + 1, 30, "decision")
+                await wait_for(lambda: daemon.health.stats.decisions >= n + 1, 30, "decision")
                 await asyncio.sleep(1.1)  # past rescan_gap_s: a new presentation
             await wait_for(lambda: len(pd.commands(101, 3)) >= 3, 30, "the buzzer commands (events too)")
             # ControlPanel.get_event() reads libosdp's own queue of every event: empty means it

@@ -18,7 +18,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridge import cli
-from bridge.service import daemon as daemon_module
+from bridge.service import reader_supervisor as supervisor_module
 from bridge.inputs.base import Emit
 from bridge.service.status_socket import StatusServer
 from tests.support.harness import Site, door_records, make_config, running, wait_for
@@ -66,8 +66,8 @@ async def test_a_failed_reader_makes_status_degraded_and_says_what_failed(config
     with capture_logs() as logs:
         async with running(config, inputs=[BrokenReader("qr1"), IdleReader("kp1")]) as (daemon, _):
             await wait_for(lambda: any(e["event"] == "reader_failed" for e in logs), what="reader_failed")
-            line = daemon.status_line()
-            snap = daemon.snapshot()
+            line = daemon.health.status_line()
+            snap = daemon.health.snapshot()
     assert line.startswith("DEGRADED: reader qr1 failed; "), line
     assert snap["readers"]["qr1"]["state"] == "failed"
     assert "TypeError" in snap["readers"]["qr1"]["last_error"]
@@ -83,8 +83,8 @@ async def test_no_reader_working_is_an_error_of_its_own_and_the_door_keeps_runni
     with capture_logs() as logs:
         async with running(config, inputs=[BrokenReader("qr1")]) as (daemon, _):
             await wait_for(lambda: any(e["event"] == "no_reader_working" for e in logs), what="no_reader_working")
-            line = daemon.status_line()
-            relay = daemon.snapshot()["doors"]["main"]["relay"]
+            line = daemon.health.status_line()
+            relay = daemon.health.snapshot()["doors"]["main"]["relay"]
     assert line.startswith("DEGRADED: no reader working (qr1 failed); "), line
     assert relay == "released"
     alarm = next(e for e in logs if e["event"] == "no_reader_working")
@@ -92,16 +92,16 @@ async def test_no_reader_working_is_an_error_of_its_own_and_the_door_keeps_runni
 
 
 async def test_a_failed_reader_is_retried_and_healthy_again_once_it_keeps_running(config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(daemon_module, "READER_RETRY_FIRST_S", 0.05)
-    monkeypatch.setattr(daemon_module, "READER_HEALTHY_AFTER_S", 0.2)
+    monkeypatch.setattr(supervisor_module, "READER_RETRY_FIRST_S", 0.05)
+    monkeypatch.setattr(supervisor_module, "READER_HEALTHY_AFTER_S", 0.2)
     flaky = FlakyReader("qr1")
     with capture_logs() as logs:
         async with running(config, inputs=[flaky]) as (daemon, _):
             await wait_for(lambda: flaky.runs == 2, what="a retry")
-            assert daemon.snapshot()["readers"]["qr1"]["state"] == "failed"  # not healthy the moment it restarts
-            await wait_for(lambda: daemon.snapshot()["readers"]["qr1"]["state"] == "ok", what="healthy again")
-            assert not daemon.status_line().startswith("DEGRADED")
-            assert daemon.snapshot()["readers"]["qr1"]["failures"] == 1
+            assert daemon.health.snapshot()["readers"]["qr1"]["state"] == "failed"  # not healthy the moment it restarts
+            await wait_for(lambda: daemon.health.snapshot()["readers"]["qr1"]["state"] == "ok", what="healthy again")
+            assert not daemon.health.status_line().startswith("DEGRADED")
+            assert daemon.health.snapshot()["readers"]["qr1"]["failures"] == 1
     assert any(e["event"] == "reader_recovered" and e["log_level"] == "info" for e in logs)
 
 

@@ -1,6 +1,8 @@
 """The scan pipeline's one ordering rule: the audit row that explains the relay is on disk (committed,
 readable by another connection) before the relay moves, and a row that cannot be written moves
-nothing. A real daemon in-process, a real SQLite outbox, MockFactory pins."""
+nothing. Twice: on the unit itself (bridge/service/scan_pipeline.py on the builder's real parts,
+watching the relay's MockFactory pin go active), and through a real daemon in-process. A real
+SQLite outbox and MockFactory pins throughout."""
 
 from __future__ import annotations
 
@@ -8,8 +10,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from gpiozero.pins.mock import MockFactory
 
 from bridge.inputs.base import Scan
+from bridge.service.clock_watch import ClockWatch
+from bridge.service.health import Health
+from bridge.service.parts import build_parts
+from bridge.service.scan_pipeline import ScanJob, ScanPipeline
+from bridge.service.worker import Worker
 from bridge.state.outbox import OutboxWriteError
 from tests.support.harness import SetClock, Site, door_records, make_config, running
 from verifier.types import Source
@@ -27,7 +35,7 @@ async def test_the_decision_row_is_on_disk_before_the_relay_moves(tmp_path: Path
     site = Site()
     site.install(tmp_path, door_records(READER))
     async with running(make_config(tmp_path, site, []), clock=SetClock()) as (daemon, factory):
-        daemon.reader_door[READER] = "main"
+        daemon.parts.reader_door[READER] = "main"
         relay = daemon.doors["main"]
         seen_at_pulse: list[list[str]] = []
         pulse = relay.pulse
@@ -38,7 +46,7 @@ async def test_the_decision_row_is_on_disk_before_the_relay_moves(tmp_path: Path
             pulse()
 
         relay.pulse = watched_pulse  # type: ignore[method-assign]
-        decision = await daemon.handle(Scan(READER, Source.CARD, CARD.encode()))
+        decision = await daemon.pipeline.handle(Scan(READER, Source.CARD, CARD.encode()))
         assert decision.granted
         assert len(seen_at_pulse) == 1
         rows = seen_at_pulse[0]
@@ -49,12 +57,81 @@ async def test_a_row_that_cannot_be_written_moves_nothing(tmp_path: Path) -> Non
     site = Site()
     site.install(tmp_path, door_records(READER))
     async with running(make_config(tmp_path, site, []), clock=SetClock()) as (daemon, factory):
-        daemon.reader_door[READER] = "main"
+        daemon.parts.reader_door[READER] = "main"
 
         def full_disk(*_a, **_kw):
             raise OutboxWriteError("database or disk is full")
 
-        daemon.outbox.append_many = full_disk  # type: ignore[method-assign]
+        daemon.parts.outbox.append_many = full_disk  # type: ignore[method-assign]
         with pytest.raises(Exception):
-            await daemon.handle(Scan(READER, Source.CARD, CARD.encode()))
+            await daemon.pipeline.handle(Scan(READER, Source.CARD, CARD.encode()))
         assert not any(s.state for s in factory.pin(17).states), "fail-secure: the relay never moved"
+
+
+# --- the rule on the unit itself: a ScanPipeline on real parts, no daemon around it ---------------
+
+
+class _PipelineRig:
+    """A ScanPipeline with the builder's real parts (SQLite outbox on a tmp file, MockFactory pins)
+    and its own decision worker: what the daemon wires, without the daemon."""
+
+    def __init__(self, state: Path, site: Site, factory: MockFactory) -> None:
+        config = make_config(state, site, [])
+        self.watch = ClockWatch(SetClock(), state)
+        self.worker: Worker[ScanJob] = Worker(lambda jobs: self.pipeline.decide_batch(jobs))
+        self.parts = build_parts(config, doors={}, clock=self.watch.now, clock_watch=self.watch,
+                                 clock_trusted=lambda: True, submit=self.worker.submit, pin_factory=factory,
+                                 extra_inputs=[], adapters=[], door_event_listeners=[])
+        self.parts.reader_door[READER] = "main"
+        health = Health(config, self.parts, self.watch, self.watch.now, mqtt_status=lambda: None)
+        self.pipeline = ScanPipeline(config, self.parts, health, self.worker, self.watch.now, lambda: True, [])
+
+    def close(self) -> None:
+        self.worker.submit(self.parts.outbox.close).result()
+        self.worker.submit(self.parts.cache.close).result()
+        self.worker.shutdown()
+        self.parts.emergency.close()
+        for door in self.parts.doors.values():
+            door.close()
+
+
+async def test_the_pipeline_commits_the_row_before_the_relay_pin_goes_active(tmp_path: Path) -> None:
+    site = Site()
+    site.install(tmp_path, door_records(READER))
+    factory = MockFactory()
+    rig = _PipelineRig(tmp_path, site, factory)
+    try:
+        pin = factory.pin(17)
+        rows_when_active: list[list[str]] = []
+        change = pin._change_state
+
+        def watched(value: bool) -> bool:
+            if value:  # the line goes active: what does another connection read in audit.db now?
+                rows_when_active.append(_verify_rows(tmp_path / "audit.db"))
+            return change(value)
+
+        pin._change_state = watched  # type: ignore[method-assign]
+        decision = await rig.pipeline.handle(Scan(READER, Source.CARD, CARD.encode()))
+        assert decision.granted and rig.parts.doors["main"].pulses == 1
+        assert len(rows_when_active) == 1
+        assert len(rows_when_active[0]) == 1 and '"decision":"GRANT"' in rows_when_active[0][0].replace(" ", "")
+    finally:
+        rig.close()
+        factory.reset()
+
+
+async def test_the_pipeline_moves_no_pin_when_the_row_cannot_be_written(tmp_path: Path) -> None:
+    site = Site()
+    site.install(tmp_path, door_records(READER))
+    factory = MockFactory()
+    rig = _PipelineRig(tmp_path, site, factory)
+    try:
+        rig.parts.outbox.conn.execute("PRAGMA query_only = 1")  # every write now fails inside SQLite
+        with pytest.raises(Exception):
+            await rig.pipeline.handle(Scan(READER, Source.CARD, CARD.encode()))
+        assert not any(s.state for s in factory.pin(17).states), "fail-secure: the relay never moved"
+        assert rig.parts.doors["main"].pulses == 0
+    finally:
+        rig.parts.outbox.conn.execute("PRAGMA query_only = 0")
+        rig.close()
+        factory.reset()

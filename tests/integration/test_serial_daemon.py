@@ -22,9 +22,9 @@ def site_dir(tmp_path):
 
 
 async def _decisions(daemon, n):
-    await wait_for(lambda: daemon.stats.decisions >= n, what=f"{n} decisions")
+    await wait_for(lambda: daemon.health.stats.decisions >= n, what=f"{n} decisions")
     await daemon.quiesce()
-    return [e.body for e in daemon.outbox.recent(100) if e.type == "VERIFY"]
+    return [e.body for e in daemon.parts.outbox.recent(100) if e.type == "VERIFY"]
 
 
 async def test_serial_scans_decide_pulse_and_replay(site_dir):
@@ -35,7 +35,7 @@ async def test_serial_scans_decide_pulse_and_replay(site_dir):
     try:
         async with running(config, clock=clock) as (daemon, factory):
             relay = factory.pin(17)
-            serial_input = daemon.inputs[0]
+            serial_input = daemon.parts.inputs[0]
             await wait_for(serial_input.connected.is_set, what="serial port open")
             assert not ever_high(relay), "relay energised at start"
 
@@ -80,10 +80,10 @@ async def test_serial_reader_survives_device_loss(site_dir, tmp_path):
     link.symlink_to(first.path)
     config = make_config(state, site, [{"type": "serial", "id": READER, "port": str(link), "reconnect_s": 0.1}])
     async with running(config, clock=SetClock()) as (daemon, factory):
-        serial_input = daemon.inputs[0]
+        serial_input = daemon.parts.inputs[0]
         await wait_for(serial_input.connected.is_set, what="serial port open")
         first.type("6B06C2A25E99C68EDCBE")
-        await wait_for(lambda: daemon.stats.decisions == 1, what="first decision")
+        await wait_for(lambda: daemon.health.stats.decisions == 1, what="first decision")
 
         first.close()  # unplugged: reads fail with EIO
         link.unlink()
@@ -93,10 +93,10 @@ async def test_serial_reader_survives_device_loss(site_dir, tmp_path):
         try:
             await wait_for(serial_input.connected.is_set, what="reconnect")
             second.type("04A22C1A7B3F80")
-            await wait_for(lambda: daemon.stats.decisions == 2, what="decision after replug")
+            await wait_for(lambda: daemon.health.stats.decisions == 2, what="decision after replug")
         finally:
             second.close()
-    assert daemon.stats.readers[READER].last_reason == Reason.GRANT_REVOKED
+    assert daemon.health.stats.readers[READER].last_reason == Reason.GRANT_REVOKED
 
 
 async def test_stopping_mid_pulse_releases_the_relay_at_once(site_dir):
@@ -107,8 +107,8 @@ async def test_stopping_mid_pulse_releases_the_relay_at_once(site_dir):
     site, state = site_dir
     config = make_config(state, site, [], doors={"main": {"relay_pin": 17, "pulse_s": 30.0}})
     async with running(config, clock=SetClock()) as (daemon, factory):
-        daemon.reader_door[READER] = "main"
-        assert (await daemon.handle(Scan(READER, Source.CARD, b"6B06C2A25E99C68EDCBE"))).granted
+        daemon.parts.reader_door[READER] = "main"
+        assert (await daemon.pipeline.handle(Scan(READER, Source.CARD, b"6B06C2A25E99C68EDCBE"))).granted
         relay = factory.pin(17)
         assert relay.state, "a 30 s pulse is under way"
         await daemon.stop("SIGTERM")
@@ -129,13 +129,13 @@ async def test_when_the_audit_row_cannot_be_written_the_relay_stays_released(sit
     config = make_config(state, site, [])
     with capture_logs() as logs:
         async with running(config, clock=SetClock()) as (daemon, factory):
-            daemon.reader_door[READER] = "main"
+            daemon.parts.reader_door[READER] = "main"
 
             def disk_full(*a, **k):
                 raise OSError(28, "No space left on device")
 
-            monkeypatch.setattr(daemon.outbox, "append_many", disk_full)
-            daemon.emit(Scan(READER, Source.CARD, b"6B06C2A25E99C68EDCBE"))
+            monkeypatch.setattr(daemon.parts.outbox, "append_many", disk_full)
+            daemon.pipeline.emit(Scan(READER, Source.CARD, b"6B06C2A25E99C68EDCBE"))
             await wait_for(lambda: any(e["event"] == "decision_failed" for e in logs), what="error line")
             assert not ever_high(factory.pin(17))
     failed = next(e for e in logs if e["event"] == "decision_failed")

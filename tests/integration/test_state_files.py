@@ -38,9 +38,9 @@ def test_state_files_are_private_whatever_the_umask_and_decisions_use_the_keyed_
                 from bridge.inputs.base import Scan
                 from verifier.types import Source
 
-                d = await daemon.handle(Scan(READER, Source.CARD, b"6B06C2A25E99C68EDCBE", "card"))
+                d = await daemon.pipeline.handle(Scan(READER, Source.CARD, b"6B06C2A25E99C68EDCBE", "card"))
                 await daemon.quiesce()
-                return [d.fingerprint, daemon.outbox.recent(5)[-1].body["credentialFingerprint"]]
+                return [d.fingerprint, daemon.parts.outbox.recent(5)[-1].body["credentialFingerprint"]]
 
         fps = asyncio.run(run())
         key_path = state / FINGERPRINT_KEY_NAME

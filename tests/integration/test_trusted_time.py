@@ -82,14 +82,14 @@ class YearBehind:
 async def test_a_clock_a_year_behind_the_signed_bundle_decides_with_the_floor(tmp_path: Path) -> None:
     cfg = _site(tmp_path)
     async with running(cfg, clock=YearBehind()) as (daemon, _):
-        daemon.reader_door[READER] = "main"
-        decision = await daemon.handle(Scan(READER, Source.CARD, EXPIRED.encode()))
+        daemon.parts.reader_door[READER] = "main"
+        decision = await daemon.pipeline.handle(Scan(READER, Source.CARD, EXPIRED.encode()))
         assert decision.reason is Reason.OUT_OF_DATE_WINDOW  # at the wall clock it was inside its window
-        await wait_for(lambda: any(e.type == "CLOCK_UNTRUSTED" for e in daemon.outbox.recent(50)),
+        await wait_for(lambda: any(e.type == "CLOCK_UNTRUSTED" for e in daemon.parts.outbox.recent(50)),
                        timeout=8, what="a CLOCK_UNTRUSTED audit event")
-        snap = daemon.snapshot()
+        snap = daemon.health.snapshot()
         assert snap["clock"]["trusted"] is False and snap["clock"]["behind_floor_s"] > 300 * 86400
-        assert "CLOCK UNTRUSTED" in daemon.status_line()
+        assert "CLOCK UNTRUSTED" in daemon.health.status_line()
         assert not daemon.clock_trusted()
 
 
@@ -101,9 +101,9 @@ async def test_the_floor_survives_a_restart_through_the_saved_floor_and_the_audi
             return NOW + timedelta(days=10)
 
     async with running(cfg, clock=Right()) as (daemon, _):
-        daemon.reader_door[READER] = "main"
-        await daemon.handle(Scan(READER, Source.CARD, b"0000FFFF"))
+        daemon.parts.reader_door[READER] = "main"
+        await daemon.pipeline.handle(Scan(READER, Source.CARD, b"0000FFFF"))
     async with running(cfg, clock=YearBehind()) as (daemon, _):
         # the last audit event (NOW + 10 days) is the floor now, not the older issued_at
-        assert daemon.trusted_time.floor_ms >= int((NOW + timedelta(days=10)).timestamp() * 1000)
+        assert daemon.clock_watch.trusted_time.floor_ms >= int((NOW + timedelta(days=10)).timestamp() * 1000)
         assert daemon.clock() >= NOW + timedelta(days=10)

@@ -34,8 +34,8 @@ CARD, REVOKED = "6B06C2A25E99C68EDCBE", "04A22C1A7B3F80"
 
 
 def _version(daemon) -> int:
-    daemon.cache.refresh()
-    return daemon.cache.meta.version
+    daemon.parts.cache.refresh()
+    return daemon.parts.cache.meta.version
 
 
 def _cfg(tmp_path, upstream, mode="online-first", site=None, **http):
@@ -48,8 +48,8 @@ def _cfg(tmp_path, upstream, mode="online-first", site=None, **http):
 
 
 async def _scan(daemon, text, source=Source.CARD):
-    daemon.reader_door.setdefault(READER, "main")
-    return await daemon.handle(Scan(READER, source, text.encode()))
+    daemon.parts.reader_door.setdefault(READER, "main")
+    return await daemon.pipeline.handle(Scan(READER, source, text.encode()))
 
 
 async def test_frontelio_online_first_grant_and_deny_round_trip(tmp_path, fake_frontelio, frontelio_key_file):
@@ -60,7 +60,7 @@ async def test_frontelio_online_first_grant_and_deny_round_trip(tmp_path, fake_f
         grant = await _scan(daemon, CARD)
         deny = await _scan(daemon, REVOKED)
         await daemon.quiesce()
-        rows = [e.body for e in daemon.outbox.recent(10) if e.type == "VERIFY"]
+        rows = [e.body for e in daemon.parts.outbox.recent(10) if e.type == "VERIFY"]
     assert (grant.granted, grant.online, grant.user_name, grant.zone_name) == (True, True, "Layla Hassan", "Stockroom")
     assert (deny.reason, deny.online) == (Reason.OUT_OF_SHIFT_WINDOW, True)
     assert [r["online"] for r in rows] == [True, True]
@@ -108,7 +108,7 @@ async def test_upstream_down_means_cache_decisions_marked_offline(tmp_path, fake
         async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
             first = await _scan(daemon, CARD)
             second = await _scan(daemon, REVOKED)
-            assert daemon.upstream.label == "offline"
+            assert daemon.health.upstream.label == "offline"
     assert first.granted and not first.online
     assert second.reason is Reason.GRANT_REVOKED and not second.online
     lines = [entry for entry in logs if entry["event"] == "decision"]
@@ -147,7 +147,7 @@ async def test_5xx_storm_opens_the_circuit_then_it_closes(tmp_path, fake_frontel
         after = await _scan(daemon, REVOKED)
     assert probe.online and probe.granted
     assert after.online
-    assert daemon.upstream.label == "online"
+    assert daemon.health.upstream.label == "online"
 
 
 async def test_heartbeat_cadence_and_fields(tmp_path, fake_frontelio, frontelio_key_file):
@@ -160,7 +160,7 @@ async def test_heartbeat_cadence_and_fields(tmp_path, fake_frontelio, frontelio_
         {"type": "serial", "id": READER, "port": "/dev/null-nonexistent"}]).readers})
     async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         await wait_for(lambda: len(fake_frontelio.heartbeats) >= 3, what="three heartbeats")
-        assert daemon.upstream.last_heartbeat is not None
+        assert daemon.health.upstream.last_heartbeat is not None
     beat = fake_frontelio.heartbeats[0]
     assert beat == {"readerId": READER, "firmwareVersion": __version__, "ipAddress": "127.0.0.1"}
     socket.inet_aton(beat["ipAddress"])
@@ -203,8 +203,8 @@ async def test_events_replicate_in_order_and_survive_a_connection_dropped_mid_ba
         for i in range(60):
             await _scan(daemon, f"FF{i:08X}")
         await daemon.quiesce()
-        await wait_for(lambda: daemon.outbox.depth() == 0, timeout=20, what="outbox drained")
-        local = [e.id for e in daemon.outbox.recent(1000)]
+        await wait_for(lambda: daemon.parts.outbox.depth() == 0, timeout=20, what="outbox drained")
+        local = [e.id for e in daemon.parts.outbox.recent(1000)]
     stored = list(fake_central.events)
     assert sorted(stored) == sorted(local), "every event stored centrally"
     assert len(stored) == len(set(stored)), "nothing stored twice"
@@ -225,7 +225,7 @@ async def test_a_bundle_key_rotated_by_reload_refuses_bundles_signed_with_the_ol
         assert "cache" not in daemon.reload(rotated)
         fake_central.publish_full(door_records(READER, NOW))  # v2, still signed with the old key
         # (reload reconfigures logging, so the refusal is read off the sync's state, as `status` does)
-        await wait_for(lambda: "does not verify" in (daemon.sync.state.last_error or ""), timeout=5,
+        await wait_for(lambda: "does not verify" in (daemon.parts.sync.state.last_error or ""), timeout=5,
                        what="the old-key bundle refused")
         assert _version(daemon) == 1
         fake_central.signing_key = new_key
@@ -250,4 +250,4 @@ async def test_a_cache_file_deleted_under_the_daemon_is_reopened_and_revocations
         await asyncio.sleep(2.1)  # past the replay window of the first scan
         later = await _scan(daemon, "6b06c2a25e99c68edcbe")
     assert later.reason is Reason.GRANT_REVOKED and later.cache_version == 2
-    assert daemon.cache.reopened >= 1
+    assert daemon.parts.cache.reopened >= 1

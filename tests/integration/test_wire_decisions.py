@@ -35,8 +35,8 @@ def _frontelio(fake, key_file):
 
 
 async def _scan(daemon, text, source=Source.CARD, hint=None):
-    daemon.reader_door.setdefault(READER, "main")
-    return await daemon.handle(Scan(READER, source, text.encode(), hint))
+    daemon.parts.reader_door.setdefault(READER, "main")
+    return await daemon.pipeline.handle(Scan(READER, source, text.encode(), hint))
 
 
 # --- 3. SNA decides alone ---------------------------------------------------------------------
@@ -49,7 +49,7 @@ async def test_sna_is_asked_in_the_default_mode_and_online_only_after_an_exchang
     with capture_logs() as logs:
         async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
             await asyncio.sleep(0.2)  # a heartbeat loop, if one ran, would have "succeeded" by now
-            before = daemon.upstream.label
+            before = daemon.health.upstream.label
             grant = await _scan(daemon, CARD)
             # Denied by SNA although the cache holds the card as valid: SNA's command stands.
             fake_sna.cards.pop(CARD)
@@ -75,7 +75,7 @@ async def test_sna_unreachable_then_the_cache_decides(tmp_path, fake_sna):
     fake_sna.server.stop()
     async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
         decision = await _scan(daemon, CARD)
-        assert daemon.upstream.label == "offline"
+        assert daemon.health.upstream.label == "offline"
     assert decision.granted and not decision.online
 
 
@@ -113,7 +113,7 @@ async def test_an_undocumented_deny_reason_is_a_deny_not_a_cache_grant(tmp_path,
     async with running(cfg, clock=RunningClock(NOW)) as (daemon, factory):
         decision = await _scan(daemon, CARD)  # the cache would grant this card
         await daemon.quiesce()
-        (row,) = [e.body for e in daemon.outbox.recent(10) if e.type == "VERIFY"]
+        (row,) = [e.body for e in daemon.parts.outbox.recent(10) if e.type == "VERIFY"]
         pulses = relay_pulses(factory.pin(17))
     assert (decision.granted, decision.online, decision.reason) == (False, True, Reason.NO_GRANT)
     assert (row["reason"], row["upstreamReason"], row["online"]) == ("NO_GRANT", "BANNED", True)
@@ -137,12 +137,12 @@ async def test_a_late_deny_is_recorded_and_the_next_decision_respects_it(tmp_pat
     with capture_logs() as logs:
         async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
             first = await _scan(daemon, CARD)  # the cache answers at the budget: GRANT
-            await wait_for(lambda: any(e.type == "LATE_UPSTREAM_DENY" for e in daemon.outbox.recent(20)),
+            await wait_for(lambda: any(e.type == "LATE_UPSTREAM_DENY" for e in daemon.parts.outbox.recent(20)),
                            timeout=5, what="the late DENY recorded")
             second = await _scan(daemon, CARD)  # still slow: the cache would grant again
             other = await _scan(daemon, "0A1B2C3D4E5F")  # another credential is not affected
             await daemon.quiesce()
-            late = next(e.body for e in daemon.outbox.recent(20) if e.type == "LATE_UPSTREAM_DENY")
+            late = next(e.body for e in daemon.parts.outbox.recent(20) if e.type == "LATE_UPSTREAM_DENY")
     assert first.granted and not first.online
     assert (second.granted, second.reason, second.online) == (False, Reason.GRANT_REVOKED, False)
     assert second.upstream_reason == "late:GRANT_REVOKED"

@@ -36,8 +36,8 @@ async def test_digital_id_401_hint_is_whole_and_its_check_is_the_key(tmp_path, f
     cfg = _cfg(tmp_path, {"digital_id": {"base_url": fake_digital_id.server.url}}, mode="local-first")
     with capture_logs() as logs:
         async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
-            daemon.reader_door[READER] = "main"
-            await daemon.handle(Scan(READER, Source.PHONE_QR, b"https://id.example/verify.php?token=tok_valid_123"))
+            daemon.parts.reader_door[READER] = "main"
+            await daemon.pipeline.handle(Scan(READER, Source.PHONE_QR, b"https://id.example/verify.php?token=tok_valid_123"))
     (lost,) = _warnings(logs, "upstream_lost")
     assert "organisation settings" in lost["error"], "the actionable end of the hint was cut"
     assert "REQUIRE_API_KEY_FOR_VERIFICATION" in lost["check"] and NETWORK_CHECK not in lost["check"]
@@ -54,8 +54,8 @@ async def test_dns_failure_shows_its_cause_at_warning_level(tmp_path, frontelio_
     cfg = _cfg(tmp_path, {"frontelio": {"base_url": f"https://{host}/api/v1", "api_key_file": str(frontelio_key_file)}})
     with capture_logs() as logs:
         async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
-            daemon.reader_door[READER] = "main"
-            await daemon.handle(Scan(READER, Source.CARD, CARD.encode()))
+            daemon.parts.reader_door[READER] = "main"
+            await daemon.pipeline.handle(Scan(READER, Source.CARD, CARD.encode()))
     lost = _warnings(logs, "upstream_lost")
     assert lost and cause in lost[0]["error"], (cause, lost)
     assert NETWORK_CHECK in lost[0]["check"]
@@ -66,11 +66,11 @@ async def test_a_change_of_failure_cause_is_logged_again(tmp_path, fake_fronteli
     cfg = _cfg(tmp_path, {"frontelio": {"base_url": fake_frontelio.server.url, "api_key_file": str(frontelio_key_file)}})
     with capture_logs() as logs:
         async with running(cfg, clock=RunningClock(NOW)) as (daemon, _):
-            daemon.reader_door[READER] = "main"
-            await daemon.handle(Scan(READER, Source.CARD, CARD.encode()))
-            await daemon.handle(Scan(READER, Source.CARD, b"0A1B2C3D4E5F"))  # same cause: no new line
+            daemon.parts.reader_door[READER] = "main"
+            await daemon.pipeline.handle(Scan(READER, Source.CARD, CARD.encode()))
+            await daemon.pipeline.handle(Scan(READER, Source.CARD, b"0A1B2C3D4E5F"))  # same cause: no new line
             fake_frontelio.server.fail_with(500)
-            await daemon.handle(Scan(READER, Source.CARD, b"04A22C1A7B3F80"))
+            await daemon.pipeline.handle(Scan(READER, Source.CARD, b"04A22C1A7B3F80"))
     (lost,) = _warnings(logs, "upstream_lost")
     assert "401" in lost["error"] and "mk_ key" in lost["check"]
     (changed,) = _warnings(logs, "upstream_error_changed")

@@ -84,13 +84,13 @@ async def test_every_reader_type_sends_the_source_of_what_was_presented(tmp_path
         async with running(cfg, clock=lambda: JWT_NOW) as (daemon, _):
             for _, kind, text, expected, sent in cases:
                 reader_id = f"R-{reader}-{kind}"
-                daemon.reader_door[reader_id] = "main"
+                daemon.parts.reader_door[reader_id] = "main"
                 if kind == "pin" and hint is None:
-                    daemon.pin_readers.add(reader_id)  # a wedge keypad: configured with accept_pins
-                decision = await daemon.handle(Scan(reader_id, read_by, text.encode(), hint))
+                    daemon.parts.pin_readers.add(reader_id)  # a wedge keypad: configured with accept_pins
+                decision = await daemon.pipeline.handle(Scan(reader_id, read_by, text.encode(), hint))
                 assert decision.source is expected, (reader, kind, decision.source)
             await daemon.quiesce()
-            rows = {e.body["readerId"]: e.body for e in daemon.outbox.recent(100) if e.type == "VERIFY"}
+            rows = {e.body["readerId"]: e.body for e in daemon.parts.outbox.recent(100) if e.type == "VERIFY"}
     verify_bodies = {r.json["readerId"]: r.json for r in fake_frontelio.server.requests_to("/access/verify")}
     digital = {r.json["device_id"]: r.json for r in fake_digital_id.server.requests_to("/api/verify-token.php")}
     journal = {e["reader"]: e for e in logs if e["event"] == "decision"}
@@ -145,10 +145,10 @@ async def test_local_first_sends_an_invite_code_the_cache_cannot_decide_as_visit
                       upstream={"frontelio": {"base_url": fake_frontelio.server.url,
                                               "api_key_file": str(frontelio_key_file)}})
     async with running(cfg, clock=lambda: JWT_NOW) as (daemon, _):
-        daemon.reader_door["BRIDGE-1"] = "main"
-        local = await daemon.handle(Scan("BRIDGE-1", Source.PHONE_QR, known.encode()))
-        online = await daemon.handle(Scan("BRIDGE-1", Source.PHONE_QR, unknown.encode()))
-        card = await daemon.handle(Scan("BRIDGE-1", Source.PHONE_QR, CARD.encode()))
+        daemon.parts.reader_door["BRIDGE-1"] = "main"
+        local = await daemon.pipeline.handle(Scan("BRIDGE-1", Source.PHONE_QR, known.encode()))
+        online = await daemon.pipeline.handle(Scan("BRIDGE-1", Source.PHONE_QR, unknown.encode()))
+        card = await daemon.pipeline.handle(Scan("BRIDGE-1", Source.PHONE_QR, CARD.encode()))
     assert (local.granted, local.online, local.source) == (True, False, Source.VISITOR)
     assert (online.online, online.source) == (True, Source.VISITOR)
     assert not card.online, "local-first: a card the cache holds is decided at the door"

@@ -40,8 +40,8 @@ async def decide_once(config_path: Path, text: str, hint=None):
                     inputs=[])
     await daemon.start()
     try:
-        daemon.reader_door["FRONT"] = "main"
-        return await daemon.handle(Scan("FRONT", Source.CARD, text.encode(), hint))
+        daemon.parts.reader_door["FRONT"] = "main"
+        return await daemon.pipeline.handle(Scan("FRONT", Source.CARD, text.encode(), hint))
     finally:
         await daemon.stop()
 

@@ -136,12 +136,12 @@ async def daemon_on(cfg: Any) -> AsyncIterator[Any]:
 
 
 def reader_bus(daemon: Any, reader: str = READER) -> Any:
-    return daemon.reader_feedback[reader].bus
+    return daemon.parts.reader_feedback[reader].bus
 
 
 def events(daemon: Any, kind: str) -> list[dict[str, Any]]:
-    return [e.body for e in daemon.outbox.recent(200) if e.type == kind]
+    return [e.body for e in daemon.parts.outbox.recent(200) if e.type == kind]
 
 
 def online(daemon: Any, reader: str = READER) -> bool:
-    return bool(daemon.reader_feedback[reader].state.online)
+    return bool(daemon.parts.reader_feedback[reader].state.online)

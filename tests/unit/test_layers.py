@@ -165,3 +165,20 @@ def test_operator_commands_load_no_hardware_or_http_library(command: list[str], 
     loaded = _loaded(["-m", "bridge.cli", *command, "--config", str(config)], tmp_path,
                      env={"SERVICE_RESULT": "success", "EXIT_CODE": "exited", "EXIT_STATUS": "0"})
     assert _heavy(loaded, "bridge.inputs", "bridge.service.daemon") == []
+
+
+def test_the_daemons_units_never_import_the_daemon() -> None:
+    """bridge/service/daemon.py composes the units (parts, scan_pipeline, health, reader_supervisor,
+    clock_watch, audit_events, ...); none of them may reach back into it, so each stays testable
+    on its own (tests/integration/test_scan_pipeline.py builds a pipeline without a daemon). Only
+    the CLI starts a daemon."""
+    problems = []
+    for path in sorted(BRIDGE.rglob("*.py")):
+        module = _module_name(path, BRIDGE)
+        if module.startswith("bridge.cli") or module == "bridge.service.daemon":
+            continue
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for line, imported in runtime_imports(ast.parse(path.read_text(), str(path)), package):
+            if imported == "bridge.service.daemon":
+                problems.append(f"{path.relative_to(ROOT)}:{line}: {module} imports the daemon")
+    assert problems == []
