@@ -76,9 +76,9 @@ class HandbackState:
     last_error: str | None = None
 
     def as_status(self) -> dict[str, Any]:
-        return {"online": self.online, "cursorSeq": self.cursor_seq, "delivered": self.delivered,
-                "lastSuccessAt": iso_seconds(self.last_success_at),
-                "lastError": self.last_error}
+        return {"online": self.online, "cursor_seq": self.cursor_seq, "delivered": self.delivered,
+                "last_success_at": iso_seconds(self.last_success_at),
+                "last_error": self.last_error}
 
 
 class WebhookHandback:

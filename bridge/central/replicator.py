@@ -58,9 +58,9 @@ class ReplicationState:
     def as_status(self, now: datetime) -> dict[str, Any]:
         t = iso_seconds
         age = self.oldest_pending_age_s(now)
-        return {"online": self.online, "since": t(self.since), "lastSuccessAt": t(self.last_success_at),
-                "lastError": self.last_error, "depth": self.depth,
-                "oldestPendingAgeS": None if age is None else round(age, 1),
+        return {"online": self.online, "since": t(self.since), "last_success_at": t(self.last_success_at),
+                "last_error": self.last_error, "depth": self.depth,
+                "oldest_pending_age_s": None if age is None else round(age, 1),
                 "sent": self.sent, "duplicates": self.duplicates, "rejected": self.rejected}
 
 

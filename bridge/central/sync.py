@@ -83,10 +83,10 @@ class SyncState:
 
     def as_status(self) -> dict[str, Any]:
         t = iso_seconds
-        return {"version": self.version, "lastAttemptAt": t(self.last_attempt_at), "lastSyncAt": t(self.last_sync_at),
-                "lastAppliedAt": t(self.last_applied_at), "lastApplyS": self.last_apply_s,
-                "lastApplyPeakRssMb": self.last_apply_peak_rss_mb,
-                "lastError": self.last_error, "lastErrorAt": t(self.last_error_at), "applying": self.applying}
+        return {"version": self.version, "last_attempt_at": t(self.last_attempt_at), "last_sync_at": t(self.last_sync_at),
+                "last_applied_at": t(self.last_applied_at), "last_apply_s": self.last_apply_s,
+                "last_apply_peak_rss_mb": self.last_apply_peak_rss_mb,
+                "last_error": self.last_error, "last_error_at": t(self.last_error_at), "applying": self.applying}
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,8 +187,8 @@ def test_state_reports_offline_since_and_oldest_pending_age(bridge: Bridge) -> N
     with capture_logs() as logs:
         offline = bridge.run(body)
     assert offline["online"] is False and offline["since"] == "2026-06-01T13:00:00+00:00"
-    assert offline["depth"] == 5 and offline["oldestPendingAgeS"] == 3600.0
-    assert "503" in offline["lastError"]
+    assert offline["depth"] == 5 and offline["oldest_pending_age_s"] == 3600.0
+    assert "503" in offline["last_error"]
     events = [e["event"] for e in logs if e["event"].startswith("replication_")]
     assert events == ["replication_offline", "replication_online"]
 

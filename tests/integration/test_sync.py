@@ -324,7 +324,7 @@ def test_run_sync_polls_until_cancelled_and_reports_state(site: SyncedBridge) ->
     assert state.version == 2 and state.last_applied_at == NOW
     assert state.last_error is not None and "500" in state.last_error
     status = state.as_status()
-    assert status["version"] == 2 and status["lastSyncAt"] == NOW.isoformat(timespec="seconds")
+    assert status["version"] == 2 and status["last_sync_at"] == NOW.isoformat(timespec="seconds")
     # Poll waits are poll_interval_s (60) ± 20 % jitter; retry waits are tiny.
     poll_waits = [w for w in waits if w > 1]
     assert poll_waits and all(48 <= w <= 72 for w in poll_waits)
