@@ -56,6 +56,6 @@ async def test_a_running_daemons_whole_status_is_snake_case(tmp_path) -> None:
     cfg = make_config(tmp_path, site, [{"type": "console", "id": "R1"}],
                       doors={"main": {"relay_pin": 17, "door_switch_pin": 22}})
     async with running(cfg, clock=SetClock()) as (daemon, _factory):
-        snapshot = daemon.snapshot()
+        snapshot = daemon.health.snapshot()
     assert snapshot["readers"] and snapshot["doors"]["main"]["position"] in ("open", "closed")
     assert keys_not_snake(snapshot) == []
