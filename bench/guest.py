@@ -1,33 +1,101 @@
-"""The system suite's power-cut series at bench size: 50 cuts of a real Debian 12 guest (x86_64).
+"""The system suite's power-cut series at bench size: 50 cuts of a real Debian 12 guest (x86_64 or arm64).
 
-    python bench/guest.py [--cuts 50]
+    python bench/guest.py [--cuts 50] [--arch x86_64|arm64] [--save bench/results/guest-x86_64.json]
+    python bench/guest.py --from-results DIR     # the same figures from an earlier run's results logs
 
-Runs tests/system/test_guest.py with DOOR_BRIDGE_POWER_CUTS set and prints its figures (image
-build and boot times, cuts, acknowledged decisions checked, relay pulses, security score). Same
-host packages as the suite (tests/system/README.md). ~25-35 s per cut under TCG.
-
-Not here yet: the arm64 guest (qemu-system-aarch64 -M virt -cpu max,pauth-impdef=on, foreign-arch
-mmdebstrap with arch-test and qemu-user-static); see tests/system/README.md.
+Runs tests/system/test_guest.py with DOOR_BRIDGE_POWER_CUTS set (the suite asserts; this only
+measures) and prints its figures, the suite's own JSON as the last line of stdout: image build and
+boot times, per cut the decisions the guest acknowledged before QEMU was SIGKILLed and how many of
+them the next boot found in audit.db, events the central stored twice, the relay line's value at
+power-on and its kernel trace up to READY, the in-guest security score. Same host packages as the
+suite (tests/system/README.md). ~25-35 s per cut under TCG.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def figures_from_results(work: Path) -> dict[str, Any]:
+    """The same figures from a run's results logs (`results-N.log` in its guest work dir): for a run
+    stopped before its `final` boot, the last boot that audited and scanned plays `final`, so every
+    cut before it is checked against the audit of the boot after it. Host-side timings are not in
+    the logs (null); the guest's own uptime at READY is."""
+    from tests.system import test_guest
+
+    def messages(path: Path) -> list[dict[str, Any]]:
+        out = []
+        for line in path.read_bytes().split(b"\n"):
+            line = line.strip().strip(b"\r")
+            if line.startswith(b"{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+        return out
+
+    logs = sorted(work.glob("results-*.log"), key=lambda p: int(p.stem.split("-")[1]))
+    if len(logs) < 3:
+        raise SystemExit(f"{work}: needs results-1.log (main) and at least two cut boots")
+    run = test_guest.Run(main=messages(logs[0]))
+    boots = [messages(p) for p in logs[1:]]
+    done = [b for b in boots if {"audit", "ready", "scenario"} <= {m.get("kind") for m in b}]
+    ended = any(m.get("kind") == "done" for m in done[-1]) and not any(m.get("kind") == "scanning" for m in done[-1])
+    cut_boots = done[:-1]
+    run.cuts = [SimpleNamespace(messages=b) for b in cut_boots]  # type: ignore[misc]
+    run.final = done[-1]
+    audits, problems = test_guest.audit_power_cuts(run)
+    figures = test_guest._figures(run, audits, problems)
+    figures["from_results"] = {"dir": str(work), "boots_logged": len(logs), "run_ended": ended}
+    return figures
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuts", type=int, default=50)
+    parser.add_argument("--save", type=Path, help="also write the JSON figures to this file")
+    parser.add_argument("--arch", choices=["x86_64", "arm64"], default="x86_64",
+                        help="arm64: qemu-system-aarch64 -M virt, aarch64 wheels, cross-built gpio-sim (tests/system/README.md)")
+    parser.add_argument("--from-results", type=Path, metavar="DIR",
+                        help="no guest: the figures from an earlier run's results logs (its pytest guest0 dir)")
     args = parser.parse_args()
-    env = {**os.environ, "DOOR_BRIDGE_POWER_CUTS": str(args.cuts)}
-    return subprocess.call([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-                            "tests/system/test_guest.py"], cwd=ROOT, env=env)
+    if args.from_results:
+        sys.path.insert(0, str(ROOT))
+        figures = figures_from_results(args.from_results)
+        if args.save:
+            args.save.write_text(json.dumps(figures, indent=1) + "\n")
+        print(json.dumps(figures))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="bench-guest-") as tmp:
+        figures_path = Path(tmp) / "figures.json"
+        env = {**os.environ, "DOOR_BRIDGE_POWER_CUTS": str(args.cuts), "DOOR_BRIDGE_GUEST_FIGURES": str(figures_path),
+               "DOOR_BRIDGE_GUEST_ARCH": args.arch}
+        env.pop("DOOR_BRIDGE_GUEST", None)  # asked for by name: never switched off here
+        # Its own --basetemp: pytest's numbered /tmp/pytest-of-USER/pytest-N dirs are pruned by any other
+        # pytest run of the same user, and an hour-long series lost its disks that way once.
+        code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                                f"--basetemp={Path(tmp) / 'pytest'}", "tests/system/test_guest.py"],
+                               cwd=ROOT, env=env, stdout=sys.stderr)
+        if not figures_path.exists():
+            print(f"bench/guest.py: the suite wrote no figures (pytest exit {code})", file=sys.stderr)
+            return code or 1
+        figures = json.loads(figures_path.read_text())
+    figures["suite_exit"] = code
+    text = json.dumps(figures)
+    if args.save:
+        args.save.write_text(json.dumps(figures, indent=1) + "\n")
+    print(text)
+    return code
 
 
 if __name__ == "__main__":

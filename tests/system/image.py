@@ -43,9 +43,37 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 GUEST_DIR = HERE / "guest"
 
+@dataclass(frozen=True)
+class Arch:
+    """What differs between the x86_64 guest (the suite, CI) and the arm64 one (Raspberry Pi OS's arch)."""
+
+    name: str  # as DOOR_BRIDGE_GUEST_ARCH and bench/guest.py --arch spell it
+    debian: str  # dpkg architecture
+    qemu: str
+    pip_platforms: tuple[str, ...]  # wheel platform tags pip may take for this guest
+    host_tools: tuple[tuple[str, str], ...]  # (tool, Debian package) beyond the common ones
+
+
+X86_64 = Arch("x86_64", "amd64", "qemu-system-x86_64", ("manylinux2014_x86_64",), (("qemu-system-x86_64", "qemu-system-x86"),))
+# Foreign-arch mmdebstrap runs the arm64 maintainer scripts through qemu-user (binfmt_misc, checked
+# by arch-test); gpio-sim is cross-compiled against Debian's arm64 headers with the host's kbuild.
+ARM64 = Arch("arm64", "arm64", "qemu-system-aarch64",
+             ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_28_aarch64", "linux_aarch64"),
+             (("qemu-system-aarch64", "qemu-system-arm"), ("qemu-aarch64-static", "qemu-user-static"),
+              ("arch-test", "arch-test"), ("update-binfmts", "binfmt-support"),
+              ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"), ("dpkg-deb", "dpkg")))
+ARCHES = {a.name: a for a in (X86_64, ARM64)}
+
+
+def guest_arch() -> Arch:
+    name = os.environ.get("DOOR_BRIDGE_GUEST_ARCH", "x86_64")
+    if name not in ARCHES:
+        raise SystemExit(f"DOOR_BRIDGE_GUEST_ARCH: {name!r} is not one of {sorted(ARCHES)}")
+    return ARCHES[name]
+
+
 # Host tools, by the Debian package that provides them (named in skip messages and installed by .ci/run).
 HOST_TOOLS = {
-    "qemu-system-x86_64": "qemu-system-x86",
     "qemu-img": "qemu-utils",
     "mmdebstrap": "mmdebstrap",
     "mke2fs": "e2fsprogs",
@@ -53,7 +81,8 @@ HOST_TOOLS = {
     "gcc": "gcc",
 }
 HOST_FILES = {"/usr/src/linux-source-6.1.tar.xz": "linux-source-6.1"}
-HOST_PACKAGES = sorted({*HOST_TOOLS.values(), *HOST_FILES.values(), "linux-headers-amd64", "xz-utils"})
+HOST_PACKAGES = sorted({*HOST_TOOLS.values(), *HOST_FILES.values(), *dict(X86_64.host_tools).values(),
+                        "linux-headers-amd64", "xz-utils"})
 
 # What a plain Debian 12 door needs before install.sh runs, and nothing from the Raspberry Pi OS
 # archive: python3-evdev is the distribution's 1.6.1 on purpose (the floor pyproject.toml allows).
@@ -62,6 +91,10 @@ GUEST_PACKAGES = [
     "python3", "python3-venv", "python3-evdev", "libusb-1.0-0",
     "procps", "util-linux", "sqlite3", "e2fsprogs",
 ]
+
+
+def guest_packages(arch: Arch) -> list[str]:
+    return [p.replace("linux-image-amd64", f"linux-image-{arch.debian}") for p in GUEST_PACKAGES]
 ROOTFS_SIZE = "2G"
 
 
@@ -69,12 +102,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DOOR_BRIDGE_GUEST_CACHE", "~/.cache/door-bridge-guest")).expanduser()
 
 
-def missing_host_packages() -> list[str]:
-    missing = {pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None}
+def missing_host_packages(arch: Arch | None = None) -> list[str]:
+    arch = arch or guest_arch()
+    tools = {**HOST_TOOLS, **dict(arch.host_tools)}
+    missing = {pkg for tool, pkg in tools.items() if shutil.which(tool) is None}
     missing |= {pkg for path, pkg in HOST_FILES.items() if not Path(path).exists()}
-    if not list(Path("/usr/src").glob("linux-headers-*-amd64")):
+    if arch is X86_64 and not list(Path("/usr/src").glob("linux-headers-*-amd64")):
         missing.add("linux-headers-amd64")
+    if arch is ARM64 and not KBUILD.exists():
+        missing.add("linux-kbuild-6.1")
     return sorted(missing)
+
+
+def foreign_arch_problem(arch: Arch) -> str | None:
+    """arm64 maintainer scripts run through binfmt_misc + qemu-user; say how to enable it if not."""
+    if arch is X86_64:
+        return None
+    done = subprocess.run(["arch-test", arch.debian], capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        return None
+    return (f"arch-test {arch.debian}: {(done.stdout + done.stderr).strip()}; as root: mount -t binfmt_misc binfmt_misc "
+            f"/proc/sys/fs/binfmt_misc; update-binfmts --enable qemu-aarch64")
 
 
 def _digest(*parts: bytes | str) -> str:
@@ -128,20 +176,34 @@ class Rootfs:
     initrd: Path
     release: str  # uname -r of the guest kernel
     built_s: float | None  # None: taken from the cache
+    arch: Arch = X86_64
+    headers_debs: Path | None = None  # arm64: the guest kernel's linux-headers debs, for the cross build
 
 
-def build_rootfs() -> Rootfs:
+# arm64: the guest kernel's headers (flavour and -common) fetched by the guest's own apt inside the
+# chroot, kept out of the image; tests/system/image.py cross-builds gpio-sim against them.
+_HEADERS_HOOK = ("chroot \"$1\" sh -c 'set -e; r=$(ls /boot | sed -n \"s/^vmlinuz-//p\"); mkdir -p /tmp/headers; cd /tmp/headers;"
+                 " apt-get download -q linux-headers-$r linux-headers-${r%-*}-common'")
+
+
+def build_rootfs(arch: Arch | None = None) -> Rootfs:
+    arch = arch or guest_arch()
     sources = apt_sources()
     hook = (GUEST_DIR / "customize.sh").read_text()
-    key = _digest("rootfs-v1", " ".join(GUEST_PACKAGES), hook, ROOTFS_SIZE,
+    packages = guest_packages(arch)
+    foreign = [] if arch is X86_64 else [arch.debian, _HEADERS_HOOK]  # x86_64 keeps the key it always had
+    key = _digest("rootfs-v1", " ".join(packages), hook, ROOTFS_SIZE, *foreign,
                   *(p.read_text() for p in sources), _candidate("linux-image-amd64"), _candidate("python3-evdev"))
-    final = cache_dir() / f"rootfs-{key}"
+    final = cache_dir() / (f"rootfs-{key}" if arch is X86_64 else f"rootfs-{arch.name}-{key}")
     if not (final / "rootfs.img").exists():
+        if problem := foreign_arch_problem(arch):
+            raise RuntimeError(problem)
         started = time.monotonic()
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="rootfs-", dir=final.parent))
         tree = tmp / "tree"
-        _run(["mmdebstrap", "--variant=minbase", "--mode=root", "--include=" + ",".join(GUEST_PACKAGES),
+        hooks = [] if arch is X86_64 else [f"--architectures={arch.debian}", f"--customize-hook={_HEADERS_HOOK}"]
+        _run(["mmdebstrap", "--variant=minbase", "--mode=root", "--include=" + ",".join(packages), *hooks,
               f"--customize-hook=upload {GUEST_DIR / 'customize.sh'} /tmp/customize.sh",
               "--customize-hook=chroot \"$1\" sh /tmp/customize.sh", "--customize-hook=rm -f \"$1\"/tmp/customize.sh",
               "bookworm", str(tree), *map(str, sources)], log=tmp / "build.log")
@@ -151,6 +213,8 @@ def build_rootfs() -> Rootfs:
         shutil.copy2(kernel, tmp / "vmlinuz")
         shutil.copy2(boot / f"initrd.img-{release}", tmp / "initrd.img")
         (tmp / "release").write_text(release)
+        if (tree / "tmp/headers").exists():
+            shutil.move(tree / "tmp/headers", tmp / "headers")
         _run(["mke2fs", "-q", "-t", "ext4", "-L", "guestroot", "-d", str(tree), str(tmp / "rootfs.img"), ROOTFS_SIZE],
              log=tmp / "build.log")
         shutil.rmtree(tree)
@@ -159,7 +223,9 @@ def build_rootfs() -> Rootfs:
         built: float | None = float((final / "built_s").read_text())
     else:
         built = None
-    return Rootfs(final / "rootfs.img", final / "vmlinuz", final / "initrd.img", (final / "release").read_text(), built)
+    headers = final / "headers"
+    return Rootfs(final / "rootfs.img", final / "vmlinuz", final / "initrd.img", (final / "release").read_text(), built,
+                  arch, headers if headers.exists() else None)
 
 
 # --- gpio-sim -------------------------------------------------------------------------------------
@@ -170,13 +236,41 @@ _SIM_FILES = {"drivers/gpio/gpio-sim.c": "gpio-sim-main.c", "drivers/gpio/gpioli
 _UNEXPORTED = ("handle_simple_irq(irq_to_desc(irqnum));", "generic_handle_irq(irqnum);")
 
 
-def build_gpio_sim(release: str) -> Path:
+KBUILD = Path("/usr/lib/linux-kbuild-6.1")  # the host's kbuild programs (fixdep, modpost), from linux-headers-amd64
+
+
+def _cross_headers(rootfs: Rootfs, dest: Path) -> Path:
+    """The arm64 kernel's headers unpacked on the host, their kbuild links pointed at the host's own
+    (amd64) linux-kbuild-6.1: the scripts are host programs, the headers and config the guest's."""
+    assert rootfs.headers_debs is not None
+    for deb in sorted(rootfs.headers_debs.glob("*.deb")):
+        _run(["dpkg-deb", "-x", str(deb), str(dest)])
+    src = dest / "usr/src"
+    flavour = src / f"linux-headers-{rootfs.release}"
+    commons = list(src.glob("linux-headers-*-common"))
+    if not flavour.exists() or len(commons) != 1:
+        raise RuntimeError(f"{rootfs.headers_debs}: no linux-headers-{rootfs.release} and -common in the downloaded debs")
+    (flavour / "Makefile").write_text(f"include {commons[0]}/Makefile\n")
+    for top in (flavour, commons[0]):
+        for link in top.iterdir():
+            if link.is_symlink() and "linux-kbuild-6.1" in os.readlink(link):
+                target = KBUILD / os.readlink(link).split("linux-kbuild-6.1/", 1)[1]
+                link.unlink()
+                link.symlink_to(target)
+    return flavour
+
+
+def build_gpio_sim(release: str, rootfs: Rootfs | None = None) -> Path:
+    cross = rootfs is not None and rootfs.arch is not X86_64
     headers = Path(f"/lib/modules/{release}/build")
-    if not headers.exists():
+    if not cross and not headers.exists():
         raise RuntimeError(f"no kernel headers for the guest kernel {release}: apt-get install linux-headers-{release}")
+    if cross and (rootfs is None or rootfs.headers_debs is None):
+        raise RuntimeError(f"the {release} rootfs carries no headers debs; remove its cache directory to rebuild it")
     kbuild = (HERE / "gpio-sim" / "Kbuild").read_text()
+    extra = [rootfs.arch.name, *sorted(p.name for p in rootfs.headers_debs.glob("*.deb"))] if cross and rootfs and rootfs.headers_debs else []
     key = _digest("gpio-sim-v1", release, kbuild, str(LINUX_SOURCE.stat().st_size), str(int(LINUX_SOURCE.stat().st_mtime)),
-                  *_UNEXPORTED)
+                  *_UNEXPORTED, *extra)
     final = cache_dir() / f"gpio-sim-{key}"
     if not (final / "gpio-sim.ko").exists():
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +292,17 @@ def build_gpio_sim(release: str) -> Path:
             raise RuntimeError("irq_sim.c changed: the irq_to_desc() call to replace is gone; review the patch")
         irq_sim.write_text(text.replace(*_UNEXPORTED))
         (tmp / "Kbuild").write_text(kbuild)
-        _run(["make", "-C", str(headers), f"M={tmp}", "modules"], log=tmp / "build.log")
+        make = ["make", "-C", str(headers), f"M={tmp}", "modules"]
+        if cross:
+            assert rootfs is not None
+            headers_tree = Path(tempfile.mkdtemp(prefix="headers-", dir=final.parent))
+            make = ["make", "-C", str(_cross_headers(rootfs, headers_tree)), f"M={tmp}", "ARCH=arm64",
+                    "CROSS_COMPILE=aarch64-linux-gnu-", "modules"]
+        try:
+            _run(make, log=tmp / "build.log")
+        finally:
+            if cross:
+                shutil.rmtree(headers_tree, ignore_errors=True)
         _publish(tmp, final)
     return final / "gpio-sim.ko"
 
@@ -209,7 +313,10 @@ def build_gpio_sim(release: str) -> Path:
 EXTRA_WHEELS = ["lgpio>=0.2.2", "evdev", "setuptools>=68", "wheel"]
 
 
-def build_wheels() -> Path:
+def build_wheels(arch: Arch | None = None) -> Path:
+    arch = arch or guest_arch()
+    if arch is not X86_64:
+        return _foreign_wheels(build_wheels(X86_64), arch)
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     key = _digest("wheels-v1", (ROOT / "pyproject.toml").read_text(), py, *EXTRA_WHEELS)
     final = cache_dir() / f"wheels-{key}"
@@ -222,6 +329,72 @@ def build_wheels() -> Path:
             own.unlink()  # the project itself comes from the run disk's source, as install.sh builds it
         _publish(tmp, final)
     return final
+
+
+def _foreign_wheels(native: Path, arch: Arch) -> Path:
+    """The same set, same versions, for another arch: pure wheels copied, every binary one fetched
+    from PyPI as that arch's wheel (`pip download --platform ... --only-binary=:all:`). A package
+    with no such wheel is listed in NO_WHEEL.txt and left out (the guest then uses Debian's, or
+    the scenario reports the part it could not run)."""
+    names = sorted(p.name for p in native.glob("*.whl"))
+    key = _digest("wheels-foreign-v1", arch.name, *arch.pip_platforms, *names)
+    final = cache_dir() / f"wheels-{arch.name}-{key}"
+    if final.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"wheels-{arch.name}-", dir=final.parent))
+    py = f"{sys.version_info.major}{sys.version_info.minor}"
+    missing = []
+    for name in names:
+        if name.endswith("-none-any.whl"):
+            shutil.copy2(native / name, tmp / name)
+            continue
+        dist, version = name.split("-")[:2]
+        platforms = [x for p in arch.pip_platforms for x in ("--platform", p)]
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+                               "--only-binary=:all:", *platforms, "--python-version", py, "--implementation", "cp",
+                               "--dest", str(tmp), f"{dist}=={version}"], capture_output=True, text=True, check=False)
+        if done.returncode:
+            missing.append(f"{dist}=={version}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no wheel'}")
+    built = _sdist_wheels(arch, [m.split(":", 1)[0] for m in missing]) if missing else None
+    for wheel in sorted(built.glob("*.whl")) if built else []:
+        shutil.copy2(wheel, tmp / wheel.name)
+    (tmp / "NO_WHEEL.txt").write_text("".join(f"{m} -> built from the sdist in an {arch.debian} chroot: "
+                                              f"{', '.join(w.name for w in built.glob(m.split('==')[0] + '-*.whl')) if built else 'no'}\n"
+                                              for m in missing))
+    return _publish(tmp, final)
+
+
+# Debian's build tools, in a foreign-arch chroot (qemu-user): swig for lgpio, the kernel's uapi
+# headers for evdev. PYPI=1 makes lgpio's setup.py link its C library statically, as its PyPI wheels do.
+SDIST_BUILD_PACKAGES = ["python3-dev", "python3-pip", "python3-setuptools", "python3-wheel", "gcc", "libc6-dev", "swig",
+                        "linux-libc-dev"]
+
+
+def _sdist_wheels(arch: Arch, specs: list[str]) -> Path:
+    """Wheels for `arch` built from PyPI's sdists inside a throwaway mmdebstrap chroot of that arch."""
+    key = _digest("sdist-wheels-v1", arch.debian, *SDIST_BUILD_PACKAGES, *sorted(specs), *(p.read_text() for p in apt_sources()))
+    final = cache_dir() / f"sdist-wheels-{arch.name}-{key}"
+    if final.exists():
+        return final
+    if problem := foreign_arch_problem(arch):
+        raise RuntimeError(problem)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"sdist-wheels-{arch.name}-", dir=final.parent))
+    sdists = tmp / "sdists"
+    _run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps", "--no-binary=:all:",
+          "--dest", str(sdists), *specs], log=tmp / "build.log")
+    build = ("chroot \"$1\" sh -c 'set -e; mkdir -p /tmp/out; for f in /tmp/sdists/*; do PYPI=1 python3 -m pip wheel"
+             " --no-deps --no-build-isolation --no-index --wheel-dir /tmp/out \"$f\"; done'")
+    _run(["mmdebstrap", "--variant=apt", "--mode=root", f"--architectures={arch.debian}",
+          "--include=" + ",".join(SDIST_BUILD_PACKAGES), f"--customize-hook=copy-in {sdists} /tmp",
+          f"--customize-hook={build}", f"--customize-hook=copy-out /tmp/out {tmp}",
+          "bookworm", str(tmp / "tree"), *map(str, apt_sources())], log=tmp / "build.log")
+    for wheel in (tmp / "out").glob("*.whl"):
+        shutil.move(wheel, tmp / wheel.name)
+    shutil.rmtree(tmp / "tree", ignore_errors=True)
+    shutil.rmtree(tmp / "out", ignore_errors=True)
+    return _publish(tmp, final)
 
 
 # --- the run disk ---------------------------------------------------------------------------------
@@ -261,23 +434,26 @@ class Image:
     wheels: Path
 
 
-def build_all() -> Image:
-    rootfs = build_rootfs()
-    return Image(rootfs, build_gpio_sim(rootfs.release), build_wheels())
+def build_all(arch: Arch | None = None) -> Image:
+    arch = arch or guest_arch()
+    rootfs = build_rootfs(arch)
+    return Image(rootfs, build_gpio_sim(rootfs.release, rootfs), build_wheels(arch))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.system.image", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report missing host packages")
+    parser.add_argument("--arch", choices=sorted(ARCHES), default=guest_arch().name)
     args = parser.parse_args(argv)
-    missing = missing_host_packages()
+    arch = ARCHES[args.arch]
+    missing = missing_host_packages(arch)
     if missing:
         print("missing host packages: apt-get install " + " ".join(missing), file=sys.stderr)
         return 1
     if args.check:
         return 0
     started = time.monotonic()
-    image = build_all()
+    image = build_all(arch)
     print(f"rootfs  {image.rootfs.image} (kernel {image.rootfs.release})")
     print(f"module  {image.module}")
     print(f"wheels  {image.wheels}")

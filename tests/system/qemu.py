@@ -7,7 +7,9 @@ the guest was told is done is on the host's disk, so killing QEMU loses exactly 
 loses — the guest's page cache and whatever it had not written yet.
 
 Serial ports: ttyS0 the kernel/systemd console (a log for people), ttyS1 the results channel: the
-guest writes one JSON object per line (tests/system/guest/report.py). No network device at all.
+guest writes one JSON object per line (tests/system/guest/scenario.py's Reporter). The arm64 guest
+(`-M virt -cpu max,pauth-impdef=on`) has one PL011 UART, ttyAMA0, for the console, and a virtio
+serial port for the results. No network device at all.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tests.system.image import Image
+from tests.system.image import ARM64, Image
 
-QEMU = "qemu-system-x86_64"
 MEMORY_MB = 1536
+ARM_RESULTS = "/dev/virtio-ports/dbtest.results"  # udev's name for the virtserialport below
 
 
 @dataclass
@@ -128,16 +130,26 @@ class Guest:
         self.boots += 1
         n = self.boots
         console, results = self.work / f"console-{n}.log", self.work / f"results-{n}.log"
-        cmdline = " ".join([
-            "root=/dev/vda", "rw", "console=ttyS0", "loglevel=4", "panic=-1", "systemd.show_status=auto",
-            f"dbtest.scenario={scenario}", *(f"dbtest.{k}={v}" for k, v in params.items()),
-        ])
         r = self.image.rootfs
+        arm = r.arch is ARM64
+        cmdline = " ".join([
+            "root=/dev/vda", "rw", f"console={'ttyAMA0' if arm else 'ttyS0'}", "loglevel=4", "panic=-1",
+            "systemd.show_status=auto", f"dbtest.scenario={scenario}", *(f"dbtest.{k}={v}" for k, v in params.items()),
+            *([f"dbtest.results={ARM_RESULTS}"] if arm else []),
+        ])
+        if arm:
+            # -M virt has one UART (the console); results go out on a virtio serial port instead.
+            machine = ["-machine", "virt", "-cpu", "max,pauth-impdef=on"]
+            channels = ["-serial", f"file:{console}", "-device", "virtio-serial-pci",
+                        "-chardev", f"file,id=results,path={results}",
+                        "-device", "virtserialport,chardev=results,name=dbtest.results"]
+        else:
+            machine = ["-machine", "q35", "-cpu", "max"]
+            channels = ["-serial", f"file:{console}", "-serial", f"file:{results}"]
         cmd = [
-            QEMU, "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", str(MEMORY_MB),
+            r.arch.qemu, *machine, "-accel", "tcg", "-smp", "1", "-m", str(MEMORY_MB),
             "-display", "none", "-monitor", "none", "-nic", "none", "-no-reboot",
-            "-kernel", str(r.kernel), "-initrd", str(r.initrd), "-append", cmdline,
-            "-serial", f"file:{console}", "-serial", f"file:{results}",
+            "-kernel", str(r.kernel), "-initrd", str(r.initrd), "-append", cmdline, *channels,
             "-drive", f"if=virtio,file={self.overlay},format=qcow2,cache=writethrough",
             "-drive", f"if=virtio,file={self.run_disk},format=raw,readonly=on",
             "-drive", f"if=virtio,file={self.state_disk},format=raw,cache=writethrough",

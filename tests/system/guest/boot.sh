@@ -5,5 +5,5 @@ set -u
 SRC=/mnt/run/src
 scenario=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^dbtest\.scenario=//p')
 python3 "$SRC/tests/system/guest/scenario.py" "${scenario:-smoke}"
-echo "scenario $scenario ended with $?" > /dev/ttyS0
+echo "scenario $scenario ended with $?" > /dev/console
 systemctl poweroff --no-block

@@ -10,6 +10,7 @@ Scenarios (kernel command line `dbtest.scenario=`):
   main     install, configure, GPIO/evdev/systemd checks, both evdev versions; leaves it installed
   cut      one boot of the power-cut series: audit what survived, then scan until the host cuts
   final    audit after the last cut, then uninstall.sh
+  journal  (after main) the journald field checks alone, on a grant, denies, an unplugged scanner
 
 Adding a scenario: write `def scenario_NAME(r: Reporter) -> None` below; the host boots it with
 `guest.boot("NAME")` (see tests/system/README.md).
@@ -39,15 +40,23 @@ STATE = Path("/var/lib/door-bridge")
 TRACE = Path("/sys/kernel/tracing")
 CENTRAL_HOME = Path("/var/lib/fake-central")
 SCANNER_NAME = "DoorBridge Test Wedge"
+READER_ID = "qr1"
 RELAY, DOOR_SWITCH, REX = 17, 22, 27
 PULSE_S = 1.0
 GRANT_CARD = "6B06C2A25E99C68EDCBE"  # tests.support.harness.door_records: user_ok, zone with reader qr1
 PIP_ENV = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(RUN / "wheels")}
 
 
+def boot_param(name: str, default: str) -> str:
+    """`dbtest.NAME=value` from the kernel command line (tests/system/qemu.py puts them there)."""
+    return next((a.split("=", 1)[1] for a in Path("/proc/cmdline").read_text().split() if a.startswith(f"dbtest.{name}=")), default)
+
+
 class Reporter:
     def __init__(self) -> None:
-        self.out = open("/dev/ttyS1", "w", buffering=1)
+        path = Path(boot_param("results", "/dev/ttyS1"))  # arm64: a virtio serial port udev names
+        wait_until(path.exists, 60, f"the results channel {path}")
+        self.out = open(path, "w", buffering=1)
 
     def send(self, kind: str, **fields: Any) -> None:
         self.out.write(json.dumps({"kind": kind, **fields}, default=str) + "\n")
@@ -458,7 +467,7 @@ def scenario_main(r: Reporter) -> None:
             d = scan_and_decide(wedge, "DEADBEEF0003", since)
             r.check("reload_keeps_scanning", service("MainPID") == pid and d.get("decision") == "DENY", decision=d)
             sh("systemctl kill -s SIGKILL door-bridge", check=True)
-            wait_until(lambda: active() and service("MainPID") not in ("0", pid), 90, "a restart after SIGKILL")
+            wait_until(lambda: active() and service("MainPID") not in ("0", pid), 240, "a restart after SIGKILL")
             st = status_json()
             rel = relay_report(sim)
             r.check("restart_after_sigkill", st.get("previous_exit") in ("crash", "signal", "killed"),
@@ -468,7 +477,7 @@ def scenario_main(r: Reporter) -> None:
             sh("systemctl daemon-reload && systemctl restart door-bridge", check=True, timeout=120)
             pid = service("MainPID")
             os.kill(int(pid), 19)  # SIGSTOP: a hung daemon
-            wait_until(lambda: active() and service("MainPID") not in ("0", pid), 120, "a watchdog restart")
+            wait_until(lambda: active() and service("MainPID") not in ("0", pid), 240, "a watchdog restart")
             st = wait_until(lambda: (s := status_json()).get("previous_exit") and s, 30, "status")
             hit = [l for l in sh("journalctl -u door-bridge -o cat --no-pager").stdout.splitlines() if re.search(r"atchdog|Control process|bridge\.state\.lifecycle|timed out", l)]
             r.check("watchdog_restart", st.get("previous_exit") == "watchdog", previous_exit=st.get("previous_exit"), journal=hit[-3:])
@@ -500,12 +509,18 @@ def scenario_main(r: Reporter) -> None:
     r.step("journal_priority_warning", fault)
 
     def newest_evdev() -> None:
+        if not list((RUN / "wheels").glob("evdev-*.whl")):
+            no_wheel = RUN / "wheels" / "NO_WHEEL.txt"
+            r.send("skipped", name="evdev_pypi", why="no evdev wheel for this arch on the run disk",
+                   no_wheel=no_wheel.read_text().splitlines() if no_wheel.exists() else [])
+            return
         done = sh(f"{VENV}/bin/pip install --quiet --upgrade evdev", env=PIP_ENV, timeout=300)
         r.check("evdev_pypi_installed", done.returncode == 0, version=evdev_version(), tail=done.stderr[-500:])
         restart_and_wait()
 
     r.step("evdev_pypi_installed", newest_evdev)
-    r.step("evdev_pypi", lambda: evdev_checks("pypi"))
+    if list((RUN / "wheels").glob("evdev-*.whl")):
+        r.step("evdev_pypi", lambda: evdev_checks("pypi"))
 
     def relay_audit() -> None:
         rel, expected = relay_report(sim), pulse_events()
@@ -513,7 +528,84 @@ def scenario_main(r: Reporter) -> None:
                 and all(PULSE_S - 0.05 <= p <= PULSE_S + 1.0 for p in rel["pulses"]), relay=rel, pulse_events=expected)
 
     r.step("relay_only_for_grants_and_rex", relay_audit)
+    r.step("journal_fields", lambda: journal_fields(r))
     r.send("figures", evdev_final=evdev_version())
+
+
+# --- journald: the native protocol's fields, read back with journalctl's own filters -------------
+
+DECISION_FIELDS = {"reader": "READER_ID", "door": "DOOR", "decision": "DECISION", "reason": "REASON", "source": "SOURCE",
+                   "cache_version": "CACHE_VERSION", "upstream": "UPSTREAM"}
+
+
+def journal_json(*matches: str) -> list[dict[str, Any]]:
+    """This boot's door-bridge entries as journalctl -o json gives them, with extra field matches."""
+    out = sh(f"journalctl -u door-bridge -b -o json --no-pager {' '.join(map(shlex.quote, matches))}").stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def journal_fields(r: Reporter) -> None:
+    """Issue 18 against the real systemd-journald, as the unit runs: over everything this boot's
+    scenario logged (grants, denies, a lost scanner, the central stopped), each `FIELD=` filter
+    returns exactly the entries whose readable line says so, and `-o cat` stays that line."""
+    entries = journal_json()
+    decisions = [e for e in entries if str(e.get("MESSAGE", "")).startswith("decision ")]
+    pairs = [(e, dict(re.findall(r"(\w+)=(\S+)", e["MESSAGE"]))) for e in decisions]
+    missing = [{"line": e["MESSAGE"][:160], "absent": [f for k, f in DECISION_FIELDS.items() if kv.get(k, "-") != "-" and e.get(f) != kv[k]]}
+               for e, kv in pairs]
+    missing = [m for m in missing if m["absent"]]
+    reasons = sorted({kv["reason"] for _, kv in pairs if kv.get("reason", "-") != "-"})
+    per_reason: dict[str, Any] = {}
+    for reason in reasons:
+        want = {e["__CURSOR"] for e, kv in pairs if kv.get("reason") == reason}
+        got = journal_json(f"REASON={reason}")
+        cat = sh(f"journalctl -u door-bridge -b -o cat --no-pager REASON={reason}").stdout.splitlines()
+        per_reason[reason] = {"want": len(want), "got": len(got), "exact": {e["__CURSOR"] for e in got} == want,
+                              "cat_is_the_line": cat == [e["MESSAGE"] for e in got]
+                              and all(line.startswith(f"decision reader={READER_ID} ") for line in cat),
+                              "cat_sample": cat[:1]}
+    grants = {e["__CURSOR"] for e, kv in pairs if kv.get("decision") == "GRANT"}
+    got_grants = {e["__CURSOR"] for e in journal_json("DECISION=GRANT", "DOOR_BRIDGE_EVENT=decision")}
+    r.check("journal_fields_on_decisions", bool(pairs) and not missing and {kv.get("decision") for _, kv in pairs} >= {"GRANT", "DENY"},
+            decisions=len(pairs), missing=missing[:5], sample={k: pairs[0][0].get(k) for k in DECISION_FIELDS.values()} if pairs else None)
+    r.check("journal_reason_filter", bool(reasons) and all(v["exact"] and v["want"] for v in per_reason.values())
+            and got_grants == grants and bool(grants), reasons=per_reason, grants=len(grants), grants_by_filter=len(got_grants))
+    r.check("journal_cat_is_the_readable_line", bool(per_reason) and all(v["cat_is_the_line"] for v in per_reason.values()),
+            samples={k: v["cat_sample"] for k, v in per_reason.items()})
+    # READER_ID= with -p warning: the reader's own warnings (the scanner unplugged, twice), none of its
+    # info decision lines, none of the central's warnings (no READER_ID=).
+    warned = journal_json(f"READER_ID={READER_ID}", "-p", "warning")
+    want = {e["__CURSOR"] for e in entries if e.get("READER_ID") == READER_ID and int(e.get("PRIORITY", 6)) <= 4}
+    others = [e["MESSAGE"][:120] for e in entries if int(e.get("PRIORITY", 6)) <= 4 and e.get("READER_ID") != READER_ID]
+    r.check("journal_reader_warning_filter", bool(want) and {e["__CURSOR"] for e in warned} == want
+            and any(e.get("DOOR_BRIDGE_EVENT") == "evdev_device_lost" for e in warned)
+            and not any(str(e.get("MESSAGE", "")).startswith("decision ") for e in warned) and bool(others),
+            got=[e["MESSAGE"][:120] for e in warned][:6], want=len(want), other_warnings_excluded=others[:4])
+
+
+def scenario_journal(r: Reporter) -> None:
+    """journal_fields on its own, on disks where `main` has installed door-bridge: a grant, denies,
+    the scanner unplugged and back, the central stopped; then the checks. (`main` runs the same checks
+    at its end; this boot is for a quick look without the whole of main.)"""
+    wait_until(active, 180, "door-bridge active")
+    wedge = Wedge()
+    try:
+        since = time.time() - 1
+        wait_journal(since - 60, r"evdev_device_(opened|reconnected)", timeout=90)
+        for text in (GRANT_CARD, "DEADBEEF0001", "DEADBEEF0002"):
+            scan_and_decide(wedge, text, since)
+        wedge.close()
+        wait_journal(since, r"evdev_device_lost", timeout=60)
+        wedge = Wedge()
+        wait_journal(since, r"evdev_device_reconnected", timeout=60)
+        sh("systemctl stop fake-central", check=True)
+        for n in range(2):
+            scan_and_decide(wedge, f"DEADBEEF02{n}0", since)
+        wait_until(lambda: [l for l in journal(since, "-p", "warning") if "reader=" not in l], 90, "a warning from the upstream")
+        sh("systemctl start fake-central", check=True)
+    finally:
+        wedge.close()
+    journal_fields(r)
 
 
 # --- power cuts -----------------------------------------------------------------------------------
@@ -583,7 +675,8 @@ def main() -> None:
     name = sys.argv[1]
     r.send("scenario", name=name)
     try:
-        {"smoke": scenario_smoke, "main": scenario_main, "cut": scenario_cut, "final": scenario_final}[name](r)
+        {"smoke": scenario_smoke, "main": scenario_main, "cut": scenario_cut, "final": scenario_final,
+         "journal": scenario_journal}[name](r)
     except Exception as e:  # noqa: BLE001
         r.check(f"scenario_{name}", False, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
     r.send("done", name=name)
