@@ -60,6 +60,30 @@ def figures_from_results(work: Path) -> dict[str, Any]:
     return figures
 
 
+def resume(work: Path, cuts: int) -> None:
+    """Go on with a series whose host process ended (the disks are the door's: what they hold is
+    what the next boot finds). The run disk is rebuilt from the source as it is now."""
+    import random
+
+    from tests.system import image as image_mod
+    from tests.system.qemu import Boot, Guest
+    from tests.system.test_guest import power_cut_series
+
+    img = image_mod.build_all()
+    guest = Guest.resume(img, work, image_mod.build_run_disk(work / "run.img", img.module, img.wheels))
+    first = guest.boots - 1  # boots so far: main and the cut boots (the last one, if cut, is audited by the next)
+
+    def scenario(name: str, timeout: float, **params: str) -> Boot:
+        boot = guest.boot(name, **params)
+        boot.wait_for(lambda m: m.get("kind") == "scenario", timeout=400)
+        return boot
+
+    power_cut_series(scenario, cuts, random.Random(12 + first), first=first)
+    final = scenario("final", 600, boot=str(first + cuts))
+    final.wait_for(lambda m: m.get("kind") == "done", timeout=600)
+    final.wait_exit(120)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuts", type=int, default=50)
@@ -68,7 +92,14 @@ def main() -> int:
                         help="arm64: qemu-system-aarch64 -M virt, aarch64 wheels, cross-built gpio-sim (tests/system/README.md)")
     parser.add_argument("--from-results", type=Path, metavar="DIR",
                         help="no guest: the figures from an earlier run's results logs (its pytest guest0 dir)")
+    parser.add_argument("--resume", type=Path, metavar="DIR",
+                        help="boot --cuts more cuts (then `final`) on the disks an earlier run left in DIR, then its figures")
     args = parser.parse_args()
+    if args.resume:
+        sys.path.insert(0, str(ROOT))
+        os.environ["DOOR_BRIDGE_GUEST_ARCH"] = args.arch
+        resume(args.resume, args.cuts)
+        args.from_results = args.resume
     if args.from_results:
         sys.path.insert(0, str(ROOT))
         figures = figures_from_results(args.from_results)

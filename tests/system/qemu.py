@@ -126,6 +126,15 @@ class Guest:
                         str(self.overlay)], check=True)
         subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "dbstate", str(self.state_disk), "256M"], check=True)
 
+    @classmethod
+    def resume(cls, image: Image, work: Path, run_disk: Path) -> Guest:
+        """The disks an earlier run left in `work` (overlay, state disk), booted on from its last boot."""
+        guest = cls.__new__(cls)
+        guest.image, guest.work, guest.run_disk = image, work, run_disk
+        guest.overlay, guest.state_disk = work / "root.qcow2", work / "state.img"
+        guest.boots = max((int(p.stem.split("-")[1]) for p in work.glob("results-*.log")), default=0)
+        return guest
+
     def boot(self, scenario: str, **params: str) -> Boot:
         self.boots += 1
         n = self.boots
