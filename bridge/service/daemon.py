@@ -261,31 +261,13 @@ class Daemon:
         if self.status_server is not None:
             with contextlib.suppress(Exception):
                 await self.status_server.stop()
-        for closer in [*(a.aclose for a in parts.adapters), *(c.aclose for c in (parts.central, parts.handback) if c)]:
-            with contextlib.suppress(Exception):
-                await closer()
-        if parts.sync is not None:
-            with contextlib.suppress(Exception):
-                parts.sync.close()
-        await asyncio.wrap_future(self.worker.submit(self._close_storage))
+        await parts.close_connections()
+        await asyncio.wrap_future(self.worker.submit(parts.close_storage))
         self.worker.shutdown()
-        for monitor in parts.door_monitors.values():
-            monitor.close()
-        parts.emergency.close()
-        parts.modes.armed = False
-        for door in self.doors.values():
-            door.close()
+        parts.close_hardware()
         lifecycle.mark_stopped(self.state_dir)
         self._stopped.set()
         log.info("stopped", bridge=self.config.bridge.id, reason=reason)
-
-    def _close_storage(self) -> None:
-        parts = self.parts
-        parts.outbox.close()
-        parts.cache.close()
-        if parts.learned is not None:
-            parts.learned.close()
-        parts.emergency.store.close()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

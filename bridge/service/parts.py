@@ -103,6 +103,32 @@ class Parts:
     reader_feedback: dict[str, SupervisedReader]
     pin_readers: set[str]
 
+    async def close_connections(self) -> None:
+        """The network clients, each closed even if another one fails."""
+        for closer in [*(a.aclose for a in self.adapters), *(c.aclose for c in (self.central, self.handback) if c)]:
+            with contextlib.suppress(Exception):
+                await closer()
+        if self.sync is not None:
+            with contextlib.suppress(Exception):
+                self.sync.close()
+
+    def close_storage(self) -> None:
+        """On the decision worker, after its last write: the SQLite stores."""
+        self.outbox.close()
+        self.cache.close()
+        if self.learned is not None:
+            self.learned.close()
+        self.emergency.store.close()
+
+    def close_hardware(self) -> None:
+        """Last: door monitors and emergency lines, modes disarmed, then the relays (released)."""
+        for monitor in self.door_monitors.values():
+            monitor.close()
+        self.emergency.close()
+        self.modes.armed = False
+        for door in self.doors.values():
+            door.close()
+
 
 @contextlib.contextmanager
 def _config_error(key: str, *errors: type[Exception]) -> Iterator[None]:

@@ -87,12 +87,9 @@ class _PipelineRig:
         self.pipeline = ScanPipeline(config, self.parts, health, self.worker, self.watch.now, lambda: True, [])
 
     def close(self) -> None:
-        self.worker.submit(self.parts.outbox.close).result()
-        self.worker.submit(self.parts.cache.close).result()
+        self.worker.submit(self.parts.close_storage).result()
         self.worker.shutdown()
-        self.parts.emergency.close()
-        for door in self.parts.doors.values():
-            door.close()
+        self.parts.close_hardware()
 
 
 async def test_the_pipeline_commits_the_row_before_the_relay_pin_goes_active(tmp_path: Path) -> None:
