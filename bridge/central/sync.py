@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bridge.config.upstream import CentralSection, HttpSettings
 from bridge.state import bundle_floor
+from bridge.upstream.background import BACKGROUND_NICENESS, background_argv
 from bridge.upstream.central import BundleFetch, CentralClient
 from bridge.upstream.errors import (
     UpstreamError,
@@ -60,7 +61,7 @@ from verifier.timeutil import iso_seconds
 log = structlog.get_logger()
 
 DOWNLOAD_NAME = "bundle.download"
-APPLIER_NICENESS = 10
+APPLIER_NICENESS = BACKGROUND_NICENESS
 SyncOutcome = Literal["applied", "not_modified", "rejected", "already_rejected", "failed"]
 Sleep = Callable[[float], Awaitable[Any]]
 
@@ -316,7 +317,7 @@ async def apply_in_process(cache_path: Path, bundle_path: Path, public_key: Ed25
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge.central.sync", "apply", str(cache_path), str(bundle_path), public_key_text(public_key), *audience,
+        *background_argv("bridge.central.sync", "apply", str(cache_path), str(bundle_path), public_key_text(public_key), *audience),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )
     try:
@@ -340,9 +341,10 @@ def _child_main(argv: list[str]) -> int:
     if len(argv) < 4 or argv[0] != "apply":
         print("usage: python -m bridge.central.sync apply CACHE_DB BUNDLE PUBLIC_KEY", file=sys.stderr)
         return 2
-    # Background work: on a busy CPU the decision thread of the daemon goes first.
+    # Background work: on a busy CPU the decision thread of the daemon goes first. Started by
+    # apply_in_process it is niced already, imports included (background_argv); run by hand, here.
     with suppress(OSError):
-        os.nice(APPLIER_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, 0, max(APPLIER_NICENESS, os.getpriority(os.PRIO_PROCESS, 0)))
     try:
         applied = apply_here(Path(argv[1]), Path(argv[2]), load_public_key(argv[3]), tuple(argv[4:]))
     except BundleRejected as e:

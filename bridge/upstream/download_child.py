@@ -6,7 +6,9 @@ thread waits for it: bench/sync.py measured p99 3.4 ms and a 43 ms worst decisio
 1M-grant download (95 µs p99 before it), where the apply, already in a child, costs the decisions
 nothing. So when `upstream.central.apply_in = "process"` the download runs in
 `python -m bridge.upstream.download_child` as well, through the very same `CentralHttp.download`
-code: the media-type and size checks, the sha256 and the download deadline are unchanged.
+code: the media-type and size checks, the sha256 and the download deadline are unchanged. The
+child runs niced from its first instruction (bridge/upstream/background.py): on a busy Pi the
+decision thread goes first.
 
 The parent keeps what is state: the breaker — the child reports what the in-process code told its
 breaker (success, failure or release) and the parent tells its own the same — and a backstop
@@ -30,6 +32,7 @@ from typing import Any, Mapping
 import httpx
 
 from bridge.config.upstream import HttpSettings
+from bridge.upstream.background import background_argv
 from bridge.upstream.breaker import CircuitBreaker
 from bridge.upstream.errors import UpstreamError, UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable, redact
 
@@ -81,7 +84,7 @@ async def _attempt(
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge.upstream.download_child",
+        *background_argv("bridge.upstream.download_child"),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )
     what = f"GET {path}"

@@ -1,0 +1,34 @@
+"""Background children (the bundle download, the bundle apply) that yield the CPU from their first
+instruction.
+
+Decisions and a sync share the Pi's cores: a child's interpreter start and imports (httpx,
+pydantic, cryptography: a few hundred ms of CPU) and its work compete with the decision thread,
+and bench/sync.py saw the decisions' p99 rise from ~140 µs to ~2.3 ms while the download child
+ran (load 4). A child that lowers its own priority once its module is running (as the applier
+did) has already spent its start-up at the daemon's priority. So the command is a bootstrap that
+sets the niceness first and then runs the module as `python -m` would (runpy, `__main__`,
+sys.argv[0] the module's file): everything the child does, imports included, runs niced. A
+`preexec_fn` would do the same but makes subprocess fork the whole daemon instead of vfork.
+"""
+
+from __future__ import annotations
+
+import sys
+
+BACKGROUND_NICENESS = 10
+
+# Self-contained on purpose: it must run before anything of door-bridge is imported. setpriority
+# to at least `N` (never lower: an already niced daemon's child stays as nice as the daemon).
+_BOOTSTRAP = (
+    "import os, runpy, sys\n"
+    "n = max(int(sys.argv[1]), os.getpriority(os.PRIO_PROCESS, 0))\n"
+    "os.setpriority(os.PRIO_PROCESS, 0, n)\n"
+    "module = sys.argv[2]\n"
+    "sys.argv[:] = [module, *sys.argv[3:]]\n"
+    "runpy.run_module(module, run_name='__main__', alter_sys=True)\n"
+)
+
+
+def background_argv(module: str, *args: str, niceness: int = BACKGROUND_NICENESS) -> list[str]:
+    """argv that runs `python -m module args…` at `niceness` from its first instruction."""
+    return [sys.executable, "-c", _BOOTSTRAP, str(niceness), module, *args]
