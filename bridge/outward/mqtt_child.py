@@ -6,14 +6,14 @@ thread doing that in the daemon makes the decision worker wait for the GIL each 
 back from an fsync or a log write — up to `sys.getswitchinterval()` (5 ms) per wait. bench/load.py
 measured it (py-spy --gil: the MQTT thread held the GIL 15 % of the time at 1,000 decisions/s;
 p99 2.2-6.5 ms without MQTT, 12.7-34.5 ms with it). Here that work holds another interpreter's
-GIL; the daemon only writes ready JSON lines to a pipe, a few times a second.
+GIL; the daemon only writes ready lines to a pipe, 20 times a second at most.
 
 The child knows nothing of doors or decisions: it is handed the connection settings, the
 availability topic and the retained discovery documents in its first stdin line (with the
 password: never argv or the environment, which `ps` shows), then publishes each later line
-`[topic, payload, retain]` in order. It answers on stdout with one JSON object per event
-(`connected`, `disconnected`, `refused`, `ignored`) and running `counts`; the daemon logs them,
-so the journal and `status` read as before. End of stdin (the daemon stopped, or was killed)
+(`topic TAB retain TAB payload`, see `parse_line`) in order. It answers on stdout with one JSON
+object per event (`connected`, `disconnected`, `refused`, `ignored`) and running `counts`; the
+daemon logs them, so the journal and `status` read as before. End of stdin (the daemon stopped, or was killed)
 ends the child: it says `offline` (retained) while still connected, then disconnects. It ignores
 SIGTERM, SIGINT and SIGHUP, which systemd and a terminal send to every process of the service.
 
@@ -260,15 +260,30 @@ class Session:
         self.connected = False
 
 
-def read_messages(session: Session, lines: IO[str]) -> None:
-    """The daemon's lines, in order, into the session's bounded queue; end of input ends the session."""
-    for line in lines:
+def parse_line(line: str) -> tuple[str, str, bool] | None:
+    """`topic TAB 0|1 TAB payload`, or `[topic, payload, retain]` (JSON) for names with a tab."""
+    line = line.rstrip("\n")
+    if line.startswith("["):
         try:
             topic, payload, retain = json.loads(line)
         except (ValueError, TypeError):
+            return None
+        return str(topic), str(payload), bool(retain)
+    parts = line.split("\t", 2)
+    if len(parts) != 3 or parts[1] not in ("0", "1"):
+        return None
+    return parts[0], parts[2], parts[1] == "1"
+
+
+def read_messages(session: Session, lines: IO[bytes]) -> None:
+    """The daemon's lines, in order, into the session's bounded queue; end of input ends the session.
+    Bytes split on LF only: text mode would also split on a CR inside a name."""
+    for raw in lines:
+        message = parse_line(raw.decode("utf-8", "replace"))
+        if message is None:
             session.dropped += 1  # not ours: nothing the daemon writes looks like this
             continue
-        session.offer((str(topic), str(payload), bool(retain)))
+        session.offer(message)
     session.stop.set()
 
 
@@ -278,9 +293,10 @@ def main() -> int:
     # nothing is logged as a crash at every stop. A hung child still meets systemd's SIGKILL.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    settings = SessionSettings.from_json(sys.stdin.readline())
+    stdin = sys.stdin.buffer
+    settings = SessionSettings.from_json(stdin.readline().decode())
     session = Session(settings, Reporter(sys.stdout))
-    reader = threading.Thread(target=read_messages, args=(session, sys.stdin), name="mqtt-input", daemon=True)
+    reader = threading.Thread(target=read_messages, args=(session, stdin), name="mqtt-input", daemon=True)
     reader.start()
     session.run()
     return 0
