@@ -291,11 +291,25 @@ async def run_sync(sync: BundleSync, *, sleep: Sleep = asyncio.sleep) -> None:
 # --- applying --------------------------------------------------------------------------------------
 
 
+# The applier's page cache: a full bundle updates indexes keyed by card numbers and user ids all
+# over the file; with SQLite's default 2 MiB most index pages are written out and read back
+# several times. 32 MiB, bounded: a 1M-grant apply here took 33.5 / 40.8 s instead of 45.7 / 46.2 s
+# (load 7-8), CPU 20.2 / 19.0 s instead of 21.3 / 22.1 s, peak RSS 74 MB instead of 59 MB.
+APPLY_CACHE_KIB = 32 * 1024
+
+
+def apply_connection(cache_path: Path) -> sqlite3.Connection:
+    """The applier's own connection (never the decision connection), with its larger page cache."""
+    conn = schema.connect(str(cache_path))
+    conn.execute(f"PRAGMA cache_size=-{APPLY_CACHE_KIB}")
+    return conn
+
+
 def apply_here(cache_path: Path, bundle_path: Path, public_key: Ed25519PublicKey,
                audience: tuple[str, ...] = ()) -> Applied:
     """Apply on a connection of our own (never the decision connection), then shrink the WAL."""
     started = time.perf_counter()
-    conn = schema.connect(str(cache_path))
+    conn = apply_connection(cache_path)
     try:
         schema.migrate(conn)
         state_dir = cache_path.parent

@@ -413,3 +413,24 @@ def test_an_upstream_that_echoes_the_api_key_never_puts_it_in_the_error_or_the_l
     assert "answered" in error and "[redacted]" in error
     secret_part = API_KEY.removeprefix("cbk_")
     assert secret_part not in error and secret_part[:16] not in repr(logs)
+
+
+def test_the_applier_reads_and_writes_through_a_bounded_larger_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full bundle touches index pages all over grants.db: the applier's connection keeps 32 MiB
+    of them (SQLite's default is 2 MiB), bounded so a Pi's memory is not. The decision connection
+    keeps the default (the applier is a process of its own in "process" mode)."""
+    from bridge.central import sync as sync_module
+
+    seen: list[int] = []
+    real = sync_module.apply_connection
+
+    def spying(cache_path: Path):  # type: ignore[no-untyped-def]
+        conn = real(cache_path)
+        seen.append(conn.execute("PRAGMA cache_size").fetchone()[0])
+        return conn
+
+    monkeypatch.setattr(sync_module, "apply_connection", spying)
+    bundle = tmp_path / "v1.bundle"
+    bundle.write_bytes(make_bundle(records(), version=1))
+    assert sync_module.apply_here(tmp_path / "grants.db", bundle, SIGNING_KEY.public_key()).version == 1
+    assert seen == [-32 * 1024]
