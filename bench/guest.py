@@ -60,6 +60,37 @@ def figures_from_results(work: Path) -> dict[str, Any]:
     return figures
 
 
+def smoke() -> dict[str, Any]:
+    """One boot of scenario `gpio` (no door-bridge, so no wheels): how long the parts and the boot take."""
+    import time
+
+    from tests.system import image as image_mod
+    from tests.system.qemu import Guest
+
+    arch = image_mod.guest_arch()
+    started = time.monotonic()
+    rootfs = image_mod.build_rootfs(arch)
+    rootfs_s = round(time.monotonic() - started, 1)
+    module = image_mod.build_gpio_sim(rootfs.release, rootfs)
+    parts_s = round(time.monotonic() - started, 1)
+    with tempfile.TemporaryDirectory(prefix="bench-guest-smoke-") as tmp:
+        work = Path(tmp)
+        (work / "wheels").mkdir()
+        img = image_mod.Image(rootfs, module, work / "wheels")
+        guest = Guest(img, work, image_mod.build_run_disk(work / "run.img", module, work / "wheels"))
+        boot = guest.boot("gpio")
+        first = boot.wait_for(lambda m: m.get("kind") == "scenario", timeout=600)
+        boot.wait_for(lambda m: m.get("kind") == "done", timeout=900)
+        boot.wait_exit(120)
+        checks = [m for m in boot.messages if m.get("kind") == "check"]
+        booted = next((m for m in boot.messages if m.get("kind") == "boot"), {})
+        return {"bench": "guest-smoke", "arch": arch.name, "rootfs_built_s": rootfs.built_s, "rootfs_ready_s": rootfs_s,
+                "parts_ready_s": parts_s, "kernel": rootfs.release, "boot_to_scenario_s": first["t_host"],
+                "guest_uptime_at_scenario_s": booted.get("uptime_s"), "multi_user": booted.get("multi_user"),
+                "systemd_analyze": booted.get("analyze"), "checks": checks,
+                "checks_failed": [m["name"] for m in checks if not m.get("ok")], "console_tail": boot.console_tail(8)}
+
+
 def resume(work: Path, cuts: int) -> None:
     """Go on with a series whose host process ended (the disks are the door's: what they hold is
     what the next boot finds). The run disk is rebuilt from the source as it is now."""
@@ -84,6 +115,20 @@ def resume(work: Path, cuts: int) -> None:
     final.wait_exit(120)
 
 
+class _StdoutToStderr:
+    """The tools the parts are built with (mke2fs, ...) talk on stdout; the JSON must be its only line."""
+
+    def __enter__(self) -> None:
+        sys.stdout.flush()
+        self._saved = os.dup(1)
+        os.dup2(2, 1)
+
+    def __exit__(self, *_: object) -> None:
+        sys.stdout.flush()
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuts", type=int, default=50)
@@ -94,11 +139,23 @@ def main() -> int:
                         help="no guest: the figures from an earlier run's results logs (its pytest guest0 dir)")
     parser.add_argument("--resume", type=Path, metavar="DIR",
                         help="boot --cuts more cuts (then `final`) on the disks an earlier run left in DIR, then its figures")
+    parser.add_argument("--smoke", action="store_true",
+                        help="only build the rootfs and gpio-sim and boot once (scenario gpio): build and boot times")
     args = parser.parse_args()
+    if args.smoke:
+        sys.path.insert(0, str(ROOT))
+        os.environ["DOOR_BRIDGE_GUEST_ARCH"] = args.arch
+        with _StdoutToStderr():
+            figures = smoke()
+        if args.save:
+            args.save.write_text(json.dumps(figures, indent=1) + "\n")
+        print(json.dumps(figures))
+        return 0 if figures["checks_failed"] == [] else 1
     if args.resume:
         sys.path.insert(0, str(ROOT))
         os.environ["DOOR_BRIDGE_GUEST_ARCH"] = args.arch
-        resume(args.resume, args.cuts)
+        with _StdoutToStderr():
+            resume(args.resume, args.cuts)
         args.from_results = args.resume
     if args.from_results:
         sys.path.insert(0, str(ROOT))

@@ -11,6 +11,7 @@ Scenarios (kernel command line `dbtest.scenario=`):
   cut      one boot of the power-cut series: audit what survived, then scan until the host cuts
   final    audit after the last cut, then uninstall.sh
   journal  (after main) the journald field checks alone, on a grant, denies, an unplugged scanner
+  gpio     boot figures and the gpio-sim module alone (bench/guest.py --smoke)
 
 Adding a scenario: write `def scenario_NAME(r: Reporter) -> None` below; the host boots it with
 `guest.boot("NAME")` (see tests/system/README.md).
@@ -608,6 +609,25 @@ def scenario_journal(r: Reporter) -> None:
     journal_fields(r)
 
 
+def scenario_gpio(r: Reporter) -> None:
+    """Boot figures and the gpio-sim module alone (bench/guest.py --smoke): no door-bridge, no wheels.
+    For a new guest arch, where the module was cross-built: it loads, makes a chip, lines follow pulls."""
+    scenario_smoke(r)
+
+    def gpio() -> None:
+        install_units()
+        sim = Sim()
+        seen = []
+        for level in ("up", "down", "up"):
+            sim.pull(DOOR_SWITCH, level)
+            time.sleep(0.2)
+            seen.append(sim.value(DOOR_SWITCH))
+        r.check("gpio_sim_chip", (Path("/dev") / sim.chip).exists() and seen == [1, 0, 1], chip=sim.chip, base=sim.base,
+                pulls=seen, module=sh("modinfo -F vermagic gpio-sim").stdout.strip(), machine=os.uname().machine)
+
+    r.step("gpio_sim_chip", gpio)
+
+
 # --- power cuts -----------------------------------------------------------------------------------
 
 
@@ -676,7 +696,7 @@ def main() -> None:
     r.send("scenario", name=name)
     try:
         {"smoke": scenario_smoke, "main": scenario_main, "cut": scenario_cut, "final": scenario_final,
-         "journal": scenario_journal}[name](r)
+         "journal": scenario_journal, "gpio": scenario_gpio}[name](r)
     except Exception as e:  # noqa: BLE001
         r.check(f"scenario_{name}", False, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
     r.send("done", name=name)
