@@ -121,7 +121,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class ReaderSink(Protocol):
-    """What a supervised reader tells the daemon (bridge.service.daemon implements it)."""
+    """What a supervised reader tells the daemon (bridge.service.reader_supervisor implements it)."""
 
     def reader_event(self, reader_id: str, kind: str, body: dict[str, Any]) -> None: ...
 
