@@ -191,8 +191,8 @@ def buzzer_pattern(blink: Blink) -> BuzzerPattern:
 
 
 def door_patterns() -> dict[str, Blink]:
-    """The GPIO door's patterns (bridge/door/monitor.py), imported late: door_io imports the config,
-    which imports the reader models."""
+    """The GPIO door's patterns (bridge/door/feedback.py), imported late: that module loads gpiozero,
+    which this pure module's users (`doctor`, the OSDP unit tests) do not need."""
     from bridge.door.feedback import DENY_BEEPS, DENY_LED, GRANT_BEEP, OFFLINE_IDLE_LED, RATE_LIMITED_BEEP
 
     return {"deny_led": DENY_LED, "deny_beeps": DENY_BEEPS, "grant_beep": GRANT_BEEP,
