@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 from bridge.service.daemon import Daemon
 from bridge.inputs.base import Scan
 from tests.support.fakes.central import FakeCentral
-from tests.support.fakes.fixtures import CENTRAL_API_KEY, _key_file
+from tests.support.fakes.fixtures import CENTRAL_API_KEY, key_file
 from tests.support.harness import SetClock, Site, iso, make_config, wait_for
 from verifier import commands
 from verifier.hashing import PinHashing, hash_pin
@@ -81,7 +81,7 @@ def _config(tmp_path: Path, site: Site, central: FakeCentral | None = None, **em
     if central is not None:
         key = tmp_path / "central.key"
         if not key.exists():
-            _key_file(key, CENTRAL_API_KEY)
+            key_file(key, CENTRAL_API_KEY)
         sections["upstream"] = {"http": {"retry_max_wait_s": 0.2, "retry_deadline_s": 1.0, "breaker_cooldown_s": 0.2},
                                 "central": {"base_url": central.url, "api_key_file": str(key), "apply_in": "thread",
                                             "replicate_idle_s": 0.1, "batch_size": 3}}

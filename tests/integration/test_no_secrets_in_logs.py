@@ -15,7 +15,6 @@ import asyncio
 import io
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from tests.support.fakes.digital_id import FakeDigitalId, employee
 from tests.support.fakes.frontelio import API_KEY as FRONTELIO_KEY
 from tests.support.fakes.frontelio import FakeFrontelio, Holder
 from tests.support.harness import Site, make_config, running
+from tests.support.fakes.fixtures import key_file
 from verifier.types import (
     CardNumber,
     CredentialJwt,
@@ -86,13 +86,6 @@ SECRETS = {
     "invite code body": INVITE.removeprefix("vis_"),
     "digital id token": DIGITAL_ID_TOKEN,
 }
-
-
-def _key_file(path: Path, key: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
-    return path
 
 
 @pytest.fixture
@@ -142,9 +135,9 @@ def test_a_day_of_scans_and_failures_leaves_no_secret_in_logs_or_audit(
         upstream={
             "http": {"verify_budget_s": 1.0, "breaker_failures": 1000, "heartbeat_interval_s": 3600},
             "frontelio": {"base_url": fake_frontelio.server.url,
-                          "api_key_file": str(_key_file(tmp_path / "frontelio.key", FRONTELIO_KEY))},
+                          "api_key_file": str(key_file(tmp_path / "frontelio.key", FRONTELIO_KEY))},
             "digital_id": {"base_url": fake_digital_id.server.url,
-                           "api_key_file": str(_key_file(tmp_path / "digital_id.key", DIGITAL_ID_KEY))},
+                           "api_key_file": str(key_file(tmp_path / "digital_id.key", DIGITAL_ID_KEY))},
         },
     )
     structlog_out = io.StringIO()

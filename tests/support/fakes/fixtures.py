@@ -30,7 +30,7 @@ def _serving(fake: T) -> Iterator[T]:
         fake.server.stop()  # type: ignore[attr-defined]
 
 
-def _key_file(path: Path, key: str) -> Path:
+def key_file(path: Path, key: str) -> Path:
     """A key in a mode-0600 file, with a trailing newline like `echo` leaves."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -56,7 +56,7 @@ def fake_digital_id() -> Iterator[FakeDigitalId]:
 @pytest.fixture
 def frontelio_key_file(tmp_path: Path) -> Path:
     """The fake's accepted `mk_` key in a mode-0600 file, with a trailing newline like `echo` leaves."""
-    return _key_file(tmp_path / "frontelio.key", API_KEY)
+    return key_file(tmp_path / "frontelio.key", API_KEY)
 
 
 @pytest.fixture
@@ -67,4 +67,4 @@ def fake_central() -> Iterator[FakeCentral]:
 @pytest.fixture
 def central_key_file(tmp_path: Path) -> Path:
     """The fake central's accepted bridge key in a mode-0600 file."""
-    return _key_file(tmp_path / "central.key", CENTRAL_API_KEY)
+    return key_file(tmp_path / "central.key", CENTRAL_API_KEY)
