@@ -180,18 +180,12 @@ class Rootfs:
     headers_debs: Path | None = None  # arm64: the guest kernel's linux-headers debs, for the cross build
 
 
-# arm64: the guest kernel's headers (flavour and -common) fetched by the guest's own apt inside the
-# chroot, kept out of the image; tests/system/image.py cross-builds gpio-sim against them.
-_HEADERS_HOOK = ("chroot \"$1\" sh -c 'set -e; r=$(ls /boot | sed -n \"s/^vmlinuz-//p\"); mkdir -p /tmp/headers; cd /tmp/headers;"
-                 " apt-get download -q linux-headers-$r linux-headers-${r%-*}-common'")
-
-
 def build_rootfs(arch: Arch | None = None) -> Rootfs:
     arch = arch or guest_arch()
     sources = apt_sources()
     hook = (GUEST_DIR / "customize.sh").read_text()
     packages = guest_packages(arch)
-    foreign = [] if arch is X86_64 else [arch.debian, _HEADERS_HOOK]  # x86_64 keeps the key it always had
+    foreign = [] if arch is X86_64 else [arch.debian]  # x86_64 keeps the key it always had
     key = _digest("rootfs-v1", " ".join(packages), hook, ROOTFS_SIZE, *foreign,
                   *(p.read_text() for p in sources), _candidate("linux-image-amd64"), _candidate("python3-evdev"))
     final = cache_dir() / (f"rootfs-{key}" if arch is X86_64 else f"rootfs-{arch.name}-{key}")
@@ -202,7 +196,7 @@ def build_rootfs(arch: Arch | None = None) -> Rootfs:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="rootfs-", dir=final.parent))
         tree = tmp / "tree"
-        hooks = [] if arch is X86_64 else [f"--architectures={arch.debian}", f"--customize-hook={_HEADERS_HOOK}"]
+        hooks = [] if arch is X86_64 else [f"--architectures={arch.debian}"]
         _run(["mmdebstrap", "--variant=minbase", "--mode=root", "--include=" + ",".join(packages), *hooks,
               f"--customize-hook=upload {GUEST_DIR / 'customize.sh'} /tmp/customize.sh",
               "--customize-hook=chroot \"$1\" sh /tmp/customize.sh", "--customize-hook=rm -f \"$1\"/tmp/customize.sh",
@@ -213,8 +207,6 @@ def build_rootfs(arch: Arch | None = None) -> Rootfs:
         shutil.copy2(kernel, tmp / "vmlinuz")
         shutil.copy2(boot / f"initrd.img-{release}", tmp / "initrd.img")
         (tmp / "release").write_text(release)
-        if (tree / "tmp/headers").exists():
-            shutil.move(tree / "tmp/headers", tmp / "headers")
         _run(["mke2fs", "-q", "-t", "ext4", "-L", "guestroot", "-d", str(tree), str(tmp / "rootfs.img"), ROOTFS_SIZE],
              log=tmp / "build.log")
         shutil.rmtree(tree)
@@ -223,9 +215,29 @@ def build_rootfs(arch: Arch | None = None) -> Rootfs:
         built: float | None = float((final / "built_s").read_text())
     else:
         built = None
-    headers = final / "headers"
-    return Rootfs(final / "rootfs.img", final / "vmlinuz", final / "initrd.img", (final / "release").read_text(), built,
-                  arch, headers if headers.exists() else None)
+    release = (final / "release").read_text()
+    headers = None if arch is X86_64 else fetch_headers(arch, release)
+    return Rootfs(final / "rootfs.img", final / "vmlinuz", final / "initrd.img", release, built, arch, headers)
+
+
+def fetch_headers(arch: Arch, release: str) -> Path:
+    """The guest kernel's linux-headers debs (flavour and -common) for a foreign arch, by the host's
+    apt with that arch and lists of its own (the host's apt state is not touched). Cached per release."""
+    final = cache_dir() / f"headers-{arch.name}-{release}"
+    if final.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"headers-{arch.name}-", dir=final.parent))
+    state = tmp / "apt"
+    for d in ("lists/partial", "cache/archives/partial"):
+        (state / d).mkdir(parents=True)
+    opts = [f"-oAPT::Architecture={arch.debian}", f"-oAPT::Architectures={arch.debian}", f"-oDir::State::Lists={state / 'lists'}",
+            f"-oDir::Cache={state / 'cache'}", "-oDebug::NoLocking=1"]
+    _run(["apt-get", *opts, "update", "-qq"], log=tmp / "fetch.log")
+    _run(["apt-get", *opts, "download", "-q", f"linux-headers-{release}", f"linux-headers-{release.rsplit('-', 1)[0]}-common"],
+         log=tmp / "fetch.log", cwd=tmp)
+    shutil.rmtree(state)
+    return _publish(tmp, final)
 
 
 # --- gpio-sim -------------------------------------------------------------------------------------
