@@ -56,6 +56,7 @@ def figures_from_results(work: Path) -> dict[str, Any]:
     run.final = done[-1]
     audits, problems = test_guest.audit_power_cuts(run)
     figures = test_guest._figures(run, audits, problems)
+    figures.update(parts_ready_s=None, main_scenario_s=None)  # host timings: not in the logs
     figures["from_results"] = {"dir": str(work), "boots_logged": len(logs), "run_ended": ended}
     return figures
 

@@ -368,7 +368,7 @@ def _foreign_wheels(native: Path, arch: Arch) -> Path:
                                "--dest", str(tmp), f"{dist}=={version}"], capture_output=True, text=True, check=False)
         if done.returncode:
             missing.append(f"{dist}=={version}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no wheel'}")
-    built = _sdist_wheels(arch, [m.split(":", 1)[0] for m in missing]) if missing else None
+    built = _sdist_wheels(arch, [m.split(":", 1)[0] for m in missing], native) if missing else None
     for wheel in sorted(built.glob("*.whl")) if built else []:
         shutil.copy2(wheel, tmp / wheel.name)
     (tmp / "NO_WHEEL.txt").write_text("".join(f"{m} -> built from the sdist in an {arch.debian} chroot: "
@@ -383,9 +383,9 @@ SDIST_BUILD_PACKAGES = ["python3-dev", "python3-pip", "python3-setuptools", "pyt
                         "linux-libc-dev"]
 
 
-def _sdist_wheels(arch: Arch, specs: list[str]) -> Path:
+def _sdist_wheels(arch: Arch, specs: list[str], native: Path) -> Path:
     """Wheels for `arch` built from PyPI's sdists inside a throwaway mmdebstrap chroot of that arch."""
-    key = _digest("sdist-wheels-v1", arch.debian, *SDIST_BUILD_PACKAGES, *sorted(specs), *(p.read_text() for p in apt_sources()))
+    key = _digest("sdist-wheels-v2", arch.debian, *SDIST_BUILD_PACKAGES, *sorted(specs), *(p.read_text() for p in apt_sources()))
     final = cache_dir() / f"sdist-wheels-{arch.name}-{key}"
     if final.exists():
         return final
@@ -396,7 +396,12 @@ def _sdist_wheels(arch: Arch, specs: list[str]) -> Path:
     sdists = tmp / "sdists"
     _run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps", "--no-binary=:all:",
           "--dest", str(sdists), *specs], log=tmp / "build.log")
-    build = ("chroot \"$1\" sh -c 'set -e; mkdir -p /tmp/out; for f in /tmp/sdists/*; do PYPI=1 python3 -m pip wheel"
+    # bookworm's setuptools (66) rejects evdev 2's PEP 639 `license = "BSD-3-Clause"`: the project's own
+    # pure setuptools wheel (from the x86_64 set) goes into the chroot first.
+    for wheel in (*native.glob("setuptools-*.whl"), *native.glob("wheel-*.whl")):
+        shutil.copy2(wheel, sdists / wheel.name)
+    build = ("chroot \"$1\" sh -c 'set -e; mkdir -p /tmp/out; python3 -m pip install --quiet --break-system-packages --no-index"
+             " --no-deps /tmp/sdists/*.whl; for f in /tmp/sdists/*.tar.gz; do PYPI=1 python3 -m pip wheel"
              " --no-deps --no-build-isolation --no-index --wheel-dir /tmp/out \"$f\"; done'")
     _run(["mmdebstrap", "--variant=apt", "--mode=root", f"--architectures={arch.debian}",
           "--include=" + ",".join(SDIST_BUILD_PACKAGES), f"--customize-hook=copy-in {sdists} /tmp",
