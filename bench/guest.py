@@ -31,7 +31,7 @@ def figures_from_results(work: Path) -> dict[str, Any]:
     stopped before its `final` boot, the last boot that audited and scanned plays `final`, so every
     cut before it is checked against the audit of the boot after it. Host-side timings are not in
     the logs (null); the guest's own uptime at READY is."""
-    from tests.system import test_guest
+    from tests.system import power_cuts
 
     def messages(path: Path) -> list[dict[str, Any]]:
         out = []
@@ -47,15 +47,15 @@ def figures_from_results(work: Path) -> dict[str, Any]:
     logs = sorted(work.glob("results-*.log"), key=lambda p: int(p.stem.split("-")[1]))
     if len(logs) < 3:
         raise SystemExit(f"{work}: needs results-1.log (main) and at least two cut boots")
-    run = test_guest.Run(main=messages(logs[0]))
+    run = power_cuts.Run(main=messages(logs[0]))
     boots = [messages(p) for p in logs[1:]]
     done = [b for b in boots if {"audit", "ready", "scenario"} <= {m.get("kind") for m in b}]
     ended = any(m.get("kind") == "done" for m in done[-1]) and not any(m.get("kind") == "scanning" for m in done[-1])
     cut_boots = done[:-1]
     run.cuts = [SimpleNamespace(messages=b) for b in cut_boots]  # type: ignore[misc]
     run.final = done[-1]
-    audits, problems = test_guest.audit_power_cuts(run)
-    figures = test_guest._figures(run, audits, problems)
+    audits, problems = power_cuts.audit_power_cuts(run)
+    figures = power_cuts.power_cut_figures(run, audits, problems)
     figures.update(parts_ready_s=None, main_scenario_s=None)  # host timings: not in the logs
     figures["from_results"] = {"dir": str(work), "boots_logged": len(logs), "run_ended": ended}
     return figures
@@ -99,7 +99,7 @@ def resume(work: Path, cuts: int) -> None:
 
     from tests.system import image as image_mod
     from tests.system.qemu import Boot, Guest
-    from tests.system.test_guest import power_cut_series
+    from tests.system.power_cuts import power_cut_series
 
     img = image_mod.build_all()
     guest = Guest.resume(img, work, image_mod.build_run_disk(work / "run.img", img.module, img.wheels))
