@@ -5,10 +5,12 @@ batched hand-over keeps the decisions' order. Real mosquitto, real processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -22,6 +24,7 @@ from tests.support.service import Service, write_config
 from verifier.types import Source
 
 PASSWORD = "pw-9f3c1e77-mqtt"
+STATUS = "door-bridge/BRIDGE-SVC/status"
 
 
 def holders(port: int) -> set[int]:
@@ -137,51 +140,44 @@ def stopped(svc: Service, timeout: float = 15.0) -> int:
     return svc.proc.returncode
 
 
-def test_a_sigkilled_daemon_leaves_no_publisher_behind_and_the_broker_says_offline(tmp_path):
+@contextlib.contextmanager
+def online_service(tmp_path) -> Iterator[tuple[Service, Broker, psutil.Process]]:
+    """A real daemon process publishing to a real mosquitto, its publisher child found and `online` heard."""
     broker = Broker(tmp_path / "broker").start()
     svc = Service(tmp_path)
     write_config(svc.config, svc.state, svc.site, svc.pty.path,
                  tail=f"[mqtt]\nenabled = true\nport = {broker.port}\nreconnect_min_s = 0.05\n")
-    heard = Listener(broker, "door-bridge/BRIDGE-SVC/status")
+    heard = Listener(broker, STATUS)
     try:
         svc.start()
         svc.wait_log("mqtt_connected")
         (child,) = publishers(svc.proc.pid)
-        wait_heard(svc, heard, "door-bridge/BRIDGE-SVC/status", "online")
+        wait_heard(svc, heard, STATUS, "online")
+        yield svc, broker, child
+        wait_heard(svc, heard, STATUS, "offline")
+    finally:
+        heard.close()
+        svc.close()
+        broker.kill()
+
+
+def test_a_sigkilled_daemon_leaves_no_publisher_behind_and_the_broker_says_offline(tmp_path):
+    with online_service(tmp_path) as (svc, _broker, child):
         svc.kill()
         try:
             child.wait(10)  # its input closed with the daemon: it ends by itself
         except psutil.TimeoutExpired:
             pytest.fail("the publisher process outlived the SIGKILLed daemon")
-        wait_heard(svc, heard, "door-bridge/BRIDGE-SVC/status", "offline")
-    finally:
-        heard.close()
-        svc.close()
-        broker.kill()
 
 
 def test_a_service_stop_that_signals_the_whole_cgroup_still_says_offline_and_logs_no_crash(tmp_path):
     """systemd's KillMode=control-group sends SIGTERM to the daemon and its publisher at once."""
-    broker = Broker(tmp_path / "broker").start()
-    svc = Service(tmp_path)
-    write_config(svc.config, svc.state, svc.site, svc.pty.path,
-                 tail=f"[mqtt]\nenabled = true\nport = {broker.port}\nreconnect_min_s = 0.05\n")
-    heard = Listener(broker, "door-bridge/BRIDGE-SVC/status")
-    try:
-        svc.start()
-        svc.wait_log("mqtt_connected")
-        (child,) = publishers(svc.proc.pid)
-        wait_heard(svc, heard, "door-bridge/BRIDGE-SVC/status", "online")
+    with online_service(tmp_path) as (svc, broker, child):
         child.send_signal(signal.SIGTERM)
         svc.signal(signal.SIGTERM)
         assert stopped(svc) == 0
         child.wait(5)
-        wait_heard(svc, heard, "door-bridge/BRIDGE-SVC/status", "offline")
-        out = svc.output()
-        assert "mqtt_publisher_exited" not in out and "Traceback" not in out, out[-2000:]
-        # The child said `offline` itself (a clean DISCONNECT), not the broker's last will.
-        assert "Client door-bridge-BRIDGE-SVC disconnected." in broker.log_text(), broker.log_text()[-1500:]
-    finally:
-        heard.close()
-        svc.close()
-        broker.kill()
+    out = svc.output()
+    assert "mqtt_publisher_exited" not in out and "Traceback" not in out, out[-2000:]
+    # The child said `offline` itself (a clean DISCONNECT), not the broker's last will.
+    assert "Client door-bridge-BRIDGE-SVC disconnected." in broker.log_text(), broker.log_text()[-1500:]
