@@ -32,7 +32,6 @@ import random
 import re
 import select
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ import structlog
 from bridge import __version__
 from bridge.config.observe import MqttSection
 from bridge.outward.mqtt_child import OFFLINE, ONLINE, SessionSettings, TlsFiles, tls_context
+from bridge.upstream.background import background_argv
 from verifier.types import AccessDecision
 
 log = structlog.get_logger()
@@ -205,7 +205,9 @@ class MqttPublisher:
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         try:
-            child = subprocess.Popen([sys.executable, "-m", "bridge.outward.mqtt_child"], stdin=subprocess.PIPE,
+            # Niced from its first instruction (imports included): its start and paho's work
+            # yield the CPU to decisions; the bounded queue, not the door, absorbs any lag.
+            child = subprocess.Popen(background_argv("bridge.outward.mqtt_child"), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, close_fds=True)
             assert child.stdin is not None and child.stdout is not None
             child.stdin.write(self._settings().to_json().encode() + b"\n")

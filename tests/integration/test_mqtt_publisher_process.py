@@ -17,6 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridge.inputs.base import Scan
+from bridge.upstream.background import BACKGROUND_NICENESS
 from tests.support.harness import SteppingClock, running, wait_for
 from tests.support.mqtt_broker import Broker, Listener
 from tests.support.mqtt_site import BASE, READER, REVOKED, VALID, broker, config  # noqa: F401 - fixture
@@ -70,6 +71,8 @@ async def test_the_broker_connection_is_held_by_a_child_that_was_not_handed_the_
             assert PASSWORD not in " ".join(child.cmdline())
             assert not any(PASSWORD in v for v in child.environ().values())
             assert daemon.outward.mqtt.child_pid == child.pid
+            # Niced from its first instruction: its interpreter start and paho's work yield to decisions.
+            assert child.nice() >= BACKGROUND_NICENESS, child.nice()
         assert not psutil.pid_exists(child.pid) or child.status() == psutil.STATUS_ZOMBIE
         assert publishers(os.getpid()) == []
         await wait_for(lambda: heard.on(f"{BASE}/status")[-1:] == ["offline"], what="offline on clean stop")
