@@ -1,10 +1,13 @@
-"""Prometheus metrics (prometheus_client): counters fed by the daemon's decision and door-event
-listeners, everything else read off the daemon's in-memory state when Prometheus scrapes.
+"""Prometheus metrics: counted in the daemon, exposed by a process of its own.
 
-Why two halves: counting on the decision path must cost a dictionary look-up and an add (it runs
-on the decision worker after the relay has been pulsed), while gauges such as outbox depth or
-door position are only worth computing when someone asks. Nothing here reads SQLite or blocks:
-the collector reads the figures the daemon already keeps for `door-bridge status`.
+Why two processes: counting on the decision path must cost a dictionary add (it runs on the
+decision worker after the relay has pulsed), and building and serving the exposition — a few ms
+of bytecode per scrape — must not hold the deciding process's GIL (bridge/outward/metrics_child.py
+says what it cost). So the daemon keeps plain counts and, when the exposition process asks (a
+scrape, a textfile write), answers with one JSON snapshot: its counts, and gauges such as outbox
+depth or door position, read off the figures the daemon already keeps for `door-bridge status`.
+Nothing here reads SQLite or blocks the worker. prometheus_client does the rest in the child:
+metric families, the text format, HTTP, the textfile.
 
 Labels are ids the site chose in its configuration (reader, door, upstream) and enum values
 (decision, reason, mode, event type). Never a credential, a fingerprint, a user or a name: a
@@ -15,24 +18,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import platform
+import random
+import subprocess
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
+from bisect import bisect_left
+from datetime import datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, write_to_textfile
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from bridge import __version__
 from bridge.config.observe import MetricsSection
+from bridge.upstream.background import background_argv
 from verifier.types import AccessDecision, Decision, Reason
 
 if TYPE_CHECKING:
-    from bridge.service.daemon import Daemon
     from bridge.outward.mqtt import MqttPublisher
+    from bridge.service.daemon import Daemon
 
 log = structlog.get_logger()
 
@@ -41,200 +47,266 @@ log = structlog.get_logger()
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
 ALARMS = ("held_open", "forced_open")
 PREFIX = "door_bridge"
+# A family as the exposition process reads it (metrics_child.families): kind, name, help, label
+# names, samples.
+Family = list[Any]
+# An exposition process that exits is started again after a jittered wait of up to this.
+RESTART_MAX_S = 30.0
 
 
 class Metrics:
-    """One registry per daemon (never the process-global one: tests run several daemons)."""
+    """One set of counts per daemon (tests run several daemons in one process)."""
 
-    def __init__(self, daemon: "Daemon", mqtt: "MqttPublisher | None" = None) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.decisions = Counter(f"{PREFIX}_decisions", "Access decisions taken, by decision, reason, reader and how "
-                                 "they were decided (mode: online, cache or learned).",
-                                 ["decision", "reason", "reader", "mode"], registry=self.registry)
-        self.latency = Histogram(f"{PREFIX}_scan_to_relay_seconds", "From the last byte of a scan to after the relay "
-                                 "pulse (or to the decision, when nothing pulses).", ["reader"],
-                                 buckets=LATENCY_BUCKETS_S, registry=self.registry)
-        self.door_events = Counter(f"{PREFIX}_door_events", "Door events recorded in the audit outbox (DOOR_OPENED, "
-                                   "DOOR_CLOSED, REX, DOOR_HELD_OPEN, DOOR_FORCED_OPEN, ...).", ["door", "type"],
-                                   registry=self.registry)
-        self.registry.register(DaemonCollector(daemon, mqtt))
-        # Label children bound once per label set: `.labels()` validates, builds a tuple and takes
-        # the metric's lock at every call; a dict hit costs a hash. Keys are the enums and ids;
-        # `.labels()` returns the metric's own class, bound to one label set.
-        self._decision_children: dict[tuple[Decision, Reason | None, str, str], Counter] = {}
-        self._latency_children: dict[str, Histogram] = {}
+    def __init__(self, daemon: Daemon, mqtt: MqttPublisher | None = None) -> None:
+        self.daemon = daemon
+        self.mqtt = mqtt
+        # Plain dicts, written only by the worker; read by the exporter thread as one C-level copy.
+        self.decisions: dict[tuple[Decision, Reason | None, str, str], int] = {}
+        # Per reader: a count per bucket of LATENCY_BUCKETS_S, one for +Inf, then the sum (s).
+        self.latency: dict[str, list[float]] = {}
+        self.door_events: dict[tuple[str, str], int] = {}
 
     def on_decision(self, d: AccessDecision, latency_ms: float) -> None:
         """A decision listener: on the worker thread, after the pulse."""
         key = (d.decision, d.reason, d.reader_id, d.decided)
-        counter = self._decision_children.get(key)
-        if counter is None:
-            counter = self._decision_children[key] = self.decisions.labels(
-                d.decision.value, d.reason.value if d.reason else "none", d.reader_id, d.decided)
-        counter.inc()
-        histogram = self._latency_children.get(d.reader_id)
-        if histogram is None:
-            histogram = self._latency_children[d.reader_id] = self.latency.labels(d.reader_id)
-        histogram.observe(latency_ms / 1000)
+        self.decisions[key] = self.decisions.get(key, 0) + 1
+        h = self.latency.get(d.reader_id)
+        if h is None:
+            h = self.latency[d.reader_id] = [0] * (len(LATENCY_BUCKETS_S) + 1) + [0.0]
+        seconds = latency_ms / 1000
+        h[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1  # le: the first bound >= the value
+        h[-1] += seconds
 
     def on_door_event(self, door: str, kind: str) -> None:
-        self.door_events.labels(door, kind).inc()
+        key = (door, kind)
+        self.door_events[key] = self.door_events.get(key, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every family, as the exposition process turns it into prometheus_client's."""
+        decisions = [[[d.value, r.value if r else "none", reader, mode], n]
+                     for (d, r, reader, mode), n in dict(self.decisions).items()]
+        latency = []
+        for reader, h in dict(self.latency).items():
+            counts, running = list(h), 0
+            buckets = []
+            for le, n in zip((*LATENCY_BUCKETS_S, "+Inf"), counts[:-1], strict=True):
+                running += int(n)
+                buckets.append([le, running])
+            latency.append([[reader], buckets, counts[-1]])
+        events = [[[door, kind], n] for (door, kind), n in dict(self.door_events).items()]
+        out: list[Family] = [
+            ["counter", f"{PREFIX}_decisions", "Access decisions taken, by decision, reason, reader and how they "
+             "were decided (mode: online, cache or learned).", ["decision", "reason", "reader", "mode"], decisions],
+            ["histogram", f"{PREFIX}_scan_to_relay_seconds", "From the last byte of a scan to after the relay pulse "
+             "(or to the decision, when nothing pulses).", ["reader"], latency],
+            ["counter", f"{PREFIX}_door_events", "Door events recorded in the audit outbox (DOOR_OPENED, "
+             "DOOR_CLOSED, REX, DOOR_HELD_OPEN, DOOR_FORCED_OPEN, ...).", ["door", "type"], events],
+        ]
+        out.extend(daemon_families(self.daemon, self.mqtt))
+        return {"families": out}
 
 
-class DaemonCollector(Collector):
+def daemon_families(d: Daemon, mqtt: MqttPublisher | None) -> list[Family]:
     """Gauges computed at scrape time from what the daemon already holds in memory."""
+    parts, health = d.parts, d.health
+    now = d.clock()
+    out: list[Family] = [
+        ["info", f"{PREFIX}_build", "Version of door-bridge and of the Python running it.", [],
+         {"version": __version__, "python": platform.python_version()}],
+        _gauge("start_time_seconds", "When this daemon started (Unix time).", health.stats.started_at.timestamp()),
+        _gauge("outbox_depth", "Audit events not yet acknowledged by the central.", parts.outbox.depth()),
+    ]
+    oldest = health.storage.oldest_pending_at
+    out.append(_gauge("outbox_oldest_pending_age_seconds",
+                      "Age of the oldest unacknowledged audit event (0 when none is pending).",
+                      _seconds_since(oldest, now) if oldest else 0.0))
 
-    def __init__(self, daemon: "Daemon", mqtt: "MqttPublisher | None") -> None:
-        self.daemon = daemon
-        self.mqtt = mqtt
+    meta = parts.cache.meta
+    out.append(_gauge("cache_version", "Version of the signed grant bundle in use (0: none).", meta.version))
+    if meta.version:
+        out.append(_gauge("cache_age_seconds", "Age of the bundle in use (now minus its issued_at).",
+                          now.timestamp() - meta.issued_at_ms / 1000))
+    out.append(_gauge("cache_grants", "Grant and card records in the cache.", health.storage.grants))
+    out.append(_gauge("cache_stale", "1 when the bundle is past its not_after (or there is none).",
+                      float(meta.version == 0 or now.timestamp() * 1000 >= meta.not_after_ms)))
 
-    def collect(self) -> Iterator[Metric]:
-        d = self.daemon
-        parts, health = d.parts, d.health
-        now = d.clock()
-        yield InfoMetricFamily(f"{PREFIX}_build", "Version of door-bridge and of the Python running it.",
-                               value={"version": __version__, "python": platform.python_version()})
-        yield _gauge("start_time_seconds", "When this daemon started (Unix time).", health.stats.started_at.timestamp())
+    up: list[Any] = []
+    last: list[Any] = []
+    for name, seen in sorted(health.upstream.by_name.items()):
+        up.append([[name], float(bool(seen.online))])
+        if seen.last_success is not None:
+            last.append([[name], seen.last_success.timestamp()])
+    if parts.replicator is not None and parts.sync is not None:
+        rs, ss = parts.replicator.state, parts.sync.state
+        up.append([["central"], float(bool(rs.online))])
+        times = [t for t in (rs.last_success_at, ss.last_sync_at) if t is not None]
+        if times:
+            last.append([["central"], max(times).timestamp()])
+    out.append(["gauge", f"{PREFIX}_upstream_up", "1 when the last exchange with this upstream succeeded.",
+                ["upstream"], up])
+    out.append(["gauge", f"{PREFIX}_upstream_last_success_timestamp_seconds",
+                "When this upstream last answered (Unix time).", ["upstream"], last])
 
-        yield _gauge("outbox_depth", "Audit events not yet acknowledged by the central.", parts.outbox.depth())
-        oldest = health.storage.oldest_pending_at
-        age = _seconds_since(oldest, now) if oldest else 0.0
-        yield _gauge("outbox_oldest_pending_age_seconds",
-                     "Age of the oldest unacknowledged audit event (0 when none is pending).", age)
+    readers = []
+    inputs = {i.reader_id: i for i in parts.inputs}
+    for rid, st in sorted(health.stats.readers.items()):
+        connected = getattr(inputs.get(rid), "connected", None)
+        ok = not st.failed and (not isinstance(connected, threading.Event) or connected.is_set())
+        readers.append([[rid], float(ok)])
+    out.append(["gauge", f"{PREFIX}_reader_up", "1 while the reader's input runs (and, for a serial scanner, its "
+                "port is open).", ["reader"], readers])
 
-        meta = parts.cache.meta
-        yield _gauge("cache_version", "Version of the signed grant bundle in use (0: none).", meta.version)
-        if meta.version:
-            yield _gauge("cache_age_seconds", "Age of the bundle in use (now minus its issued_at).",
-                         now.timestamp() - meta.issued_at_ms / 1000)
-        yield _gauge("cache_grants", "Grant and card records in the cache.", health.storage.grants)
-        yield _gauge("cache_stale", "1 when the bundle is past its not_after (or there is none).",
-                     float(meta.version == 0 or now.timestamp() * 1000 >= meta.not_after_ms))
+    pulses, energised, position, alarm = [], [], [], []
+    for name, door in sorted(d.doors.items()):
+        pulses.append([[name], door.pulses])
+        energised.append([[name], float(door.energised)])
+        monitor = parts.door_monitors.get(name)
+        if monitor is None:
+            continue
+        state, raised = monitor.state(), monitor.alarms()
+        if state["position"] != "unknown":
+            position.append([[name], float(state["position"] == "open")])
+        for kind in ALARMS:
+            alarm.append([[name, kind], float(kind in raised)])
+    out += [["counter", f"{PREFIX}_relay_pulses", "Relay pulses (grants, REX).", ["door"], pulses],
+            ["gauge", f"{PREFIX}_relay_energised", "1 while the door relay is energised.", ["door"], energised],
+            ["gauge", f"{PREFIX}_door_open", "1 open, 0 closed (only doors with a position switch).", ["door"],
+             position],
+            ["gauge", f"{PREFIX}_door_alarm", "1 while the alarm is raised on the door.", ["door", "alarm"], alarm]]
 
-        up = GaugeMetricFamily(f"{PREFIX}_upstream_up", "1 when the last exchange with this upstream succeeded.",
-                               labels=["upstream"])
-        last = GaugeMetricFamily(f"{PREFIX}_upstream_last_success_timestamp_seconds",
-                                 "When this upstream last answered (Unix time).", labels=["upstream"])
-        for name, seen in sorted(health.upstream.by_name.items()):
-            up.add_metric([name], float(bool(seen.online)))
-            if seen.last_success is not None:
-                last.add_metric([name], seen.last_success.timestamp())
-        if parts.replicator is not None and parts.sync is not None:
-            rs, ss = parts.replicator.state, parts.sync.state
-            up.add_metric(["central"], float(bool(rs.online)))
-            times = [t for t in (rs.last_success_at, ss.last_sync_at) if t is not None]
-            if times:
-                last.add_metric(["central"], max(times).timestamp())
-        yield up
-        yield last
-
-        readers = GaugeMetricFamily(f"{PREFIX}_reader_up", "1 while the reader's input runs (and, for a serial "
-                                    "scanner, its port is open).", labels=["reader"])
-        inputs = {i.reader_id: i for i in parts.inputs}
-        for rid, st in sorted(health.stats.readers.items()):
-            connected = getattr(inputs.get(rid), "connected", None)
-            ok = not st.failed and (not isinstance(connected, threading.Event) or connected.is_set())
-            readers.add_metric([rid], float(ok))
-        yield readers
-
-        pulses = CounterMetricFamily(f"{PREFIX}_relay_pulses", "Relay pulses (grants, REX).", labels=["door"])
-        energised = GaugeMetricFamily(f"{PREFIX}_relay_energised", "1 while the door relay is energised.",
-                                      labels=["door"])
-        position = GaugeMetricFamily(f"{PREFIX}_door_open", "1 open, 0 closed (only doors with a position "
-                                     "switch).", labels=["door"])
-        alarm = GaugeMetricFamily(f"{PREFIX}_door_alarm", "1 while the alarm is raised on the door.",
-                                  labels=["door", "alarm"])
-        for name, door in sorted(d.doors.items()):
-            pulses.add_metric([name], door.pulses)
-            energised.add_metric([name], float(door.energised))
-            monitor = parts.door_monitors.get(name)
-            if monitor is None:
-                continue
-            state, raised = monitor.state(), monitor.alarms()
-            if state["position"] != "unknown":
-                position.add_metric([name], float(state["position"] == "open"))
-            for kind in ALARMS:
-                alarm.add_metric([name, kind], float(kind in raised))
-        yield from (pulses, energised, position, alarm)
-
-        mqtt = self.mqtt
-        if mqtt is not None:
-            yield _gauge("mqtt_connected", "1 while connected to the MQTT broker.", float(mqtt.connected))
-            yield CounterMetricFamily(f"{PREFIX}_mqtt_published", "MQTT messages handed to the broker connection.",
-                                      value=mqtt.published)
-            yield CounterMetricFamily(f"{PREFIX}_mqtt_dropped", "MQTT messages dropped because the queue to the "
-                                      "broker was full (decisions never wait for MQTT).", value=mqtt.dropped)
-            yield CounterMetricFamily(f"{PREFIX}_mqtt_publisher_restarts", "Times the MQTT publisher process "
-                                      "died and was started again.", value=mqtt.restarts)
+    if mqtt is not None:
+        out += [_gauge("mqtt_connected", "1 while connected to the MQTT broker.", float(mqtt.connected)),
+                _counter("mqtt_published", "MQTT messages handed to the broker connection.", mqtt.published),
+                _counter("mqtt_dropped", "MQTT messages dropped because the queue to the broker was full "
+                         "(decisions never wait for MQTT).", mqtt.dropped),
+                _counter("mqtt_publisher_restarts", "Times the MQTT publisher process died and was started again.",
+                         mqtt.restarts)]
+    return out
 
 
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, value=value)
+def _gauge(name: str, documentation: str, value: float) -> Family:
+    return ["gauge", f"{PREFIX}_{name}", documentation, [], [[[], value]]]
 
 
-def _seconds_since(iso_at: str, now: "object") -> float:
-    from datetime import datetime
+def _counter(name: str, documentation: str, value: float) -> Family:
+    return ["counter", f"{PREFIX}_{name}", documentation, [], [[[], value]]]
 
-    assert isinstance(now, datetime)
+
+def _seconds_since(iso_at: str, now: datetime) -> float:
     return max(0.0, now.timestamp() - datetime.fromisoformat(iso_at.replace("Z", "+00:00")).timestamp())
 
 
 class MetricsExporter:
-    """HTTP exposition and/or node_exporter textfile, as configured."""
+    """The exposition process (HTTP and/or node_exporter textfile, as configured) and the thread
+    that answers its snapshot requests. That thread sleeps in a pipe read between scrapes."""
 
     def __init__(self, metrics: Metrics, section: MetricsSection) -> None:
         self.metrics = metrics
         self.section = section
-        self.server: WSGIServer | None = None
-        self.thread: threading.Thread | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    @property
-    def port(self) -> int | None:
-        """The bound port (the configured one, or the kernel's choice for port 0 in tests)."""
-        return self.server.server_port if self.server is not None else None
+        self.listening = threading.Event()
+        self.address: str | None = None
+        self.port: int | None = None  # the bound port (the kernel's choice for port 0 in tests)
+        self.child_pid: int | None = None
+        self.restarts = 0
+        self._child: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve_forever, name="metrics-exporter", daemon=True)
 
     def start(self) -> None:
-        s = self.section
-        if s.http:
-            try:
-                self.server, self.thread = start_http_server(s.port, s.address, registry=self.metrics.registry)
-            except OSError as e:
-                # The door works without metrics: loud, never fatal.
-                log.error("metrics_unavailable", address=s.address, port=s.port, error=str(e)[:160],
-                          check="another process on that port (ss -ltnp), or metrics.address not on this host")
-            else:
-                log.info("metrics_listening", address=s.address, port=self.port)
-        if s.textfile is not None:
-            self.task = asyncio.create_task(self._write_forever(), name="metrics-textfile")
+        self._thread.start()
 
-    async def _write_forever(self) -> None:
-        assert self.section.textfile is not None
-        path = str(self.section.textfile)
-        failing = False
-        while True:
+    def _serve_forever(self) -> None:
+        while not self._stop.is_set():
+            child = self._spawn()
+            if child is None:
+                return
+            assert child.stdout is not None and child.stdin is not None
+            for line in child.stdout:
+                self._answer(line, child.stdin)
+            code = child.wait()
+            self._child, self.child_pid = None, None
+            self.listening.clear()
+            if self._stop.is_set():
+                return
+            self.restarts += 1
+            log.error("metrics_exporter_exited", exit_code=code, restarts=self.restarts,
+                      effect="decisions unaffected; no metrics until it is started again",
+                      check="the journal lines just before (a Python traceback?); memory (dmesg: oom-kill)")
+            self._stop.wait(random.uniform(1.0, min(RESTART_MAX_S, 2.0 ** min(self.restarts, 5))))
+
+    def _spawn(self) -> subprocess.Popen[bytes] | None:
+        s = self.section
+        settings = {"http": s.http, "address": s.address, "port": s.port,
+                    "textfile": str(s.textfile) if s.textfile is not None else None,
+                    "textfile_interval_s": s.textfile_interval_s}
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        try:
+            # Niced from its first instruction: a scrape yields the CPU to decisions.
+            child = subprocess.Popen(background_argv("bridge.outward.metrics_child"), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, close_fds=True)
+            assert child.stdin is not None
+            child.stdin.write(json.dumps(settings).encode() + b"\n")
+            child.stdin.flush()
+        except OSError as e:
+            log.error("metrics_unavailable", error=f"cannot start the metrics process: {e}"[:200],
+                      check="the service's memory and process limits (systemctl status door-bridge)")
+            return None
+        self._child, self.child_pid = child, child.pid
+        if self._stop.is_set():  # stopped while it was being started
+            self._close(child)
+        return child
+
+    def _answer(self, line: bytes, to_child: IO[bytes]) -> None:
+        if line == b"snapshot\n":
             try:
-                await asyncio.to_thread(write_to_textfile, path, self.metrics.registry)
-            except OSError as e:
-                if not failing:
-                    log.error("metrics_textfile_failed", path=path, error=str(e)[:160],
-                              check="the directory exists and the door-bridge user may write it")
-                failing = True
-            else:
-                if failing:
-                    log.info("metrics_textfile_restored", path=path)
-                failing = False
-            await asyncio.sleep(self.section.textfile_interval_s)
+                body = json.dumps(self.metrics.snapshot(), separators=(",", ":")).encode() + b"\n"
+            except Exception as e:  # noqa: BLE001 - a monitoring tool must never fail a door
+                log.error("metrics_snapshot_failed", error=f"{type(e).__name__}: {e}"[:200], check="report this as a bug")
+                body = b'{"families":[]}\n'
+            with contextlib.suppress(OSError):
+                to_child.write(body)
+                to_child.flush()
+            return
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return
+        s = self.section
+        kind = event.get("event")
+        if kind == "listening":
+            self.address, self.port = str(event["address"]), int(event["port"])
+            self.listening.set()
+            log.info("metrics_listening", address=self.address, port=self.port)
+        elif kind == "unavailable":
+            # The door works without metrics: loud, never fatal.
+            log.error("metrics_unavailable", address=s.address, port=s.port, error=str(event.get("error"))[:160],
+                      check="another process on that port (ss -ltnp), or metrics.address not on this host")
+        elif kind == "textfile_failed":
+            log.error("metrics_textfile_failed", path=str(event.get("path")), error=str(event.get("error"))[:160],
+                      check="the directory exists and the door-bridge user may write it")
+        elif kind == "textfile_restored":
+            log.info("metrics_textfile_restored", path=str(event.get("path")))
+
+    @staticmethod
+    def _close(child: subprocess.Popen[bytes]) -> None:
+        if child.stdin is not None:
+            with contextlib.suppress(OSError):
+                child.stdin.close()
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
-        if self.server is not None:
-            await asyncio.to_thread(self._shutdown_http)
+        self._stop.set()
+        await asyncio.to_thread(self._end_child)
 
-    def _shutdown_http(self) -> None:
-        assert self.server is not None
-        self.server.shutdown()
-        self.server.server_close()
+    def _end_child(self) -> None:
+        child = self._child
+        if child is not None:
+            self._close(child)  # end of input: the process ends
+            try:
+                child.wait(2.5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(5)
+        if self._thread.is_alive():
+            self._thread.join(5)

@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
+import signal
 import socket
 import sqlite3
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import ConfigError
 from bridge.inputs.base import Scan
+from bridge.upstream.background import BACKGROUND_NICENESS
 from tests.support.harness import Site, SteppingClock, T0, door_records, make_config, relay_pulses, running, wait_for
 from verifier.types import Source
 
@@ -23,6 +27,10 @@ READER = "R1"
 VALID, REVOKED, EXPIRED = "6B06C2A25E99C68EDCBE", "04A22C1A7B3F80", "0A1B2C3D4E5F"
 
 
+
+
+def listeners(port: int) -> list:
+    return [c for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
 
 
 def free_port() -> int:
@@ -56,9 +64,11 @@ def config(tmp_path: Path, site: Site, port: int, **metrics):
                        metrics={"http": True, "port": port, **metrics})
 
 
-async def scrape(port: int) -> str:
+async def scrape(daemon) -> str:
+    exporter = daemon.outward.exporter
+    await wait_for(exporter.listening.is_set, what="the metrics process listening")
     async with httpx.AsyncClient() as client:
-        r = await client.get(f"http://127.0.0.1:{port}/metrics")
+        r = await client.get(f"http://127.0.0.1:{exporter.port}/metrics")
     r.raise_for_status()
     return r.text
 
@@ -83,7 +93,7 @@ async def test_scraped_metrics_match_the_audit_db_after_a_scripted_day(tmp_path)
         switch.drive_high()  # opened with no grant: forced, then held
         await wait_for(lambda: "held_open" in daemon.parts.door_monitors["main"].alarms(), what="held open")
         await daemon.quiesce()
-        text = await scrape(port)
+        text = await scrape(daemon)
         rows = audit(tmp_path)
         meta = daemon.parts.cache.meta
 
@@ -125,7 +135,7 @@ async def test_no_label_carries_a_credential_user_or_name(tmp_path):
         for raw in (VALID, REVOKED, "hello world!"):
             await daemon.pipeline.handle(Scan(READER, Source.CARD, raw.encode()))
         await daemon.quiesce()
-        text = await scrape(port)
+        text = await scrape(daemon)
         fingerprints = {e.body.get("credentialFingerprint") for e in daemon.parts.outbox.recent(50) if e.type == "VERIFY"}
     secrets = {VALID, REVOKED, "user_ok", "user_rev", "Layla Hassan", "Omar Said", "Stockroom", "zone_a"}
     secrets |= {f for f in fingerprints if f}
@@ -156,8 +166,42 @@ async def test_metrics_listen_on_loopback_unless_told_otherwise(tmp_path):
     cfg = config(tmp_path, site, port)
     assert cfg.metrics.address == "127.0.0.1"
     async with running(cfg) as (daemon, _):
-        server = daemon.outward.exporter.server
-        assert server.server_address[0] == "127.0.0.1" and server.server_address[1] == port
+        exporter = daemon.outward.exporter
+        await wait_for(exporter.listening.is_set, what="the metrics process listening")
+        (listener,) = listeners(port)
+        assert (listener.laddr.ip, listener.laddr.port) == ("127.0.0.1", port)
+        assert listener.pid == exporter.child_pid
+
+
+async def test_the_exposition_runs_in_a_niced_child_and_one_that_dies_is_started_again(tmp_path):
+    """A scrape builds and serves the exposition in another process (its GIL, not the deciding
+    one's), niced like every background child; killed, it is logged and replaced."""
+    site = Site()
+    site.install(tmp_path, door_records(READER))
+    port = free_port()
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        async with running(config(tmp_path, site, port), clock=SteppingClock()) as (daemon, _):
+            exporter = daemon.outward.exporter
+            await wait_for(exporter.listening.is_set, what="the metrics process listening")
+            (listener,) = listeners(port)
+            first = psutil.Process(listener.pid)
+            assert first.pid != os.getpid() and first.ppid() == os.getpid()
+            assert first.nice() >= BACKGROUND_NICENESS
+            d = await daemon.pipeline.handle(Scan(READER, Source.CARD, VALID.encode()))
+            assert one(samples(await scrape(daemon)), "door_bridge_decisions_total", decision=d.decision.value,
+                       reader=READER) == 1
+            first.kill()
+            await wait_for(lambda: exporter.restarts == 1, what="the exit noticed")
+            await wait_for(lambda: exporter.listening.is_set() and exporter.child_pid not in (None, first.pid),
+                           timeout=20, what="a new metrics process")
+            # The counts live in the daemon: nothing was lost with the process.
+            assert one(samples(await scrape(daemon)), "door_bridge_decisions_total", decision=d.decision.value,
+                       reader=READER) == 1
+            second = exporter.child_pid
+        assert not psutil.pid_exists(second) or psutil.Process(second).status() == psutil.STATUS_ZOMBIE
+    assert [e for e in logs if e["event"] == "metrics_exporter_exited" and e["log_level"] == "error"]
 
 
 def test_textfile_must_end_in_prom(tmp_path):
@@ -178,6 +222,8 @@ async def test_a_port_in_use_is_logged_and_the_door_still_decides(tmp_path):
             async with running(cfg, clock=SteppingClock()) as (daemon, _):
                 daemon.parts.reader_door[READER] = "main"
                 d = await daemon.pipeline.handle(Scan(READER, Source.CARD, VALID.encode()))
+                await wait_for(lambda: [e for e in logs if e["event"] == "metrics_unavailable"],
+                               what="metrics_unavailable logged")
     assert d.granted
     assert [e for e in logs if e["event"] == "metrics_unavailable" and e["log_level"] == "error"]
 
@@ -194,7 +240,7 @@ async def test_upstream_and_reader_gauges_follow_the_daemon_state(tmp_path):
         await daemon.pipeline.handle(Scan(READER, Source.CARD, VALID.encode()))
         await daemon.quiesce()
         daemon.health.stats.readers["R2"] = type(daemon.health.stats.readers[READER])(type="serial", last_error="OSError: gone")
-        found = samples(await scrape(port))
+        found = samples(await scrape(daemon))
         seen = daemon.health.upstream.by_name["frontelio"].last_success
     assert one(found, "door_bridge_upstream_up", upstream="frontelio") == 1
     assert one(found, "door_bridge_upstream_up", upstream="digital_id") == 0
@@ -203,3 +249,39 @@ async def test_upstream_and_reader_gauges_follow_the_daemon_state(tmp_path):
                 if lab["upstream"] == "digital_id"]
     assert one(found, "door_bridge_reader_up", reader=READER) == 1
     assert one(found, "door_bridge_reader_up", reader="R2") == 0
+
+
+def exposition_children(pid: int) -> list[psutil.Process]:
+    return [c for c in psutil.Process(pid).children(recursive=True)
+            if "bridge.outward.metrics_child" in " ".join(c.cmdline())]
+
+
+@pytest.mark.parametrize("how", ["sigkill", "cgroup_sigterm"])
+def test_the_exposition_process_never_outlives_the_daemon(tmp_path, how):
+    """SIGKILL of the daemon closes the child's input; systemd's control-group stop signals both at
+    once and the child waits for its input to close, so the stop logs no crash."""
+    from tests.support.service import Service, write_config
+
+    svc = Service(tmp_path)
+    port = free_port()
+    write_config(svc.config, svc.state, svc.site, svc.pty.path, tail=f"[metrics]\nhttp = true\nport = {port}\n")
+    try:
+        svc.start()
+        svc.wait_log("metrics_listening")
+        (child,) = exposition_children(svc.proc.pid)
+        assert "door_bridge_outbox_depth" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if how == "sigkill":
+            svc.kill()
+        else:
+            child.send_signal(signal.SIGTERM)
+            svc.signal(signal.SIGTERM)
+            assert svc.wait() == 0
+        try:
+            child.wait(10)
+        except psutil.TimeoutExpired:
+            pytest.fail("the metrics process outlived the daemon")
+    finally:
+        svc.close()
+    if how == "cgroup_sigterm":
+        out = svc.output()
+        assert "metrics_exporter_exited" not in out and "Traceback" not in out, out[-2000:]

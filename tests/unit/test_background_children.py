@@ -38,9 +38,10 @@ def test_a_child_is_never_made_less_nice_than_its_parent(tmp_path: Path) -> None
     assert _run(tmp_path, niceness=0)["nice"] == own
 
 
-def test_the_download_apply_and_mqtt_children_are_started_this_way() -> None:
+def test_the_download_apply_mqtt_and_metrics_children_are_started_this_way() -> None:
     """Every spawn site use background_argv (a `sys.executable, "-m"` spawn starts at full priority)."""
     root = Path(__file__).resolve().parents[2] / "bridge"
-    for path in (root / "upstream" / "download_child.py", root / "central" / "sync.py", root / "outward" / "mqtt.py"):
+    for path in (root / "upstream" / "download_child.py", root / "central" / "sync.py", root / "outward" / "mqtt.py",
+                 root / "outward" / "metrics.py"):
         text = path.read_text()
         assert "background_argv(" in text and '"-m"' not in text, path
