@@ -495,12 +495,28 @@ def account(result: LoadResult, scans: list[PlannedScan], sent_at: list[float], 
         result.wrong_decisions += key in result.expected and outcome != result.expected[key]
 
 
+def _subscribe(port: int, topic: str, ready: Any, stop: Any, out: Any) -> None:
+    """The building system's subscriber, in a process of its own (on a site it is another
+    machine): paho's per-message bytecode does not share the load generator's GIL and bunch up
+    the scans it paces."""
+    from types import SimpleNamespace
+
+    from tests.support.mqtt_broker import Listener
+
+    listener = Listener(SimpleNamespace(port=port), topic)  # type: ignore[arg-type]
+    ready.set()
+    stop.wait()
+    listener.close()
+    out.put(len(listener.messages))
+
+
 class Observers:
-    """A real mosquitto with a subscriber counting what arrives, and a Prometheus-like scraper
-    fetching /metrics every `scrape_s` (1 s: a worst case; Prometheus's usual is 15 s): the
-    outward tools doing real work during the run."""
+    """A real mosquitto with a subscriber (its own process) counting what arrives, and a
+    Prometheus-like scraper fetching /metrics every `scrape_s` (1 s: a worst case; Prometheus's
+    usual is 15 s): the outward tools doing real work during the run."""
 
     def __init__(self, work: Path, scrape_s: float = 1.0) -> None:
+        import multiprocessing
         import threading
 
         from tests.support.mqtt_broker import Broker, free_port
@@ -508,17 +524,23 @@ class Observers:
         self.broker = Broker(work / "broker").start()
         self.metrics_port = free_port()
         self.scrape_s = scrape_s
-        self.received = 0
         self.scrapes = 0
         self.last_scrape = ""
         self._stop = threading.Event()
         self._scraper = threading.Thread(target=self._scrape_forever, daemon=True)
-        self._listener = None
+        self._mp = multiprocessing.get_context("spawn")
+        self._sub_stop = self._mp.Event()
+        self._sub_out = self._mp.Queue()
+        self._subscriber: Any = None
+        self.received: int | None = None
 
     def start(self) -> None:
-        from tests.support.mqtt_broker import Listener
-
-        self._listener = Listener(self.broker, "door-bridge/#")
+        ready = self._mp.Event()
+        self._subscriber = self._mp.Process(target=_subscribe, daemon=True, args=(
+            self.broker.port, "door-bridge/#", ready, self._sub_stop, self._sub_out))
+        self._subscriber.start()
+        if not ready.wait(20):
+            raise RuntimeError("the MQTT subscriber process did not subscribe")
         self._scraper.start()
 
     def _scrape_forever(self) -> None:
@@ -531,19 +553,27 @@ class Observers:
             except httpx.HTTPError:
                 pass
 
+    def _received(self) -> int | None:
+        if self.received is None and self._subscriber is not None:
+            self._sub_stop.set()
+            self.received = self._sub_out.get(timeout=20)
+            self._subscriber.join(10)
+        return self.received
+
     def figures(self) -> dict[str, Any]:
         from prometheus_client.parser import text_string_to_metric_families
 
         values = {s.name: s.value for f in text_string_to_metric_families(self.last_scrape) for s in f.samples
                   if s.name.startswith("door_bridge_mqtt_")}
-        return {"scrapes": self.scrapes, "mqtt_received": len(self._listener.messages) if self._listener else 0,
+        return {"scrapes": self.scrapes, "mqtt_received": self._received(),
                 "mqtt_published": values.get("door_bridge_mqtt_published_total"),
                 "mqtt_dropped": values.get("door_bridge_mqtt_dropped_total")}
 
     def close(self) -> None:
         self._stop.set()
-        if self._listener is not None:
-            self._listener.close()
+        if self._subscriber is not None and self._subscriber.is_alive():
+            self._sub_stop.set()
+            self._subscriber.join(10)
         self.broker.kill()
 
 
