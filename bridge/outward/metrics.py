@@ -19,21 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import platform
 import random
 import subprocess
 import threading
 from bisect import bisect_left
 from datetime import datetime
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
 from bridge import __version__
 from bridge.config.observe import MetricsSection
-from bridge.upstream.background import background_argv
+from bridge.upstream.background import start_piped_child
 from verifier.types import AccessDecision, Decision, Reason
 
 if TYPE_CHECKING:
@@ -239,16 +237,9 @@ class MetricsExporter:
         settings = {"http": s.http, "address": s.address, "port": s.port,
                     "textfile": str(s.textfile) if s.textfile is not None else None,
                     "textfile_interval_s": s.textfile_interval_s}
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         try:
             # Niced from its first instruction: a scrape yields the CPU to decisions.
-            child = subprocess.Popen(background_argv("bridge.outward.metrics_child"), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env, close_fds=True)
-            assert child.stdin is not None
-            child.stdin.write(json.dumps(settings).encode() + b"\n")
-            child.stdin.flush()
+            child = start_piped_child("bridge.outward.metrics_child", json.dumps(settings).encode() + b"\n")
         except OSError as e:
             log.error("metrics_unavailable", error=f"cannot start the metrics process: {e}"[:200],
                       check="the service's memory and process limits (systemctl status door-bridge)")

@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -45,7 +44,7 @@ import structlog
 from bridge import __version__
 from bridge.config.observe import MqttSection
 from bridge.outward.mqtt_child import OFFLINE, ONLINE, SessionSettings, TlsFiles, tls_context
-from bridge.upstream.background import background_argv
+from bridge.upstream.background import start_piped_child
 from verifier.types import AccessDecision
 
 log = structlog.get_logger()
@@ -201,17 +200,10 @@ class MqttPublisher:
         self._finish()
 
     def _spawn(self) -> bool:
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         try:
             # Niced from its first instruction (imports included): its start and paho's work
             # yield the CPU to decisions; the bounded queue, not the door, absorbs any lag.
-            child = subprocess.Popen(background_argv("bridge.outward.mqtt_child"), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env, close_fds=True)
-            assert child.stdin is not None and child.stdout is not None
-            child.stdin.write(self._settings().to_json().encode() + b"\n")
-            child.stdin.flush()
+            child = start_piped_child("bridge.outward.mqtt_child", self._settings().to_json().encode() + b"\n")
         except OSError as e:
             self._back_off(f"cannot start the MQTT publisher process: {e}"[:200])
             return False

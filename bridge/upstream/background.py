@@ -13,7 +13,10 @@ sys.argv[0] the module's file): everything the child does, imports included, run
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 BACKGROUND_NICENESS = 10
 
@@ -32,3 +35,18 @@ _BOOTSTRAP = (
 def background_argv(module: str, *args: str, niceness: int = BACKGROUND_NICENESS) -> list[str]:
     """argv that runs `python -m module args…` at `niceness` from its first instruction."""
     return [sys.executable, "-c", _BOOTSTRAP, str(niceness), module, *args]
+
+
+def start_piped_child(module: str, first_line: bytes) -> "subprocess.Popen[bytes]":
+    """A background child that talks over its stdin and stdout (the MQTT publisher, the metrics
+    exposition): niced, this checkout's package importable, its settings as the first stdin line
+    (never argv or the environment, which `ps` shows). Raises OSError if it cannot be started."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    child = subprocess.Popen(background_argv(module), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                             close_fds=True)
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(first_line)
+    child.stdin.flush()
+    return child

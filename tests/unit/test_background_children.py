@@ -39,9 +39,9 @@ def test_a_child_is_never_made_less_nice_than_its_parent(tmp_path: Path) -> None
 
 
 def test_the_download_apply_mqtt_and_metrics_children_are_started_this_way() -> None:
-    """Every spawn site use background_argv (a `sys.executable, "-m"` spawn starts at full priority)."""
+    """Every spawn site uses background_argv, directly or through start_piped_child (a `sys.executable, "-m"` spawn starts at full priority)."""
     root = Path(__file__).resolve().parents[2] / "bridge"
     for path in (root / "upstream" / "download_child.py", root / "central" / "sync.py", root / "outward" / "mqtt.py",
                  root / "outward" / "metrics.py"):
         text = path.read_text()
-        assert "background_argv(" in text and '"-m"' not in text, path
+        assert ("background_argv(" in text or "start_piped_child(" in text) and '"-m"' not in text, path
