@@ -78,6 +78,16 @@ class Outward:
                 "published": m.published, "dropped": m.dropped, "publisher_restarts": m.restarts,
                 "last_error": m.last_error}
 
+    def metrics_status(self) -> dict[str, object] | None:
+        """For `door-bridge status`: an exposition process that cannot listen or keeps dying shows there."""
+        e = self.exporter
+        if e is None:
+            return None
+        s = e.section
+        return {"http": f"{e.address or s.address}:{e.port or s.port}" if s.http else None,
+                "listening": e.listening.is_set(), "textfile": str(s.textfile) if s.textfile is not None else None,
+                "process_restarts": e.restarts, "last_error": e.last_error}
+
     async def stop(self) -> None:
         if self.exporter is not None:
             await self.exporter.stop()

@@ -206,6 +206,7 @@ class MetricsExporter:
         self.port: int | None = None  # the bound port (the kernel's choice for port 0 in tests)
         self.child_pid: int | None = None
         self.restarts = 0
+        self.last_error: str | None = None  # for `door-bridge status`
         self._child: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve_forever, name="metrics-exporter", daemon=True)
@@ -227,6 +228,7 @@ class MetricsExporter:
             if self._stop.is_set():
                 return
             self.restarts += 1
+            self.last_error = f"metrics process exited {code}"
             log.error("metrics_exporter_exited", exit_code=code, restarts=self.restarts,
                       effect="decisions unaffected; no metrics until it is started again",
                       check="the journal lines just before (a Python traceback?); memory (dmesg: oom-kill)")
@@ -241,6 +243,7 @@ class MetricsExporter:
             # Niced from its first instruction: a scrape yields the CPU to decisions.
             child = start_piped_child("bridge.outward.metrics_child", json.dumps(settings).encode() + b"\n")
         except OSError as e:
+            self.last_error = f"cannot start the metrics process: {e}"[:200]
             log.error("metrics_unavailable", error=f"cannot start the metrics process: {e}"[:200],
                       check="the service's memory and process limits (systemctl status door-bridge)")
             return None
@@ -269,15 +272,19 @@ class MetricsExporter:
         if kind == "listening":
             self.address, self.port = str(event["address"]), int(event["port"])
             self.listening.set()
+            self.last_error = None
             log.info("metrics_listening", address=self.address, port=self.port)
         elif kind == "unavailable":
+            self.last_error = str(event.get("error"))[:160]
             # The door works without metrics: loud, never fatal.
             log.error("metrics_unavailable", address=s.address, port=s.port, error=str(event.get("error"))[:160],
                       check="another process on that port (ss -ltnp), or metrics.address not on this host")
         elif kind == "textfile_failed":
+            self.last_error = f"textfile: {event.get('error')}"[:200]
             log.error("metrics_textfile_failed", path=str(event.get("path")), error=str(event.get("error"))[:160],
                       check="the directory exists and the door-bridge user may write it")
         elif kind == "textfile_restored":
+            self.last_error = None
             log.info("metrics_textfile_restored", path=str(event.get("path")))
 
     @staticmethod

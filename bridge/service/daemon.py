@@ -116,7 +116,8 @@ class Daemon:
             submit=self.worker.submit, pin_factory=self._pin_factory, extra_inputs=self._extra_inputs,
             adapters=self._adapters, door_event_listeners=self.door_event_listeners)
         health = self._health = Health(cfg, parts, self.clock_watch, self.clock,
-                                       mqtt_status=lambda: self.outward.mqtt_status() if self.outward is not None else None)
+                                       mqtt_status=lambda: self.outward.mqtt_status() if self.outward is not None else None,
+                                       metrics_status=lambda: self.outward.metrics_status() if self.outward is not None else None)
         pipeline = self._pipeline = ScanPipeline(cfg, parts, health, self.worker, self.clock, self.clock_trusted,
                                                  self.decision_listeners)
         readers = ReaderSupervisor(health, parts.recorder, pipeline.emit, self._publish_status)

@@ -99,12 +99,14 @@ class Health:
     """Upstream state, staleness, stats and the storage view; `status_line`, `report`, `snapshot`."""
 
     def __init__(self, config: Config, parts: Parts, clock_watch: ClockWatch, clock: Clock,
-                 mqtt_status: Callable[[], dict[str, Any] | None]) -> None:
+                 mqtt_status: Callable[[], dict[str, Any] | None],
+                 metrics_status: Callable[[], dict[str, Any] | None] = lambda: None) -> None:
         self.config = config  # the daemon replaces it on reload
         self.parts = parts
         self.clock_watch = clock_watch
         self.clock = clock
         self._mqtt_status = mqtt_status
+        self._metrics_status = metrics_status
         self.stats = Stats(readers={rid: ReaderState(type=kind) for rid, kind in parts.reader_types.items()})
         self.upstream = UpstreamState(configured=bool(parts.adapters) or config.upstream.central is not None)
         self.storage = StorageView()
@@ -242,7 +244,7 @@ class Health:
             "clock": {"trusted": watch.reading.trusted, "behind_floor_s": round(watch.reading.behind_ms / 1000),
                       "floor": iso(from_ms(watch.trusted_time.floor_now(time.monotonic()))),
                       "wall": watch.wall_clock().isoformat(timespec="seconds")},
-            "mqtt": self._mqtt_status(),
+            "mqtt": self._mqtt_status(), "metrics": self._metrics_status(),
             "upstream": ({"online": bool(up.online), "since": iso_seconds(up.since), "last_heartbeat": iso_seconds(up.last_heartbeat),
                           "last_error": up.last_error} if up.configured else {"state": "none (standalone)"}),
             "cache": {"version": meta.version, "issued_at": iso(from_ms(meta.issued_at_ms)) if meta.version else None,

@@ -200,6 +200,9 @@ async def test_the_exposition_runs_in_a_niced_child_and_one_that_dies_is_started
             assert one(samples(await scrape(daemon)), "door_bridge_decisions_total", decision=d.decision.value,
                        reader=READER) == 1
             second = exporter.child_pid
+            shown = daemon.health.snapshot()["metrics"]
+            assert shown == {"http": f"127.0.0.1:{port}", "listening": True, "textfile": None, "process_restarts": 1,
+                             "last_error": None}, shown
         assert not psutil.pid_exists(second) or psutil.Process(second).status() == psutil.STATUS_ZOMBIE
     assert [e for e in logs if e["event"] == "metrics_exporter_exited" and e["log_level"] == "error"]
 
@@ -224,6 +227,8 @@ async def test_a_port_in_use_is_logged_and_the_door_still_decides(tmp_path):
                 d = await daemon.pipeline.handle(Scan(READER, Source.CARD, VALID.encode()))
                 await wait_for(lambda: [e for e in logs if e["event"] == "metrics_unavailable"],
                                what="metrics_unavailable logged")
+                shown = daemon.health.snapshot()["metrics"]
+    assert shown["listening"] is False and "in use" in shown["last_error"].lower(), shown
     assert d.granted
     assert [e for e in logs if e["event"] == "metrics_unavailable" and e["log_level"] == "error"]
 
