@@ -244,7 +244,7 @@ class MetricsExporter:
             child = start_piped_child("bridge.outward.metrics_child", json.dumps(settings).encode() + b"\n")
         except OSError as e:
             self.last_error = f"cannot start the metrics process: {e}"[:200]
-            log.error("metrics_unavailable", error=f"cannot start the metrics process: {e}"[:200],
+            log.error("metrics_unavailable", error=self.last_error,
                       check="the service's memory and process limits (systemctl status door-bridge)")
             return None
         self._child, self.child_pid = child, child.pid

@@ -78,8 +78,11 @@ class Daemon:
         self.closed = threading.Event()
 
     def say(self, **event: Any) -> None:
+        self._send(json.dumps(event))
+
+    def _send(self, line: str) -> None:
         with self._write_lock:
-            self._out.write(json.dumps(event) + "\n")
+            self._out.write(line + "\n")
             self._out.flush()
 
     def read_forever(self) -> None:
@@ -100,9 +103,7 @@ class Daemon:
             with self._answered:
                 self._answer = None
             if not self.closed.is_set():
-                with self._write_lock:
-                    self._out.write("snapshot\n")
-                    self._out.flush()
+                self._send("snapshot")
                 with self._answered:
                     self._answered.wait_for(lambda: self._answer is not None or self.closed.is_set(),
                                             SNAPSHOT_WAIT_S)
