@@ -44,19 +44,30 @@ class UpstreamAsk:
         self.late_tasks: set[asyncio.Task[AccessDecision]] = set()
 
     async def adapter_for(self, credential: Credential, source: Source) -> UpstreamAdapter | None:
-        """The upstream this scan goes to, or None for the cache alone. `online-first` asks for
-        everything an adapter accepts; `local-first` asks for what the cache cannot judge (Digital ID
-        tokens, an invite code the cache does not hold) and whatever an upstream decides alone (SNA)."""
+        """The upstream this scan goes to, or None for the cache alone (see `route`)."""
+        adapter, settled = self.route(credential, source)
+        if settled:
+            return adapter
+        knows = await asyncio.wrap_future(self.submit(self._cache_holds_invite, credential))
+        return None if knows else adapter
+
+    def route(self, credential: Credential, source: Source) -> tuple[UpstreamAdapter | None, bool]:
+        """(the upstream to ask or None, settled). `online-first` asks for everything an adapter
+        accepts; `local-first` asks for what the cache cannot judge (Digital ID tokens, an invite
+        code the cache does not hold) and whatever an upstream decides alone (SNA). Not settled:
+        an invite code, which only the cache, on the worker, can say whether it holds.
+
+        Pure and cheap, so an input thread can call it: a scan routed to no upstream goes
+        straight to the decision worker (ScanPipeline.emit)."""
         mode = self.config.bridge.mode
         if mode == "local-only":
-            return None
+            return None, True
         adapter = next((a for a in self.parts.adapters if a.accepts(credential, source)), None)
         if adapter is None or mode == "online-first" or getattr(adapter, "decides_alone", False) or needs_online(credential):
-            return adapter
+            return adapter, True
         if isinstance(credential, InviteCode):
-            knows = await asyncio.wrap_future(self.submit(self._cache_holds_invite, credential))
-            return None if knows else adapter
-        return None
+            return adapter, False
+        return None, True
 
     def _cache_holds_invite(self, credential: InviteCode) -> bool:
         """On the worker: can the (fresh) cache judge this invite code itself?"""

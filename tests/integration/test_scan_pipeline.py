@@ -7,9 +7,12 @@ SQLite outbox and MockFactory pins throughout."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from gpiozero.pins.mock import MockFactory
 
 from bridge.inputs.base import Scan
@@ -130,5 +133,85 @@ async def test_the_pipeline_moves_no_pin_when_the_row_cannot_be_written(tmp_path
         assert rig.parts.doors["main"].pulses == 0
     finally:
         rig.parts.outbox.conn.execute("PRAGMA query_only = 0")
+        rig.close()
+        factory.reset()
+
+
+# --- the direct way: a scan only the cache decides needs no turn of the event loop ---------------
+
+
+def _from_an_input_thread(pipeline: ScanPipeline, scans: list[Scan]) -> None:
+    t = threading.Thread(target=lambda: [pipeline.emit(s) for s in scans], name="serial-test")
+    t.start()
+    t.join()
+
+
+def _wait_for(check, timeout: float = 5.0) -> bool:
+    """Blocks the calling thread (the test's event loop, on purpose) until `check()` holds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+async def test_a_scan_the_cache_alone_decides_is_decided_while_the_event_loop_is_busy(tmp_path: Path) -> None:
+    """At 1,000 scans/s the hop through the loop (call_soon_threadsafe, a task, a chain of
+    futures back) was most of the loop's time; a busy loop also held every offline decision."""
+    site = Site()
+    site.install(tmp_path, door_records(READER))
+    factory = MockFactory()
+    rig = _PipelineRig(tmp_path, site, factory)
+    try:
+        _from_an_input_thread(rig.pipeline, [Scan(READER, Source.CARD, CARD.encode(), None, time.monotonic())])
+        assert _wait_for(lambda: rig.parts.doors["main"].pulses == 1), "decided and pulsed without the loop"
+        assert rig.pipeline.tasks == set()
+        assert _verify_rows(tmp_path / "audit.db") and rig.pipeline._in_flight_total == 0
+    finally:
+        rig.close()
+        factory.reset()
+
+
+async def test_a_direct_scan_that_cannot_be_recorded_is_logged_and_moves_nothing(tmp_path: Path) -> None:
+    site = Site()
+    site.install(tmp_path, door_records(READER))
+    factory = MockFactory()
+    rig = _PipelineRig(tmp_path, site, factory)
+    try:
+        rig.parts.outbox.conn.execute("PRAGMA query_only = 1")
+        with structlog.testing.capture_logs() as logs:
+            _from_an_input_thread(rig.pipeline, [Scan(READER, Source.CARD, CARD.encode())])
+            assert _wait_for(lambda: any(e["event"] == "decision_failed" for e in logs))
+        (failed,) = [e for e in logs if e["event"] == "decision_failed"]
+        assert failed["reader"] == READER and failed["relay"] == "not pulsed"
+        assert not any(s.state for s in factory.pin(17).states) and rig.parts.doors["main"].pulses == 0
+        assert rig.pipeline._in_flight_total == 0, "the place is given back"
+    finally:
+        rig.parts.outbox.conn.execute("PRAGMA query_only = 0")
+        rig.close()
+        factory.reset()
+
+
+async def test_the_direct_way_keeps_the_per_reader_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge.service import scan_pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod, "MAX_SCANS_IN_FLIGHT", 60)
+    monkeypatch.setattr(pipeline_mod, "MAX_SCANS_IN_FLIGHT_PER_READER", 40)
+    site = Site()
+    site.install(tmp_path, door_records(READER) + door_records("R-2"))
+    factory = MockFactory()
+    rig = _PipelineRig(tmp_path, site, factory)
+    gate = threading.Event()
+    try:
+        rig.worker.submit(gate.wait)  # nothing is decided until the gate opens: every scan waits
+        _from_an_input_thread(rig.pipeline, [Scan(READER, Source.PHONE_QR, b"junk junk")] * 500)
+        _from_an_input_thread(rig.pipeline, [Scan("R-2", Source.CARD, CARD.encode(), "card")] * 20)
+        gate.set()
+        assert _wait_for(lambda: rig.pipeline._in_flight_total == 0)
+        assert rig.pipeline.dropped_by_reader == {READER: 460}
+        assert rig.pipeline.health.stats.readers["R-2"].scans == 20
+    finally:
+        gate.set()
         rig.close()
         factory.reset()

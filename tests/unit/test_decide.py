@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.support.builders import (
     PIN,
     READER,
     REVOKED_CARD,
+    SIGNING_KEY,
     SHIFT_CARD,
     SHIFT_READER,
     USER_CARD,
@@ -31,8 +33,10 @@ from tests.support.builders import (
     loaded_cache,
     make_bundle,
     make_jwt,
+    records,
     user_claims,
 )
+from verifier.bundle import apply_bundle
 from verifier.cache import GrantCache
 from verifier.credentials import parse
 from verifier.decide import Policy, Verifier
@@ -505,3 +509,36 @@ def test_a_role_grant_admits_when_the_holders_own_grant_does_not(tmp_path: Path)
 def test_a_revoked_role_grant_and_a_revoked_own_grant_deny_as_revoked(tmp_path: Path) -> None:
     d = decide(_role_site(tmp_path, revoked=True), "AB12")
     assert (d.decision, d.reason) == (Decision.DENY, Reason.GRANT_REVOKED)
+
+
+def test_a_batch_of_decisions_looks_for_a_new_cache_version_once(site: GrantCache) -> None:
+    """The decision worker decides a batch inside `one_version()`: one `stat` and one data version
+    for the batch, not one per decision."""
+    verifier = Verifier(site, Policy())
+    verifier.decide(parse(b"FFFF0000AAAA"), READER, Source.CARD, NOW - DAY)  # memoise the reader's zones
+    seen: list[str] = []
+    site.conn.set_trace_callback(seen.append)
+    try:
+        with site.one_version():
+            for i in range(5):
+                verifier.decide(parse(USER_CARD.encode()), READER, Source.CARD, NOW + i * DAY / 10)
+    finally:
+        site.conn.set_trace_callback(None)
+    assert sum(s == "PRAGMA data_version" for s in seen) == 1, seen
+    assert len(seen) == 1 + 5 * 2
+
+
+def test_a_bundle_committed_during_a_batch_is_seen_by_the_next(tmp_path: Path) -> None:
+    cache = loaded_cache(tmp_path)
+    verifier = Verifier(cache, Policy())
+    with cache.one_version():
+        assert verifier.decide(parse(USER_CARD.encode()), READER, Source.CARD, NOW).decision is Decision.GRANT
+        applier = GrantCache(cache.path)  # the sync's own connection
+        apply_bundle(applier.conn, io.BytesIO(make_bundle([r for r in records() if r.get("number") != USER_CARD],
+                                                          version=2)), SIGNING_KEY.public_key())
+        applier.close()
+        inside = verifier.decide(parse(USER_CARD.encode()), READER, Source.CARD, NOW + DAY / 10)
+        assert inside.cache_version == 1, "inside the batch: the version it started with"
+    later = verifier.decide(parse(USER_CARD.encode()), READER, Source.CARD, NOW + DAY / 5)
+    assert (later.decision, later.cache_version) == (Decision.DENY, 2)
+    cache.close()
