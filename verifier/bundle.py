@@ -531,8 +531,27 @@ def _str_list(rec: dict[str, Any], key: str, *, required: bool) -> list[str] | N
     return v
 
 
+# Window edges already parsed in this process: a bundle repeats them (a site's far end date,
+# check-out times, day boundaries), and parsing one costs more than the rest of its record.
+_INSTANTS: dict[str, int] = {}
+_INSTANTS_MAX = 65536
+
+
+def _instant(rec: dict[str, Any], key: str, default: int) -> int:
+    value = rec.get(key)
+    if type(value) is not str:
+        return opt_ms(value, key, default)
+    ms = _INSTANTS.get(value)
+    if ms is None:
+        ms = opt_ms(value, key, default)
+        if len(_INSTANTS) >= _INSTANTS_MAX:
+            _INSTANTS.clear()
+        _INSTANTS[value] = ms
+    return ms
+
+
 def _window(rec: dict[str, Any], start: str, end: str) -> tuple[int, int]:
-    s, e = opt_ms(rec.get(start), start, MIN_MS), opt_ms(rec.get(end), end, MAX_MS)
+    s, e = _instant(rec, start, MIN_MS), _instant(rec, end, MAX_MS)
     if e <= s:
         raise _Bad(f"{end} must be after {start}")
     return s, e

@@ -117,3 +117,17 @@ def test_batched_apply_equals_applying_each_record_alone(tmp_path: Path, body: l
                                                          delta: bool, batch: int) -> None:
     one, batched = _one_by_one_and_batched(body, tmp_path, _base if delta else None, batch)
     assert batched == one
+
+
+def test_window_edges_parsed_once_keep_their_meaning_and_a_bad_one_still_names_its_field() -> None:
+    """Edges are remembered by their exact text: two spellings of one instant, or one spelling
+    in two fields, come out as opt_ms says; a bad edge is refused whatever was seen before."""
+    from verifier.timeutil import MAX_MS, MIN_MS, TimeFormatError, opt_ms
+
+    spellings = ["2026-06-01T12:00:00Z", "2026-06-01T14:00:00+02:00", "2026-06-01T12:00:00", 1780315200000]
+    for _ in range(2):  # the second round comes from what the first remembered
+        for s in spellings:
+            assert bundle_module._window({"startsAt": s, "endsAt": FAR}, "startsAt", "endsAt") == (
+                opt_ms(s, "startsAt", MIN_MS), opt_ms(FAR, "endsAt", MAX_MS))
+    with pytest.raises(TimeFormatError, match="endsAt"):
+        bundle_module._window({"startsAt": spellings[0], "endsAt": "2026-13-01T00:00:00Z"}, "startsAt", "endsAt")
