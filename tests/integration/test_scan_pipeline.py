@@ -6,8 +6,10 @@ SQLite outbox and MockFactory pins throughout."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 import time
 from pathlib import Path
 
@@ -95,12 +97,31 @@ class _PipelineRig:
         self.parts.close_hardware()
 
 
-async def test_the_pipeline_commits_the_row_before_the_relay_pin_goes_active(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def pipeline_rig(state: Path, *readers: str) -> Iterator[tuple[_PipelineRig, MockFactory]]:
+    """A `_PipelineRig` on a site with a door at each of `readers` (default READER), closed after."""
     site = Site()
-    site.install(tmp_path, door_records(READER))
+    site.install(state, [r for reader in readers or (READER,) for r in door_records(reader)])
     factory = MockFactory()
-    rig = _PipelineRig(tmp_path, site, factory)
+    rig = _PipelineRig(state, site, factory)
     try:
+        yield rig, factory
+    finally:
+        rig.close()
+        factory.reset()
+
+
+@contextlib.contextmanager
+def writes_refused(rig: _PipelineRig) -> Iterator[None]:
+    rig.parts.outbox.conn.execute("PRAGMA query_only = 1")  # every write now fails inside SQLite
+    try:
+        yield
+    finally:
+        rig.parts.outbox.conn.execute("PRAGMA query_only = 0")
+
+
+async def test_the_pipeline_commits_the_row_before_the_relay_pin_goes_active(tmp_path: Path) -> None:
+    with pipeline_rig(tmp_path) as (rig, factory):
         pin = factory.pin(17)
         rows_when_active: list[list[str]] = []
         change = pin._change_state
@@ -115,26 +136,14 @@ async def test_the_pipeline_commits_the_row_before_the_relay_pin_goes_active(tmp
         assert decision.granted and rig.parts.doors["main"].pulses == 1
         assert len(rows_when_active) == 1
         assert len(rows_when_active[0]) == 1 and '"decision":"GRANT"' in rows_when_active[0][0].replace(" ", "")
-    finally:
-        rig.close()
-        factory.reset()
 
 
 async def test_the_pipeline_moves_no_pin_when_the_row_cannot_be_written(tmp_path: Path) -> None:
-    site = Site()
-    site.install(tmp_path, door_records(READER))
-    factory = MockFactory()
-    rig = _PipelineRig(tmp_path, site, factory)
-    try:
-        rig.parts.outbox.conn.execute("PRAGMA query_only = 1")  # every write now fails inside SQLite
-        with pytest.raises(Exception):
+    with pipeline_rig(tmp_path) as (rig, factory):
+        with writes_refused(rig), pytest.raises(Exception):
             await rig.pipeline.handle(Scan(READER, Source.CARD, CARD.encode()))
         assert not any(s.state for s in factory.pin(17).states), "fail-secure: the relay never moved"
         assert rig.parts.doors["main"].pulses == 0
-    finally:
-        rig.parts.outbox.conn.execute("PRAGMA query_only = 0")
-        rig.close()
-        factory.reset()
 
 
 # --- the direct way: a scan only the cache decides needs no turn of the event loop ---------------
@@ -159,38 +168,22 @@ def _wait_for(check, timeout: float = 5.0) -> bool:
 async def test_a_scan_the_cache_alone_decides_is_decided_while_the_event_loop_is_busy(tmp_path: Path) -> None:
     """At 1,000 scans/s the hop through the loop (call_soon_threadsafe, a task, a chain of
     futures back) was most of the loop's time; a busy loop also held every offline decision."""
-    site = Site()
-    site.install(tmp_path, door_records(READER))
-    factory = MockFactory()
-    rig = _PipelineRig(tmp_path, site, factory)
-    try:
+    with pipeline_rig(tmp_path) as (rig, factory):
         _from_an_input_thread(rig.pipeline, [Scan(READER, Source.CARD, CARD.encode(), None, time.monotonic())])
         assert _wait_for(lambda: rig.parts.doors["main"].pulses == 1), "decided and pulsed without the loop"
         assert rig.pipeline.tasks == set()
         assert _verify_rows(tmp_path / "audit.db") and rig.pipeline._in_flight_total == 0
-    finally:
-        rig.close()
-        factory.reset()
 
 
 async def test_a_direct_scan_that_cannot_be_recorded_is_logged_and_moves_nothing(tmp_path: Path) -> None:
-    site = Site()
-    site.install(tmp_path, door_records(READER))
-    factory = MockFactory()
-    rig = _PipelineRig(tmp_path, site, factory)
-    try:
-        rig.parts.outbox.conn.execute("PRAGMA query_only = 1")
-        with structlog.testing.capture_logs() as logs:
+    with pipeline_rig(tmp_path) as (rig, factory):
+        with writes_refused(rig), structlog.testing.capture_logs() as logs:
             _from_an_input_thread(rig.pipeline, [Scan(READER, Source.CARD, CARD.encode())])
             assert _wait_for(lambda: any(e["event"] == "decision_failed" for e in logs))
         (failed,) = [e for e in logs if e["event"] == "decision_failed"]
         assert failed["reader"] == READER and failed["relay"] == "not pulsed"
         assert not any(s.state for s in factory.pin(17).states) and rig.parts.doors["main"].pulses == 0
         assert rig.pipeline._in_flight_total == 0, "the place is given back"
-    finally:
-        rig.parts.outbox.conn.execute("PRAGMA query_only = 0")
-        rig.close()
-        factory.reset()
 
 
 async def test_the_direct_way_keeps_the_per_reader_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,20 +191,14 @@ async def test_the_direct_way_keeps_the_per_reader_bound(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(pipeline_mod, "MAX_SCANS_IN_FLIGHT", 60)
     monkeypatch.setattr(pipeline_mod, "MAX_SCANS_IN_FLIGHT_PER_READER", 40)
-    site = Site()
-    site.install(tmp_path, door_records(READER) + door_records("R-2"))
-    factory = MockFactory()
-    rig = _PipelineRig(tmp_path, site, factory)
     gate = threading.Event()
-    try:
+    with pipeline_rig(tmp_path, READER, "R-2") as (rig, _factory):
         rig.worker.submit(gate.wait)  # nothing is decided until the gate opens: every scan waits
-        _from_an_input_thread(rig.pipeline, [Scan(READER, Source.PHONE_QR, b"junk junk")] * 500)
-        _from_an_input_thread(rig.pipeline, [Scan("R-2", Source.CARD, CARD.encode(), "card")] * 20)
-        gate.set()
+        try:
+            _from_an_input_thread(rig.pipeline, [Scan(READER, Source.PHONE_QR, b"junk junk")] * 500)
+            _from_an_input_thread(rig.pipeline, [Scan("R-2", Source.CARD, CARD.encode(), "card")] * 20)
+        finally:
+            gate.set()  # else closing the rig would wait for the worker for ever
         assert _wait_for(lambda: rig.pipeline._in_flight_total == 0)
         assert rig.pipeline.dropped_by_reader == {READER: 460}
         assert rig.pipeline.health.stats.readers["R-2"].scans == 20
-    finally:
-        gate.set()
-        rig.close()
-        factory.reset()
