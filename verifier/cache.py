@@ -154,7 +154,7 @@ class GrantCache:
 
         Every look is a `stat` and a `PRAGMA data_version`, and each lets go of the interpreter
         lock; under load, getting it back cost more than the look (cProfile of the decision
-        worker in bench/load.py at 1,000 scans/s: `refresh` ~120 µs a decision, 11 % of the
+        worker in bench/load.py at 1,000 scans/s: `refresh` ~120 µs a decision, 12 % of the
         worker). A bundle committed during the batch is seen by the next."""
         self.refresh()
         self._held = True
