@@ -291,7 +291,7 @@ class _Pending:
 
 class _Batches:
     """Batches a bundle's writes with `executemany` while keeping the effect of applying them one
-    by one (tests/unit/test_bundle.py compares the two on random record sequences).
+    by one (tests/unit/test_bundle_batching.py compares the two on random record sequences).
 
     Tables share no triggers and foreign keys are off, so only the order within a table matters.
     A waiting delete runs before the table's waiting upserts, which is the order they came in
@@ -306,11 +306,20 @@ class _Batches:
         self.size = 0
         self.empty = set(emptied)
 
+    def _pending(self, table: str) -> _Pending:
+        pending = self.tables.get(table)
+        if pending is None:
+            pending = self.tables[table] = _Pending()
+        return pending
+
+    def _counted(self) -> None:
+        self.size += 1
+        if self.size >= _BATCH:
+            self.flush()
+
     def add(self, stmt: _Insert, row: tuple[Any, ...]) -> None:
         self.empty.discard(stmt.table)
-        pending = self.tables.get(stmt.table)
-        if pending is None:
-            pending = self.tables[stmt.table] = _Pending()
+        pending = self._pending(stmt.table)
         runs = pending.upserts
         if runs and runs[-1][0] is stmt.sql:
             runs[-1][1].append(row)
@@ -318,22 +327,16 @@ class _Batches:
             runs.append((stmt.sql, [row]))
         for column, index in stmt.keys:
             pending.keys.setdefault(column, set()).add(row[index])
-        self.size += 1
-        if self.size >= _BATCH:
-            self.flush()
+        self._counted()
 
     def delete(self, stmt: _Delete, value: Any) -> None:
         if stmt.table in self.empty:
             return
-        pending = self.tables.get(stmt.table)
-        if pending is None:
-            pending = self.tables[stmt.table] = _Pending()
-        elif value in pending.keys.get(stmt.column, ()):
+        pending = self._pending(stmt.table)
+        if value in pending.keys.get(stmt.column, ()):
             self._write(pending)
         pending.deletes.setdefault(stmt.sql, []).append((value,))
-        self.size += 1
-        if self.size >= _BATCH:
-            self.flush()
+        self._counted()
 
     def _write(self, pending: _Pending) -> None:
         for sql, rows in pending.deletes.items():
@@ -566,7 +569,6 @@ _DEL_ZONE, _DEL_ZONE_READERS = _delete_stmt("zones", "id"), _delete_stmt("zone_r
 _DEL_USER, _DEL_USER_ROLES = _delete_stmt("users", "id"), _delete_stmt("user_roles", "user_id")
 _DEL_GRANT, _DEL_ROLE_GRANT = _delete_stmt("grants", "id"), _delete_stmt("role_grants", "id")
 _DEL_ROLE, _DEL_ROLE_HOLDERS = _delete_stmt("roles", "id"), _delete_stmt("user_roles", "role_id")
-_DELETE_COLUMNS: dict[str, set[str]] = {}
 
 
 def _upsert(table: str, columns: str, verb: str = "INSERT OR REPLACE") -> _Insert:
@@ -590,9 +592,9 @@ _DELETES: dict[str, tuple[str, list[_Delete]]] = {
     "passcode": ("id", [_delete_stmt("passcodes", "id")]),
     "key": ("kid", [_delete_stmt("jwks", "kid")]),
 }
-for _, _stmts in _DELETES.values():
-    for _d in _stmts:
-        _DELETE_COLUMNS.setdefault(_d.table, set()).add(_d.column)
+_DELETE_COLUMNS: dict[str, set[str]] = {}
+for _d in (d for _, stmts in _DELETES.values() for d in stmts):
+    _DELETE_COLUMNS.setdefault(_d.table, set()).add(_d.column)
 
 _UP_ZONE = _upsert("zones", "id, name, schedule_aware")
 _UP_ZONE_READER = _upsert("zone_readers", "reader_id, zone_id")
