@@ -167,6 +167,9 @@ class DoorModes:
         self._pairings: dict[str, _Pairing] = {}
         self._started: dict[str, _Started] = {}
         self._last: dict[str, Mode] = {}
+        # How many first-person-in slots a GRANT has started: the only way a decision changes a
+        # door's effective mode, so the shell re-applies modes after a batch only when it moved.
+        self.slots_started = 0
 
     # --- the effective mode (one place) ---------------------------------------------------------
 
@@ -312,6 +315,7 @@ class DoorModes:
             return
         if policy.first_person_in.admits(self.roles_of(d.user_id) if d.user_id else frozenset()):
             self._started[policy.id] = _Started(seg.from_ms, d.user_id)
+            self.slots_started += 1
 
     def schedule_open(self, schedule_id: str, now_ms: int) -> bool:
         """A grant's weekly pattern: open inside one of its slots. A schedule the cache does not
@@ -324,6 +328,7 @@ class DoorModes:
         self._pairings = previous._pairings
         self._started = previous._started
         self._last = previous._last
+        self.slots_started = previous.slots_started
 
 
 def _mode(value: str | None, default: Mode) -> Mode:

@@ -212,6 +212,7 @@ class ScanPipeline:
         decisions: list[AccessDecision] = []
         decided: list[str] = []
         states = p.emergency.door_states() if p.verifier.rules is not None else None
+        modes_before = self._modes_mark()
         with p.verifier.cache.one_version():
             for job in jobs:
                 decision, how = self._decide_one(job, states)
@@ -259,8 +260,18 @@ class ScanPipeline:
                 with contextlib.suppress(Exception):
                     reader_out.feedback(decision)
             self._account(decision, (time.monotonic() - job.started) * 1000, door, pulse, how)
-        p.modes.apply()  # a first-person-in GRANT unlocks its door at once
+        if self._modes_mark() != modes_before:
+            p.modes.apply()  # a first-person-in GRANT unlocks its door at once; a new cache version
         return decisions
+
+    def _modes_mark(self) -> tuple[int, int]:
+        """What a batch can change of the doors' effective modes: the cache version it decided
+        from, and the first-person-in slots its GRANTs started. Anything else (a slot's start or
+        end, an emergency) is applied by the daemon's one-second timer or the emergency shell.
+        Applying after every batch cost more than deciding a card (cProfile of the worker at 100
+        scans/s: 1.04 of 6.73 s, 17 effective-mode evaluations a batch)."""
+        verifier = self.parts.verifier
+        return verifier.cache.generation, verifier.door_modes().slots_started
 
     def _decide_one(self, job: ScanJob, doors: dict[str, DoorState] | None) -> tuple[AccessDecision, str]:
         """(decision, how it was decided: online | late_deny | cache). Whoever answers, the

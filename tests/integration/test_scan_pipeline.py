@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,9 @@ class _PipelineRig:
 
     def __init__(self, state: Path, site: Site, factory: MockFactory) -> None:
         config = make_config(state, site, [])
-        self.watch = ClockWatch(SetClock(), state)
+        self.site = site
+        self.clock = SetClock()
+        self.watch = ClockWatch(self.clock, state)
         self.worker: Worker[ScanJob] = Worker(lambda jobs: self.pipeline.decide_batch(jobs))
         self.parts = build_parts(config, doors={}, clock=self.watch.now, clock_watch=self.watch,
                                  clock_trusted=lambda: True, submit=self.worker.submit, pin_factory=factory,
@@ -202,3 +205,30 @@ async def test_the_direct_way_keeps_the_per_reader_bound(tmp_path: Path, monkeyp
         assert _wait_for(lambda: rig.pipeline._in_flight_total == 0)
         assert rig.pipeline.dropped_by_reader == {READER: 460}
         assert rig.pipeline.health.stats.readers["R-2"].scans == 20
+
+
+async def test_modes_are_applied_after_a_batch_only_when_it_could_change_one(tmp_path: Path) -> None:
+    """A batch changes a door's effective mode only by a first-person-in GRANT or by deciding
+    from a new cache version; every other batch leaves the modes to the one-second timer
+    (re-applying them after each batch cost more than deciding the card)."""
+    with pipeline_rig(tmp_path) as (rig, _factory):
+        applied: list[int] = []
+        apply = rig.parts.modes.apply
+
+        def counted() -> None:
+            applied.append(rig.parts.verifier.cache.meta.version)
+            apply()
+
+        rig.parts.modes.apply = counted  # type: ignore[method-assign]
+        first = await rig.pipeline.handle(Scan(READER, Source.CARD, CARD.encode()))  # the first batch builds the modes
+        assert first.granted
+        before = len(applied)
+        for _ in range(3):
+            rig.clock.t += timedelta(minutes=1)  # past the replay window: each scan is decided afresh
+            assert (await rig.pipeline.handle(Scan(READER, Source.CARD, CARD.encode()))).granted
+            assert not (await rig.pipeline.handle(Scan(READER, Source.CARD, b"0000DEADBEEF"))).granted
+        assert len(applied) == before, "six batches that could change no mode re-applied the modes"
+        rig.site.install(tmp_path, door_records(READER))  # version 2, committed by another connection
+        rig.clock.t += timedelta(minutes=1)
+        assert (await rig.pipeline.handle(Scan(READER, Source.CARD, CARD.encode()))).cache_version == 2
+        assert applied[before:] == [2], "the batch that decided from a new cache version applied its modes once"
