@@ -6,7 +6,12 @@ machine lands on every arm rather than on one. "On" is metrics served over HTTP 
 MQTT to a real mosquitto with a subscriber (bench/load.py --observe). The 1-minute load average is
 recorded before and after every run: on a shared 2-core machine it says which rounds to distrust.
 
-Prints one line per run and a table of medians; writes every run as a JSON line to --out.
+Prints one line per run, a table of medians, and a table of the runs pooled: every scan-to-relay
+latency of an arm's rounds in one sample, its p99 against the "off" arm's, and a 95 % interval for
+that ratio from a bootstrap over rounds (the same rounds drawn for both arms, so each draw keeps
+the pairing of arms that ran side by side). The median of per-run p99s swings 2-4x between
+identical runs on a shared machine; the pooled ratio and its interval say what the rounds show
+and how sure that is. Writes every run (without its raw latencies) as a JSON line to --out.
 Not a test: nothing here asserts.
 
     python bench/observe_ab.py                           # 100/s for 20 s and 1,000/s for 20 s, 3 rounds
@@ -21,6 +26,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,17 +39,56 @@ ARMS: dict[str, list[str]] = {
 }
 
 
-def run(rate: float, seconds: float, arm: str) -> dict[str, Any]:
+def run(rate: float, seconds: float, arm: str) -> tuple[dict[str, Any], list[float]]:
+    """One bench/load.py process: its summary, and its raw scan-to-relay latencies (ms)."""
     load_before = os.getloadavg()
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--rate", str(rate),
-                           "--seconds", str(seconds), *ARMS[arm]], capture_output=True, text=True, cwd=ROOT)
+    with tempfile.TemporaryDirectory(prefix="observe-ab-") as tmp:
+        raw = Path(tmp) / "latencies.json"
+        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--rate", str(rate),
+                               "--seconds", str(seconds), "--latencies", str(raw), *ARMS[arm]],
+                              capture_output=True, text=True, cwd=ROOT)
+        latencies = json.loads(raw.read_text())["scan_to_relay_ms"] if raw.exists() else []
     load_after = os.getloadavg()
     try:
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         summary = {"error": proc.stderr[-600:]}
-    return {"rate": rate, "seconds": seconds, "arm": arm, "load_before": [round(x, 2) for x in load_before],
-            "load_after": [round(x, 2) for x in load_after], "summary": summary}
+    return ({"rate": rate, "seconds": seconds, "arm": arm, "load_before": [round(x, 2) for x in load_before],
+             "load_after": [round(x, 2) for x in load_after], "summary": summary}, latencies)
+
+
+def pooled(runs: list[dict[str, Any]], latencies: dict[tuple[float, str, int], list[float]],
+           draws: int = 2000, seed: int = 18) -> list[str]:
+    """Each arm's rounds pooled; the on/off p99 ratio with a paired bootstrap over rounds."""
+    import numpy as np  # bench only (matplotlib's own dependency, bench/report.py)
+
+    rng = np.random.default_rng(seed)
+    lines = ["| rate /s | arm | rounds | scans | pooled p50 ms | pooled p99 ms | p99 on/off | 95 % interval "
+             "| cpu µs/scan (median) | cpu on/off |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for rate in sorted({r["rate"] for r in runs}):
+        arms = [a for a in ARMS if any(x["arm"] == a and x["rate"] == rate for x in runs)]
+        # A round counts only if every arm of it produced latencies (a failed run drops its round).
+        rounds = sorted(k for k in {x["round"] for x in runs if x["rate"] == rate}
+                        if all(latencies.get((rate, a, k)) for a in arms))
+        if not rounds or "off" not in arms:
+            continue
+        samples = {a: [np.asarray(latencies[(rate, a, k)]) for k in rounds] for a in arms}
+        cpu = {a: statistics.median(x["summary"].get("cpu_us_per_scan") or 0 for x in runs
+                                    if x["rate"] == rate and x["arm"] == a and x["round"] in rounds) for a in arms}
+        p99 = {a: float(np.percentile(np.concatenate(samples[a]), 99)) for a in arms}
+        picks = rng.integers(0, len(rounds), size=(draws, len(rounds)))
+        for a in arms:
+            pool = np.concatenate(samples[a])
+            cell, interval, cpu_ratio = "-", "-", "-"
+            if a != "off":
+                ratios = [np.percentile(np.concatenate([samples[a][i] for i in pick]), 99)
+                          / np.percentile(np.concatenate([samples["off"][i] for i in pick]), 99) for pick in picks]
+                lo, hi = np.percentile(ratios, [2.5, 97.5])
+                cell, interval = f"{p99[a] / p99['off']:.2f}", f"{lo:.2f}-{hi:.2f}"
+                cpu_ratio = f"{cpu[a] / cpu['off']:.2f}" if cpu["off"] else "-"
+            lines.append(f"| {rate:g} | {a} | {len(rounds)} | {pool.size} | {np.percentile(pool, 50):.2f} | "
+                         f"{p99[a]:.2f} | {cell} | {interval} | {cpu[a]:g} | {cpu_ratio} |")
+    return lines
 
 
 def medians(runs: list[dict[str, Any]]) -> list[str]:
@@ -74,11 +119,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="append every run as a JSON line here")
     args = ap.parse_args()
     runs = []
+    latencies: dict[tuple[float, str, int], list[float]] = {}
     for rate in args.rates:
         for round_ in range(1, args.rounds + 1):
             for arm in args.arms:
-                r = {"round": round_, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     **run(rate, args.seconds, arm)}
+                one, latencies[(rate, arm, round_)] = run(rate, args.seconds, arm)
+                r = {"round": round_, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **one}
                 runs.append(r)
                 s = r["summary"]
                 print(f"{rate:g}/s round {round_} {arm:14s} load {r['load_before'][0]:.2f}→{r['load_after'][0]:.2f} "
@@ -89,6 +135,8 @@ def main() -> None:
                     with args.out.open("a") as f:
                         f.write(json.dumps(r) + "\n")
     print("\n".join(medians(runs)))
+    print()
+    print("\n".join(pooled(runs, latencies)))
 
 
 if __name__ == "__main__":
