@@ -22,11 +22,36 @@ TESTS = Path(__file__).resolve().parent
 LAYERS = ("unit", "integration", "system")
 
 
+def _layer(item: pytest.Item) -> str | None:
+    relative = item.path.relative_to(TESTS) if item.path.is_relative_to(TESTS) else None
+    return relative.parts[0] if relative is not None and relative.parts[0] in LAYERS else None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        relative = item.path.relative_to(TESTS) if item.path.is_relative_to(TESTS) else None
-        if relative is not None and relative.parts[0] in LAYERS:
-            item.add_marker(getattr(pytest.mark, relative.parts[0]))
+        layer = _layer(item)
+        if layer is not None:
+            item.add_marker(getattr(pytest.mark, layer))
+    # The guest's tests last: its run starts with the session (below) and they read its report.
+    items.sort(key=lambda item: _layer(item) == "system")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _guest_in_background(request: pytest.FixtureRequest,
+                         tmp_path_factory: pytest.TempPathFactory) -> Generator[None, None, None]:
+    """Start the guest run (tests/system/background.py) at the first test when the session has
+    guest tests, so the host tests overlap it instead of waiting for it."""
+    wanted = any(_layer(item) == "system" for item in request.session.items)
+    run = None
+    if wanted and os.environ.get("DOOR_BRIDGE_GUEST_BACKGROUND", "1") != "0":
+        from tests.system import background
+
+        if not background.switched_off() and background.unavailable() is None:
+            run = background.RUN
+            run.start(tmp_path_factory)
+    yield
+    if run is not None:
+        run.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

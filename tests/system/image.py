@@ -38,6 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -133,9 +134,16 @@ def _digest(*parts: bytes | str) -> str:
     return h.hexdigest()[:16]
 
 
+# Where the commands and their output go when they have no log of their own: the terminal, or
+# (for the run in the background, tests/system/background.py) a file, never a test's capture.
+OUTPUT: TextIO | None = None
+
+
 def _run(cmd: list[str], log: Path | None = None, **kw) -> None:
-    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    print("+", " ".join(cmd), file=OUTPUT or sys.stderr, flush=True)
     if log is None:
+        if OUTPUT is not None:
+            kw = {"stdout": OUTPUT, "stderr": subprocess.STDOUT, **kw}
         subprocess.run(cmd, check=True, **kw)
         return
     with log.open("ab") as out:

@@ -18,32 +18,27 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.system import background
 from tests.system import image as image_mod
-from tests.system.power_cuts import Run, audit_power_cuts, power_cut_figures, power_cut_series
-from tests.system.qemu import Boot, Guest
+from tests.system.background import POWER_CUTS
+from tests.system.power_cuts import Run, audit_power_cuts, power_cut_figures
 
-POWER_CUTS = int(os.environ.get("DOOR_BRIDGE_POWER_CUTS", "10"))
 PULSE_S = 1.0
 
 pytestmark = pytest.mark.timeout(3600)
 
 
 def _require_tools() -> None:
-    if os.environ.get("DOOR_BRIDGE_GUEST") == "0" and os.environ.get("CI") != "true":
+    if background.switched_off():
         pytest.skip("DOOR_BRIDGE_GUEST=0: the guest suite is switched off here (never in CI)")
-    arch = image_mod.guest_arch()
-    missing = image_mod.missing_host_packages(arch)
-    problem = None if missing else image_mod.foreign_arch_problem(arch)
-    if not missing and not problem:
+    message = background.unavailable()
+    if message is None:
         return
-    message = problem or f"the {arch.name} guest suite needs: apt-get install " + " ".join(missing)
     if os.environ.get("CI") == "true":
         pytest.fail(message + " (CI=true: a missing tool is a failure, see .ci/run)")
     pytest.skip(message)
@@ -51,33 +46,10 @@ def _require_tools() -> None:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The guest run tests/conftest.py started with the session (tests/system/background.py), or
+    one started here when nothing did; its tests below each assert one part of what it reported."""
     _require_tools()
-    result = Run()
-    started = time.monotonic()
-    img = image_mod.build_all()
-    work = tmp_path_factory.mktemp("guest")
-    disk = image_mod.build_run_disk(work / "run.img", img.module, img.wheels)
-    result.build_s = round(time.monotonic() - started, 1)
-    result.rootfs_built_s = img.rootfs.built_s
-    guest = Guest(img, work, disk)
-
-    def scenario(name: str, timeout: float, **params: str) -> Boot:
-        boot = guest.boot(name, **params)
-        first = boot.wait_for(lambda m: m.get("kind") == "scenario", timeout=400)  # ~130 s seen on a loaded host
-        result.boot_s.append(first["t_host"])
-        return boot
-
-    t0 = time.monotonic()
-    main = scenario("main", 1200)
-    main.wait_for(lambda m: m.get("kind") == "done", timeout=1500)
-    main.wait_exit(120)
-    result.main = main.messages
-    result.main_s = round(time.monotonic() - t0, 1)
-    result.cuts = power_cut_series(scenario, POWER_CUTS, random.Random(12))
-    final = scenario("final", 600, boot=str(POWER_CUTS))
-    final.wait_for(lambda m: m.get("kind") == "done", timeout=600)
-    final.wait_exit(120)
-    result.final = final.messages
+    result = background.RUN.result(tmp_path_factory)
     _print_figures(result)
     return result
 
