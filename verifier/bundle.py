@@ -29,10 +29,7 @@ from typing import IO, Any, Iterable, Iterator
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic_core import from_json
 
 from verifier import door_policy
@@ -490,10 +487,11 @@ class _Bad(Exception):
 
 def _apply_line(b: _Batches, line: bytes, line_no: int, pin: PinHashing | None) -> None:
     try:
-        # pydantic-core's parser (jiter), not json.loads: a third of the cost per record in a 1M
-        # apply. It reads UTF-8 only, refuses a lone surrogate (no UTF-8 database can store one)
-        # and nesting deeper than 200 with a ValueError (test_bundle_json.py holds both parsers
-        # to the same answers).
+        # pydantic-core's parser (jiter), not json.loads: 1.7-2.2 against 3.8-4.3 us a record of
+        # bench/sync.py's mix, a third of the Python work of a record in a 1M apply. It reads
+        # UTF-8 only, and refuses a lone surrogate (no UTF-8 database can store one) and nesting
+        # past 200 with a ValueError (tests/unit/test_bundle_json.py holds both parsers to the
+        # same answers).
         rec = from_json(line)
         if not isinstance(rec, dict):
             raise _Bad("not a JSON object")

@@ -261,7 +261,7 @@ class ScanPipeline:
                     reader_out.feedback(decision)
             self._account(decision, (time.monotonic() - job.started) * 1000, door, pulse, how)
         if self._modes_mark() != modes_before:
-            p.modes.apply()  # a first-person-in GRANT unlocks its door at once; a new cache version
+            p.modes.apply()  # a first-person-in GRANT unlocks its door at once, a new version's modes apply
         return decisions
 
     def _modes_mark(self) -> tuple[int, int]:
