@@ -102,7 +102,8 @@ class GuestRun:
 
         t0 = time.monotonic()
         main = scenario("main", 1200)
-        main.wait_for(lambda m: m.get("kind") == "done", timeout=1500)
+        # 24 min seen on this 2-core host with a benchmark beside it; the host tests now run beside it.
+        main.wait_for(lambda m: m.get("kind") == "done", timeout=2400)
         main.wait_exit(120)
         result.main = main.messages
         result.main_s = round(time.monotonic() - t0, 1)
