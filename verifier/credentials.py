@@ -70,7 +70,8 @@ def parse(raw: bytes, hint: str | None = None) -> Credential:
 
 def _parse_text(text: str) -> Credential:
     if text.startswith("eyJ") and _JWT.match(text):
-        return CredentialJwt(text) if _jwt_header_ok(text) else Malformed("JWT header is not JSON")
+        header = jwt_header(text)
+        return CredentialJwt(text, header=header) if header is not None else Malformed("JWT header is not JSON")
     if text.startswith("vis_"):
         return InviteCode(text) if _INVITE.match(text) else Malformed("invite code has the wrong shape")
     lowered = text[:8].lower()
@@ -80,10 +81,6 @@ def _parse_text(text: str) -> Credential:
         # A keyboard-wedge keypad types the PIN and then '#', as a Wiegand keypad does.
         return Pin(text[:-1])
     return normalise_card(text)
-
-
-def _jwt_header_ok(token: str) -> bool:
-    return jwt_header(token) is not None
 
 
 def jwt_header(token: str) -> dict | None:

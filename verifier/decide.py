@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from verifier import jwtcheck
 from verifier.cache import GrantCache, UserRow, Window, Zone
@@ -238,8 +238,8 @@ class Verifier:
                 return self._pin(digits, reader_id, zones, now_ms)
             case InviteCode(code=code):
                 return self._visitor(code, zones, now_ms)
-            case CredentialJwt(token=token):
-                return self._jwt(token, zones, now_ms)
+            case CredentialJwt(token=token, header=header):
+                return self._jwt(token, header, zones, now_ms)
         return _Outcome(Reason.MALFORMED_CREDENTIAL)
 
     def _card(self, number: str, reader_id: str, zones: tuple[Zone, ...], now_ms: int) -> _Outcome:
@@ -287,9 +287,9 @@ class Verifier:
         zone = next((z for z in zones if z.id in visitor.zone_ids), None)
         return _Outcome(None if zone else Reason.NO_GRANT, None, visitor.name, zone)
 
-    def _jwt(self, token: str, zones: tuple[Zone, ...], now_ms: int) -> _Outcome:
+    def _jwt(self, token: str, header: dict[str, Any] | None, zones: tuple[Zone, ...], now_ms: int) -> _Outcome:
         p = self.policy
-        result = jwtcheck.verify(token, self.cache.jwks(), p.jwt_algorithms, now_ms / 1000, p.jwt_leeway_s)
+        result = jwtcheck.verify(token, self.cache.jwks(), p.jwt_algorithms, now_ms / 1000, p.jwt_leeway_s, header)
         claims = result.claims or {}
         user_id = claims.get("sub") or claims.get("userId")
         user_id = user_id if isinstance(user_id, str) else None

@@ -42,11 +42,14 @@ def _key(kid: str, jwk: dict[str, Any], alg: str) -> jwt.PyJWK:
     return key
 
 
-def verify(token: str, jwks: dict[str, dict[str, Any]], allowed: frozenset[str], now_s: float, leeway_s: float) -> JwtOutcome:
+def verify(token: str, jwks: dict[str, dict[str, Any]], allowed: frozenset[str], now_s: float, leeway_s: float,
+           header: dict[str, Any] | None = None) -> JwtOutcome:
+    """`header`: the token's header as the parser decoded it (CredentialJwt.header), else read here."""
     if len(token) > MAX_TOKEN_BYTES:
         return JwtOutcome(None, Reason.MALFORMED_CREDENTIAL)
     # The header only chooses the key; the signature check below (PyJWT) re-reads it.
-    header = jwt_header(token)
+    if header is None:
+        header = jwt_header(token)
     if header is None:
         return JwtOutcome(None, Reason.MALFORMED_CREDENTIAL)
     alg = header.get("alg")
@@ -82,12 +85,14 @@ def _candidates(header: dict[str, Any], jwks: dict[str, dict[str, Any]]) -> list
     return [(k, j) for k, j in found if _ALG_FOR_KTY.get(j.get("kty")) == alg]
 
 
-def has_key(token: str, jwks: dict[str, dict[str, Any]], allowed: frozenset[str]) -> bool:
+def has_key(token: str, jwks: dict[str, dict[str, Any]], allowed: frozenset[str],
+            header: dict[str, Any] | None = None) -> bool:
     """True when the cache holds exactly the one key `verify` would check this token with: then a
     SIGNATURE_INVALID is a verdict; without it, the cache simply cannot judge the token."""
     if len(token) > MAX_TOKEN_BYTES:
         return False
-    header = jwt_header(token)
+    if header is None:
+        header = jwt_header(token)
     if header is None or header.get("alg") not in allowed:
         return False
     return len(_candidates(header, jwks)) == 1

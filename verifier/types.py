@@ -76,10 +76,16 @@ class CardNumber:
 
 @dataclass(frozen=True, slots=True)
 class CredentialJwt:
-    """A Frontelio credential JWT (24 h user credential or visitor credential)."""
+    """A Frontelio credential JWT (24 h user credential or visitor credential).
+
+    `header` is the JOSE header the parser already decoded to classify the text: the verifier
+    picks the key from it instead of decoding it a second time. Unverified, like every header;
+    PyJWT reads the token's own and refuses an `alg` other than the one picked. Not part of
+    equality: the token is the credential."""
 
     token: str = field(repr=False)
     kind: str = "jwt"
+    header: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

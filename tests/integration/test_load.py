@@ -69,3 +69,29 @@ def test_daemon_healthy_after_the_load(result: LoadResult) -> None:
 def test_every_decision_carries_a_latency(result: LoadResult) -> None:
     assert len(result.latencies_ms) == result.sent
     assert all(v >= 0 for v in result.latencies_ms)
+
+
+def test_the_daemons_children_count_in_its_cpu_per_scan() -> None:
+    """The MQTT publisher and the metrics exposition are child processes: the daemon's own CPU
+    left them out, so issue 18's A/B compared the daemon without its outward tools' cost."""
+    from bench.load import children_cpu_spent
+
+    # One helper lived through the run, one was born during it (counted from zero).
+    assert children_cpu_spent({10: 1.5, 11: 0.25}, {10: 2.0, 11: 0.75, 12: 0.5}) == pytest.approx(1.5)
+
+
+def test_an_observer_runs_only_on_a_core_nothing_else_wants() -> None:
+    """The broker, the subscriber and the scraper stand for other machines: SCHED_IDLE, not a
+    niceness that still takes the CPU from the daemon at every wake-up."""
+    import os
+    import subprocess
+
+    from bench.load import as_other_machine
+
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        as_other_machine(proc.pid)
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
+    finally:
+        proc.kill()
+        proc.wait()

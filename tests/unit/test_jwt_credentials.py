@@ -102,6 +102,36 @@ def test_key_confusion_hs256_signed_with_public_key_material(site: GrantCache) -
         assert (d.decision, d.reason) == (Decision.DENY, Reason.SIGNATURE_INVALID), kid
 
 
+# --- the header, read once -----------------------------------------------------------------------
+
+
+def test_the_parsers_header_chooses_the_key_without_a_second_decode(site: GrantCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: the parser decoded the header to classify the scan, and the verifier decoded it
+    again (then PyJWT a third time) on every JWT decision."""
+    credential = parse(make_jwt(user_claims(), alg="ES256").encode())
+    assert isinstance(credential, CredentialJwt)
+    assert credential.header is not None and (credential.header["alg"], credential.header["kid"]) == ("ES256", EC_KID)
+
+    def decoded_again(token: str) -> None:
+        raise AssertionError("the header was decoded a second time")
+
+    monkeypatch.setattr(jwtcheck, "jwt_header", decoded_again)
+    d = Verifier(site, Policy()).decide(credential, READER, Source.PHONE_NFC, NOW)
+    assert (d.decision, d.user_id) == (Decision.GRANT, "user_layla")
+
+
+def test_a_header_that_is_not_the_tokens_own_picks_a_key_but_not_the_algorithm(site: GrantCache) -> None:
+    """The carried header is as unverified as the token's: PyJWT still reads the token's own
+    and refuses any other `alg`, so a mismatched pair is SIGNATURE_INVALID, never a grant."""
+    token = make_jwt(user_claims())  # EdDSA, signed with the OKP key
+    for header in ({"alg": "ES256", "kid": EC_KID}, {"alg": "HS256", "kid": HS_KID}):
+        d = Verifier(site, WITH_HS256).decide(CredentialJwt(token, header=header), READER, Source.PHONE_NFC, NOW)
+        assert (d.decision, d.reason) == (Decision.DENY, Reason.SIGNATURE_INVALID), header
+    d = Verifier(site, Policy()).decide(CredentialJwt(token, header={"alg": "EdDSA", "kid": OKP_KID}), READER,
+                                        Source.PHONE_NFC, NOW)
+    assert d.decision is Decision.GRANT
+
+
 # --- keys ----------------------------------------------------------------------------------------
 
 
