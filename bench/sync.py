@@ -17,7 +17,9 @@ process (decision thread included) in thread mode.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
+import gc
 import json
 import multiprocessing
 import os
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -68,6 +71,22 @@ def write_bundle(path: Path, key: Ed25519PrivateKey, n: int, version: int) -> in
     return w.write_file(key, path).records
 
 
+class GcPauses:
+    """Every collection of the bench process's garbage collector: (start, seconds, generation).
+    A full collection walks every tracked object of the process, the decision thread's included:
+    a pause there is a stall of the decisions it overlaps."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, float, int]] = []
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((self._started, time.perf_counter() - self._started, info["generation"]))
+
+
 class Decider(threading.Thread):
     """Decides present cards back to back; records (start, latency µs) of each decision."""
 
@@ -75,7 +94,11 @@ class Decider(threading.Thread):
         super().__init__(daemon=True)
         self.cache_path = cache_path
         self.stop = threading.Event()
-        self.samples: list[tuple[float, float]] = []
+        # Two flat arrays, not a list of tuples: half a million tuples made the process's full
+        # garbage collections walk them, 36-48 ms each, and those were the worst "decisions
+        # during the sync" (GcPauses showed the same start and length).
+        self.started = array.array("d")
+        self.latencies = array.array("d")
         self.granted = 0
 
     def run(self) -> None:
@@ -89,9 +112,15 @@ class Decider(threading.Thread):
             now += step  # past the replay window: every decision is a real one
             t = time.perf_counter()
             d = verifier.decide(credential, reader, Source.CARD, now)
-            self.samples.append((t, (time.perf_counter() - t) * 1e6))
+            self.latencies.append((time.perf_counter() - t) * 1e6)
+            self.started.append(t)
             self.granted += d.granted
         cache.close()
+
+    @property
+    def samples(self) -> Iterator[tuple[float, float]]:
+        """(start, latency µs) of each decision, in order."""
+        return zip(self.started, self.latencies)
 
 
 class TimedSync(BundleSync):
@@ -119,7 +148,7 @@ class TimedSync(BundleSync):
             self.applies.append((t, time.perf_counter()))
 
 
-def _within(samples: list[tuple[float, float]], spans: list[tuple[float, float]]) -> list[float]:
+def _within(samples: Iterable[tuple[float, float]], spans: list[tuple[float, float]]) -> list[float]:
     return [lat for t0, lat in samples if any(a <= t0 < b for a, b in spans)]
 
 
@@ -179,6 +208,8 @@ def main() -> None:
         key_file.write_text(API_KEY)
         os.chmod(key_file, 0o600)
 
+        pauses = GcPauses()
+        gc.callbacks.append(pauses)
         decider = Decider(state / "grants.db")
         decider.start()
         time.sleep(args.baseline_s)
@@ -189,6 +220,7 @@ def main() -> None:
         time.sleep(0.5)
         decider.stop.set()
         decider.join()
+        gc.callbacks.remove(pauses)
         bench_rss_mb = psutil.Process().memory_info().rss / 2**20
         db_mb = (state / "grants.db").stat().st_size / 2**20
         parent.send("stop")
@@ -204,6 +236,9 @@ def main() -> None:
     worst = sorted(((lat, t0) for t0, lat in decider.samples if started <= t0 < ended), reverse=True)[:5]
     print("slowest during: " + ", ".join(f"{lat / 1000:.1f} ms at +{t0 - started:.2f} s" for lat, t0 in worst),
           file=sys.stderr)
+    slow_gc = sorted(((d, t0, gen) for t0, d, gen in pauses.pauses if started <= t0 < ended), reverse=True)[:3]
+    print("longest collections during: " + (", ".join(f"{d * 1000:.1f} ms (generation {gen}) at +{t0 - started:.2f} s"
+                                                     for d, t0, gen in slow_gc) or "none"), file=sys.stderr)
     print(f"sync outcome {outcome}: fetch + apply {ended - started:.1f} s, apply {applied_in_s:.1f} s "
           f"({args.apply_in}); grants.db {db_mb:.0f} MiB", file=sys.stderr)
     print(f"decisions before: {summary(before)}", file=sys.stderr)
@@ -219,6 +254,7 @@ def main() -> None:
         "p99_us_fetching": round(pct(fetching, 99), 1), "p99_us_applying": round(pct(applying, 99), 1),
         "max_us_fetching": round(max(fetching), 1) if fetching else None,
         "max_us_applying": round(max(applying), 1) if applying else None,
+        "gc_max_ms_during": round(max((d for t0, d, _ in pauses.pauses if started <= t0 < ended), default=0.0) * 1000, 2),
         "fetch_s": round(fetch_s, 2), "switch_interval_ms": round(sys.getswitchinterval() * 1000, 3), "load_avg_1m": round(os.getloadavg()[0], 2),
         "decisions_during": len(during),
         "decisions_per_s_during": round(len(during) / (ended - started)), "granted": decider.granted,
