@@ -16,6 +16,7 @@ Not a test: nothing here asserts.
 
     python bench/observe_ab.py                           # 100/s for 20 s and 1,000/s for 20 s, 3 rounds
     python bench/observe_ab.py --rounds 5 --rates 100 --out bench/results/observe_ab.jsonl
+    python bench/observe_ab.py --rates 100 --arms off mqtt_only metrics_only_scrape_1s on_scrape_1s
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ ARMS: dict[str, list[str]] = {
     "off": [],
     "on_scrape_1s": ["--observe", "--scrape-s", "1"],
     "on_scrape_15s": ["--observe", "--scrape-s", "15"],
+    # Each tool alone, to tell their shares apart (issue 18: the rise at 100/s is the sum).
+    "mqtt_only": ["--observe", "mqtt"],
+    "metrics_only_scrape_1s": ["--observe", "metrics", "--scrape-s", "1"],
 }
+DEFAULT_ARMS = ["off", "on_scrape_1s", "on_scrape_15s"]
 
 
 def run(rate: float, seconds: float, arm: str) -> tuple[dict[str, Any], list[float]]:
@@ -124,7 +129,7 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[100.0, 1000.0])
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
     ap.add_argument("--out", type=Path, help="append every run as a JSON line here")
     args = ap.parse_args()
     runs = []

@@ -85,14 +85,12 @@ def _candidates(header: dict[str, Any], jwks: dict[str, dict[str, Any]]) -> list
     return [(k, j) for k, j in found if _ALG_FOR_KTY.get(j.get("kty")) == alg]
 
 
-def has_key(token: str, jwks: dict[str, dict[str, Any]], allowed: frozenset[str],
-            header: dict[str, Any] | None = None) -> bool:
+def has_key(token: str, jwks: dict[str, dict[str, Any]], allowed: frozenset[str]) -> bool:
     """True when the cache holds exactly the one key `verify` would check this token with: then a
     SIGNATURE_INVALID is a verdict; without it, the cache simply cannot judge the token."""
     if len(token) > MAX_TOKEN_BYTES:
         return False
-    if header is None:
-        header = jwt_header(token)
+    header = jwt_header(token)
     if header is None or header.get("alg") not in allowed:
         return False
     return len(_candidates(header, jwks)) == 1
