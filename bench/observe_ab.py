@@ -37,7 +37,7 @@ ARMS: dict[str, list[str]] = {
     "off": [],
     "on_scrape_1s": ["--observe", "--scrape-s", "1"],
     "on_scrape_15s": ["--observe", "--scrape-s", "15"],
-    # Each tool alone, to tell their shares apart (issue 18: the rise at 100/s is the sum).
+    # Each tool alone, to tell their shares of the rise at 100/s apart (issue 18).
     "mqtt_only": ["--observe", "mqtt"],
     "metrics_only_scrape_1s": ["--observe", "metrics", "--scrape-s", "1"],
 }
