@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -36,6 +37,7 @@ from tests.support.builders import (
     make_bundle,
     records,
 )
+from verifier import bundle as bundle_module
 from verifier import schema
 from verifier.bundle import (
     BundleRejected,
@@ -370,6 +372,40 @@ def test_passcode_without_pin_hashing_parameters_is_refused(tmp_path: Path) -> N
 def test_oversized_record_is_refused(cache: GrantCache) -> None:
     huge = {"type": "user", "id": "u_big", "name": "n" * (70 * 1024)}
     _refused(cache, make_bundle([huge], version=2), "longer than")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+def test_records_read_in_chunks_apply_as_a_whole_whatever_the_chunk(tmp_path: Path, chunk: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The body is read a chunk at a time: a record cut by a chunk's edge, a chunk of one byte,
+    and a last record without its newline all land as when it was read a line at a time."""
+    for name in ("reference", "chunked"):
+        (tmp_path / name).mkdir()
+    reference = loaded_cache(tmp_path / "reference")
+    expected = _snapshot(reference)
+    reference.close()
+    monkeypatch.setattr(bundle_module, "_CHUNK", chunk)
+    cache = loaded_cache(tmp_path / "chunked")
+    assert _snapshot(cache) == expected
+    head, body = make_bundle(records(), version=2).split(b"\n", 1)
+    body = body.rstrip(b"\n")  # the last record without its newline, signed as such
+    manifest = dataclasses.replace(read_manifest(head, PUBLIC), body_sha256=hashlib.sha256(body).hexdigest())
+    head = jwt.encode(manifest.claims(), SIGNING_KEY, algorithm="EdDSA", headers={"typ": "door-bridge-bundle+jws"}).encode()
+    assert apply(cache, head + b"\n" + body).records == len(records())
+    cache.close()
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_a_record_at_the_size_limit_applies_and_one_byte_more_is_refused(
+        cache: GrantCache, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bundle_module, "_CHUNK", chunk)
+    def user(name_len: int) -> dict[str, Any]:
+        return {"type": "user", "id": "u_big", "name": "n" * name_len}
+    fixed = len(json.dumps(user(0), separators=(",", ":")))
+    at_limit, over = user(bundle_module.MAX_RECORD_BYTES - fixed), user(bundle_module.MAX_RECORD_BYTES - fixed + 1)
+    # The name is longer than a name may be (256): the record is read whole, then refused for that.
+    _refused(cache, make_bundle([at_limit], version=2), "name must be")
+    _refused(cache, make_bundle([over], version=2), "longer than")
 
 
 # --- time rules and secrets at rest -------------------------------------------------------------
