@@ -53,3 +53,16 @@ def test_a_cached_decision_is_also_shown_against_an_online_round_trip() -> None:
     text = report.render([outcome], quick=True, plot_note="not drawn here", png=Path("x.png"))
     assert "| p99_us_card | 0.03× | online_p50_us = 3,000: one online verify round trip" in text
     assert "| p99_us_jwt | 0.067× |" in text
+
+
+def test_the_card_p99_is_also_set_against_the_look_ups_own_p99() -> None:
+    """A p99 against a mean puts the VM's jitter on the decision: the card p99 is shown against
+    the prepared look-up's mean and against its p99, both labelled."""
+    report = _report()
+    figures = {"p99_us_card": 90.0, "lookup_us_prepared": 9.0, "lookup_us_prepared_p99": 30.0}
+    found = {(f.figure, f.floor): r for f, r in report.against_floors("decide.py", figures)}
+    assert found[("p99_us_card", "lookup_us_prepared")] == 10.0
+    assert found[("p99_us_card", "lookup_us_prepared_p99")] == 3.0
+    outcome = report.Outcome(report.Job("decide.py", "decide.py"), 1.0, figures)
+    text = report.render([outcome], quick=True, plot_note="not drawn here", png=Path("x.png"))
+    assert "| p99_us_card | 3.0× | lookup_us_prepared_p99 = 30: one prepared-statement card look-up in the same cache (its p99) |" in text
