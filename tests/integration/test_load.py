@@ -95,3 +95,66 @@ def test_an_observer_runs_only_on_a_core_nothing_else_wants() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+def test_the_subscriber_waits_for_what_was_published_before_it_counts() -> None:
+    """Closed at once, the SCHED_IDLE subscriber counted 15-23 messages fewer than the daemon had
+    published: it now waits for the published count, or for a second with nothing arriving."""
+    from bench.load import drain_subscriber
+
+    clock = _Clock()
+    arriving = iter(range(90, 101))  # ten more trickle in, one per 50 ms poll
+    seen = drain_subscriber(lambda: next(arriving, 100), 100, clock=clock, sleep=clock.sleep)
+    assert seen == 100 and clock.t == pytest.approx(0.5)
+    clock = _Clock()  # fewer than published and nothing arriving: gives up after the quiet second
+    assert drain_subscriber(lambda: 97, 100, clock=clock, sleep=clock.sleep) == 97
+    assert clock.t == pytest.approx(1.0)
+    clock = _Clock()  # no published count (no scrape): waits for the quiet second only
+    assert drain_subscriber(lambda: 5, None, clock=clock, sleep=clock.sleep) == 5 and clock.t == pytest.approx(1.0)
+
+
+def test_the_published_count_is_read_from_the_exposition() -> None:
+    from bench.load import published_in
+
+    text = ("# HELP door_bridge_mqtt_published_total Messages handed to the broker.\n"
+            "# TYPE door_bridge_mqtt_published_total counter\ndoor_bridge_mqtt_published_total 1234.0\n")
+    assert published_in(text) == 1234
+    assert published_in("") is None
+
+
+def test_the_benchs_broker_writes_no_line_a_message(tmp_path: Path) -> None:
+    """bench/load.py's broker stands for another machine: at `log_type all` it wrote every
+    PUBLISH and PUBACK to the file system the daemon fsyncs its audit rows on."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from tests.support.mqtt_broker import Broker
+
+    sizes = {}
+    for verbose in (True, False):
+        broker = Broker(tmp_path / f"broker-{verbose}", verbose=verbose).start()
+        try:
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-log-{verbose}")
+            client.connect("127.0.0.1", broker.port)
+            client.loop_start()
+            infos = [client.publish("door-bridge/x/decision", "{}", qos=1) for _ in range(50)]
+            for info in infos:
+                info.wait_for_publish(10)
+            client.disconnect()
+            client.loop_stop()
+        finally:
+            broker.kill()
+        sizes[verbose] = broker.log_text().count("PUBLISH")
+    assert sizes[True] >= 50, sizes  # the verbose broker logs them: the count below means something
+    assert sizes[False] == 0, sizes
