@@ -557,25 +557,28 @@ def _observe(port: int, topic: str, metrics_port: int, scrape_s: float, ready: A
     out.put((len(listener.messages), scrapes, last))
 
 
-def published_in(exposition: str) -> int | None:
-    """door_bridge_mqtt_published_total in a /metrics text, None if it is not there."""
+def mqtt_samples(exposition: str) -> dict[str, float]:
+    """The door_bridge_mqtt_* samples of a /metrics text, by name."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.name == "door_bridge_mqtt_published_total":
-                return int(sample.value)
-    return None
+    return {s.name: s.value for f in text_string_to_metric_families(exposition) for s in f.samples
+            if s.name.startswith("door_bridge_mqtt_")}
+
+
+def published_in(exposition: str) -> int | None:
+    """door_bridge_mqtt_published_total in a /metrics text, None if it is not there."""
+    value = mqtt_samples(exposition).get("door_bridge_mqtt_published_total")
+    return None if value is None else int(value)
 
 
 def drain_subscriber(received: Callable[[], int], expected: int | None, quiet_s: float = 1.0, limit_s: float = 15.0,
-          clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> int:
+                     clock: Callable[[], float] = time.monotonic,
+                     sleep: Callable[[float], None] = time.sleep) -> int:
     """Wait for the subscriber to have what the daemon published, before counting it.
 
-    Under SCHED_IDLE the subscriber lags the broker; closed as soon as the run ended, it counted
-    15-23 fewer messages than the daemon had published in 6 of 30 runs. It now waits until it
-    has `expected` (the last scrape's published count), or until nothing arrived for `quiet_s`
-    (nothing more is coming), at most `limit_s`."""
+    Under SCHED_IDLE the subscriber can lag the broker, and it was closed as soon as the run
+    ended. It now waits until it has `expected` (the last scrape's published count), or until
+    nothing arrived for `quiet_s` (nothing more is coming), at most `limit_s`."""
     start = last_change = clock()
     seen = received()
     while (expected is None or seen < expected) and clock() - last_change < quiet_s and clock() - start < limit_s:
@@ -624,11 +627,8 @@ class Observers:
             self._observer.join(10)
 
     def figures(self) -> dict[str, Any]:
-        from prometheus_client.parser import text_string_to_metric_families
-
         self._finish()
-        values = {s.name: s.value for f in text_string_to_metric_families(self.last_scrape) for s in f.samples
-                  if s.name.startswith("door_bridge_mqtt_")}
+        values = mqtt_samples(self.last_scrape)
         return {"scrapes": self.scrapes, "mqtt_received": self.received,
                 "mqtt_published": values.get("door_bridge_mqtt_published_total"),
                 "mqtt_dropped": values.get("door_bridge_mqtt_dropped_total")}
@@ -664,10 +664,13 @@ def run_load(settings: LoadSettings) -> LoadResult:
         result.state_fs = filesystem_of(state)
         config = work / "load.toml"
         write_config(config, state, key, ptys, settings, observers)
+        if observers is not None:
+            # Subscribed before the daemon starts: its publisher sends each door's position and
+            # alarm (not retained) as soon as it connects, and a subscriber that came after READY
+            # missed them (15-23 messages fewer than published in 6 of 30 runs).
+            observers.start()
         daemon = DaemonProcess(work, config)
         daemon.wait_ready([reader_id(i) for i in range(settings.readers)])
-        if observers is not None:
-            observers.start()
         result.rss_start_mb = result.rss_peak_mb = daemon.rss_mb()
         cpu0, children0, t0 = daemon.cpu_s(), daemon.children_cpu(), time.monotonic()
         sent_at = send(daemon, ptys, scans, settings.rate, result)
