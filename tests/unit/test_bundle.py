@@ -37,6 +37,7 @@ from tests.support.builders import (
     make_bundle,
     records,
 )
+from tests.support.fuzz_checks import sign_manifest
 from verifier import bundle as bundle_module
 from verifier import schema
 from verifier.bundle import (
@@ -390,13 +391,13 @@ def test_records_read_in_chunks_apply_as_a_whole_whatever_the_chunk(tmp_path: Pa
     head, body = make_bundle(records(), version=2).split(b"\n", 1)
     body = body.rstrip(b"\n")  # the last record without its newline, signed as such
     manifest = dataclasses.replace(read_manifest(head, PUBLIC), body_sha256=hashlib.sha256(body).hexdigest())
-    head = jwt.encode(manifest.claims(), SIGNING_KEY, algorithm="EdDSA", headers={"typ": "door-bridge-bundle+jws"}).encode()
+    head = sign_manifest(manifest.claims())
     assert apply(cache, head + b"\n" + body).records == len(records())
     cache.close()
 
 
 @pytest.mark.parametrize("chunk", [7, 1 << 20])
-def test_a_record_at_the_size_limit_applies_and_one_byte_more_is_refused(
+def test_a_record_at_the_size_limit_is_read_whole_and_one_byte_more_is_refused(
         cache: GrantCache, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bundle_module, "_CHUNK", chunk)
     def user(name_len: int) -> dict[str, Any]:
