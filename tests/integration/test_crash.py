@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import copy
 import json
+import re
 import signal
 import sqlite3
 from contextlib import closing
@@ -28,6 +29,7 @@ from bench.crash import (
     CrashResult,
     CrashSettings,
     audit,
+    logged_fingerprints,
     run_crash,
 )
 
@@ -156,3 +158,34 @@ def test_the_audit_notices_an_event_stored_twice_and_an_acked_event_the_central_
                      CentralView(events, stored, crash.central.answered_duplicate, crash.central.posted))
     assert any(victim in m and "stored 2 times" in m for m in found.problems["stored_twice"]), found.problems
     assert any("acked but the central does not hold it" in m for m in found.problems["lost"]), found.problems
+
+
+def test_the_audit_lets_only_the_rows_of_the_last_commit_go_without_a_line(crash: CrashResult, tmp_path: Path) -> None:
+    """A kill after a batch's commit and before its lines leaves that batch unlogged (its rows
+    share one `at`); rows committed apart and never logged mean lines were lost."""
+    k, run = next((k, r) for k, r in enumerate(crash.runs)
+                  if r.kill_kind is not None and len(logged_fingerprints(r.log_path)) >= 4)
+    lines = run.log_path.read_text(errors="replace").splitlines(keepends=True)
+    decisions = [i for i, line in enumerate(lines) if re.match(r"<\d>decision ", line)]
+    cut = tmp_path / "cut.log"
+    cut.write_text("".join(lines[:decisions[-3]]))  # the run's last three decision lines are gone
+    boots = [int(s) for s in _column(crash, "SELECT seq FROM events WHERE type = 'BOOT' ORDER BY seq")]
+    end = boots[k + 1] if k + 1 < len(boots) else 1 << 62
+    verify = [int(s) for s in _column(crash, f"SELECT seq FROM events WHERE type = 'VERIFY' AND seq > {boots[k]} "
+                                             f"AND seq < {end} ORDER BY seq")]
+    tail = verify[len(logged_fingerprints(run.log_path)) - 3:]  # the three, and a row in flight if there was one
+    runs = copy.deepcopy(crash)
+    runs.runs[k].log_path = cut
+    assert crash.central is not None
+
+    def reaudit(name: str, at: str) -> list[str]:
+        statements = [f"UPDATE events SET at = {at} WHERE seq = {seq}" for seq in tail]
+        state = _tampered_copy(crash, tmp_path / name, *statements)
+        return _reaudit(runs, state, crash.central).problems["log"]
+
+    (tmp_path / "apart").mkdir()
+    (tmp_path / "together").mkdir()
+    assert reaudit("together", "'2026-12-03T17:00:00.000Z'") == []
+    apart = reaudit("apart", "strftime('%Y-%m-%dT%H:%M:%fZ', at, '+' || (seq * 0.04) || ' seconds')")
+    assert apart == [f"run {k}: {len(tail)} audit rows without a decision line (at most 1, the rows of the last "
+                     "commit, may be in flight)"]
