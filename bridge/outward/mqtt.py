@@ -67,6 +67,7 @@ class Message:
     topic: str
     payload: str
     retain: bool = False
+    qos: int = 1  # states, alarms, events, availability: at least once
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +262,7 @@ class MqttPublisher:
             }
             if self.section.publish_identities:
                 body.update(userId=d.user_id, userName=d.user_name, zoneId=d.zone_id, zoneName=d.zone_name)
-            return [_line(Message(self.topics.decision, _json(body)))]
+            return [_line(Message(self.topics.decision, _json(body), qos=self.section.decision_qos))]
         out = [_line(Message(self.topics.event, _json({"at": note.at.isoformat(timespec="milliseconds"),
                                                          "door": note.door, "type": note.kind})))]
         if note.view is not None:
@@ -423,9 +424,10 @@ def _json(body: dict[str, Any]) -> str:
 
 
 def _line(m: Message) -> str:
-    """One line of the pipe to the publisher process: `topic TAB 0|1 TAB payload` (JSON payloads
-    never hold a raw newline), or `[topic, payload, retain]` as JSON when a name holds a tab or a
-    newline (or the topic starts with `[`). Not JSON every time: re-escaping a JSON payload doubled the feeder's cost."""
+    """One line of the pipe to the publisher process: `topic TAB <retain><qos> TAB payload` (JSON
+    payloads never hold a raw newline), or `[topic, payload, retain, qos]` as JSON when a name
+    holds a tab or a newline (or the topic starts with `[`). Not JSON every time: re-escaping a
+    JSON payload doubled the feeder's cost."""
     if m.topic.startswith("[") or "\t" in m.topic or "\n" in m.topic or "\n" in m.payload:
-        return json.dumps([m.topic, m.payload, m.retain], separators=(",", ":")) + "\n"
-    return f"{m.topic}\t{1 if m.retain else 0}\t{m.payload}\n"
+        return json.dumps([m.topic, m.payload, m.retain, m.qos], separators=(",", ":")) + "\n"
+    return f"{m.topic}\t{1 if m.retain else 0}{m.qos}\t{m.payload}\n"

@@ -11,7 +11,7 @@ GIL; the daemon only writes ready lines to a pipe, 20 times a second at most.
 The child knows nothing of doors or decisions: it is handed the connection settings, the
 availability topic and the retained discovery documents in its first stdin line (with the
 password: never argv or the environment, which `ps` shows), then publishes each later line
-(`topic TAB retain TAB payload`, see `parse_line`) in order. It answers on stdout with one JSON
+(`topic TAB <retain><qos> TAB payload`, see `parse_line`) in order, at the QoS the daemon chose. It answers on stdout with one JSON
 object per event (`connected`, `disconnected`, `refused`, `ignored`) and running `counts`; the
 daemon logs them, so the journal and `status` read as before. End of stdin (the daemon stopped, or was killed)
 ends the child: it says `offline` (retained) while still connected, then disconnects. It ignores
@@ -39,12 +39,19 @@ if TYPE_CHECKING:
     from paho.mqtt.reasoncodes import ReasonCode
 
 ONLINE, OFFLINE = "online", "offline"
-QOS = 1  # at least once: a summary survives a short broker drop while its PUBACK is pending
+# The availability, its last will and the discovery documents: at least once (the broker
+# acknowledges them). Every other message carries its own QoS from the daemon (`parse_line`).
+QOS = 1
 # How long the session blocks in paho's network loop before it looks at its queue again: the
 # most a summary waits for its turn while the connection is idle.
 LOOP_TIMEOUT_S = 0.05
 # Running counts go to the daemon at most this often (and at every connection change).
 COUNTS_EVERY_S = 0.25
+
+
+# One message for the broker: topic, payload, retain, QoS.
+Outgoing = tuple[str, str, bool, int]
+_FLAGS: dict[str, tuple[bool, int]] = {"00": (False, 0), "01": (False, 1), "10": (True, 0), "11": (True, 1)}
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ class Session:
 
         self.settings = settings
         self.report = report
-        self.queue: queue.Queue[tuple[str, str, bool]] = queue.Queue(maxsize=settings.queue_size)
+        self.queue: queue.Queue[Outgoing] = queue.Queue(maxsize=settings.queue_size)
         self.stop = threading.Event()
         self.socket_open = False
         self.ever_connected = False
@@ -150,7 +157,7 @@ class Session:
         self.client = client
         self._paho = paho
 
-    def offer(self, message: tuple[str, str, bool]) -> None:
+    def offer(self, message: Outgoing) -> None:
         try:
             self.queue.put_nowait(message)
         except queue.Full:
@@ -226,16 +233,22 @@ class Session:
     def _drain(self) -> None:
         paho = self._paho
         while self.connected:
+            if self.client.want_write():
+                # The socket took less than paho had: the broker reads slower than we publish.
+                # The rest waits in the bounded queue (full: dropped and counted), not in paho's
+                # packet list, which has no bound for QoS 0.
+                return
             try:
-                topic, payload, retain = self.queue.get_nowait()
+                topic, payload, retain, qos = self.queue.get_nowait()
             except queue.Empty:
                 return
-            info = self.client.publish(topic, payload, qos=QOS, retain=retain)
+            info = self.client.publish(topic, payload, qos=qos, retain=retain)
             if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
                 self.dropped += 1  # paho's own in-flight queue is full (broker not acknowledging)
                 continue
-            # Anything else leaves the QoS 1 message in paho's in-flight store, sent again at the
-            # next connection (NO_CONN, CONN_LOST): handed over, not lost.
+            # Anything else leaves a QoS 1 message in paho's in-flight store, sent again at the
+            # next connection (NO_CONN, CONN_LOST): handed over, not lost. A QoS 0 message in the
+            # socket's buffer when the connection drops is lost, as QoS 0 allows.
             self.published += 1
             if info.rc != paho.MQTT_ERR_SUCCESS:
                 return  # the connection is going; loop() will say so
@@ -260,19 +273,23 @@ class Session:
         self.connected = False
 
 
-def parse_line(line: str) -> tuple[str, str, bool] | None:
-    """`topic TAB 0|1 TAB payload`, or `[topic, payload, retain]` (JSON) for names with a tab."""
+def parse_line(line: str) -> Outgoing | None:
+    """`topic TAB <retain 0|1><qos 0|1> TAB payload`, or `[topic, payload, retain, qos]` (JSON)
+    for names with a tab."""
     line = line.rstrip("\n")
     if line.startswith("["):
         try:
-            topic, payload, retain = json.loads(line)
+            topic, payload, retain, qos = json.loads(line)
         except (ValueError, TypeError):
             return None
-        return str(topic), str(payload), bool(retain)
+        if qos not in (0, 1) or isinstance(qos, bool):
+            return None
+        return str(topic), str(payload), bool(retain), qos
     parts = line.split("\t", 2)
-    if len(parts) != 3 or parts[1] not in ("0", "1"):
+    if len(parts) != 3 or parts[1] not in _FLAGS:
         return None
-    return parts[0], parts[2], parts[1] == "1"
+    retain, qos = _FLAGS[parts[1]]
+    return parts[0], parts[2], retain, qos
 
 
 def read_messages(session: Session, lines: IO[bytes]) -> None:

@@ -103,6 +103,25 @@ async def test_door_events_and_alarms_are_published_as_they_happen(tmp_path, bro
     assert published == audited and {"DOOR_FORCED_OPEN", "DOOR_HELD_OPEN", "DOOR_CLOSED"} <= set(published)
 
 
+@pytest.mark.parametrize("asked", [None, 1, 0])
+async def test_summaries_go_at_qos_0_unless_the_site_asks_for_1_and_states_and_events_always_at_1(
+        tmp_path, broker, asked):
+    heard = Listener(broker, f"{BASE}/#")
+    try:
+        cfg = config(tmp_path, broker.port, **({} if asked is None else {"decision_qos": asked}))
+        async with running(cfg, clock=SteppingClock()) as (daemon, factory):
+            await wait_for(lambda: daemon.outward.mqtt.connected, what="bridge connected")
+            factory.pin(22).drive_high()  # opened without a grant: forced open
+            await wait_for(lambda: heard.on(f"{BASE}/event"), what="the forced-open event")
+            assert (await scan(daemon, VALID)).granted
+            await wait_for(lambda: heard.on(f"{BASE}/decision"), what="the summary")
+    finally:
+        heard.close()
+    assert heard.qos_on(f"{BASE}/decision") == {1 if asked == 1 else 0}
+    for topic in ("status", "event", "door/main/position", "door/main/alarm"):
+        assert heard.qos_on(f"{BASE}/{topic}") == {1}, topic
+
+
 async def test_retained_commands_on_the_broker_never_reach_a_relay(tmp_path, broker):
     """esp-rfid's worst failure: a retained "open" firing at every reboot. door-bridge subscribes to nothing."""
     publish_retained(broker, {
@@ -214,6 +233,9 @@ def test_mqtt_settings_that_cannot_work_are_config_errors(tmp_path):
         make_config(tmp_path, Site(), [], mqtt={"enabled": True, "ca_file": "/etc/x"})
     with pytest.raises(ConfigError, match="mqtt.topic_prefix"):
         make_config(tmp_path, Site(), [], mqtt={"enabled": True, "topic_prefix": "a/#"})
+    for qos in (2, True, "1"):
+        with pytest.raises(ConfigError, match="mqtt.decision_qos"):
+            make_config(tmp_path, Site(), [], mqtt={"enabled": True, "decision_qos": qos})
 
 
 async def test_an_unreadable_password_file_stops_the_start_with_its_key(tmp_path):

@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -17,6 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridge.inputs.base import Scan
+from bridge.outward.mqtt_child import SessionSettings
 from bridge.upstream.background import BACKGROUND_NICENESS
 from tests.support.harness import SteppingClock, running, wait_for
 from tests.support.mqtt_broker import Broker, Listener
@@ -184,3 +187,70 @@ def test_a_service_stop_that_signals_the_whole_cgroup_still_says_offline_and_log
     assert "mqtt_publisher_exited" not in out and "Traceback" not in out, out[-2000:]
     # The child said `offline` itself (a clean DISCONNECT), not the broker's last will.
     assert "Client door-bridge-BRIDGE-SVC disconnected." in broker.log_text(), broker.log_text()[-1500:]
+
+
+def test_a_broker_that_stops_reading_fills_the_bounded_queue_not_the_publishers_memory(tmp_path):
+    """At QoS 0 paho keeps every packet the socket has not taken, without a bound. The publisher
+    hands paho the next message only once the socket has taken the last, so a broker that is up
+    but not reading (SIGSTOP: the TCP connection stays) costs at most the queue and the socket
+    buffers; the rest is dropped and counted."""
+    broker = Broker(tmp_path / "broker", verbose=False).start()
+    settings = SessionSettings(host="127.0.0.1", port=broker.port, client_id="t-stalled", keepalive_s=60,
+                               status_topic=f"{BASE}/status", queue_size=100, reconnect_min_s=0.1,
+                               reconnect_max_s=0.5)
+    child = subprocess.Popen([sys.executable, "-m", "bridge.outward.mqtt_child"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+    reports: list[dict] = []
+    unread = bytearray()
+
+    def counts() -> dict:
+        """The child's latest running counts (it reports a JSON object a line), read without blocking."""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(child.stdout.fileno(), 65536):
+                unread.extend(chunk)
+        *lines, rest = unread.split(b"\n")
+        unread[:] = rest
+        reports.extend(json.loads(line) for line in lines)
+        return next((r["counts"] for r in reversed(reports) if "counts" in r), {"published": 0, "dropped": 0})
+
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        os.set_blocking(child.stdout.fileno(), False)
+        child.stdin.write(settings.to_json().encode() + b"\n")
+        child.stdin.flush()
+        assert wait_until(lambda: counts() is not None and any(r.get("event") == "connected" for r in reports), 10)
+        broker.pause()
+        payload = "x" * 65536
+        sent = 1000  # 64 MB: more than the loopback socket buffers on both sides can hold
+        for i in range(sent):  # at a pace the queue (100) takes: what is dropped, the socket refused
+            child.stdin.write(f"{BASE}/decision\t00\t{i}{payload}\n".encode())
+            if i % 25 == 24:
+                child.stdin.flush()
+                time.sleep(0.05)
+        child.stdin.flush()
+        # All handed to paho, dropped, or (at most queue_size) waiting in the queue
+        assert wait_until(lambda: sum(counts().values()) >= sent - settings.queue_size, 20), counts()
+        time.sleep(0.5)
+        stalled = counts()
+        assert stalled["dropped"] >= sent // 2, stalled
+        rss_mb = psutil.Process(child.pid).memory_info().rss / 2**20
+        assert rss_mb < 80, rss_mb  # 45 here: not the 64 MB of payloads in paho's packet list (110)
+        broker.resume()
+        child.stdin.write(f"{BASE}/decision\t00\tafter\n".encode())
+        child.stdin.flush()
+        assert wait_until(lambda: counts()["published"] > stalled["published"], 20), counts()
+    finally:
+        broker.resume()
+        with contextlib.suppress(OSError):
+            child.stdin.close()
+        child.wait(10)
+        broker.kill()
+
+
+def wait_until(check, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False

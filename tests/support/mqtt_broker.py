@@ -130,6 +130,15 @@ class Broker:
                     raise
                 time.sleep(0.02)
 
+    def pause(self) -> None:
+        """SIGSTOP: the connections stay up, nothing is read: a broker that has stopped keeping up."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
@@ -140,11 +149,13 @@ class Broker:
 
 
 class Listener:
-    """A plain paho subscriber to `topic` that keeps every message (topic, payload, retained)."""
+    """A plain paho subscriber to `topic` (at QoS 1, so a message arrives at the QoS it was
+    published with) that keeps every message (topic, payload, retained), and its QoS in `qos`."""
 
     def __init__(self, broker: Broker, topic: str = "#", *, tls: CertAuthority | None = None,
                  auth: tuple[str, str] | None = None) -> None:
         self.messages: list[tuple[str, str, bool]] = []
+        self.qos: list[tuple[str, int]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-listener-{free_port()}")
@@ -163,10 +174,15 @@ class Listener:
     def _on_message(self, client: paho.Client, userdata: object, m: paho.MQTTMessage) -> None:
         with self._lock:
             self.messages.append((m.topic, m.payload.decode(), bool(m.retain)))
+            self.qos.append((m.topic, m.qos))
 
     def on(self, topic: str) -> list[str]:
         with self._lock:
             return [p for t, p, _ in self.messages if t == topic]
+
+    def qos_on(self, topic: str) -> set[int]:
+        with self._lock:
+            return {q for t, q in self.qos if t == topic}
 
     def close(self) -> None:
         self.client.loop_stop()
