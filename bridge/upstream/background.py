@@ -22,10 +22,19 @@ BACKGROUND_NICENESS = 10
 
 # Self-contained on purpose: it must run before anything of door-bridge is imported. setpriority
 # to at least `N` (never lower: an already niced daemon's child stays as nice as the daemon).
+# The unit allows setpriority back out of `@resources` (systemd/door-bridge.service); when a
+# stricter drop-in denies it again (EPERM), the child still does its work, at the daemon's
+# priority, and says so once in the journal (`<4>`: journald reads the priority prefix).
 _BOOTSTRAP = (
     "import os, runpy, sys\n"
     "n = max(int(sys.argv[1]), os.getpriority(os.PRIO_PROCESS, 0))\n"
-    "os.setpriority(os.PRIO_PROCESS, 0, n)\n"
+    "try:\n"
+    "    os.setpriority(os.PRIO_PROCESS, 0, n)\n"
+    "except OSError as e:\n"
+    "    print(f'<4>background_child_not_niced module={sys.argv[2]} error=\"{type(e).__name__}: {e}\" '\n"
+    "          'effect=\"it runs at the daemon priority and competes with decisions for the CPU\" '\n"
+    "          'check=\"SystemCallFilter= of the unit and its drop-ins must allow setpriority '\n"
+    "          '(systemctl cat door-bridge)\"', file=sys.stderr, flush=True)\n"
     "module = sys.argv[2]\n"
     "sys.argv[:] = [module, *sys.argv[3:]]\n"
     "runpy.run_module(module, run_name='__main__', alter_sys=True)\n"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import tty
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,12 @@ class Service:
         self.env.pop("WATCHDOG_PID", None)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / f"daemon-{time.monotonic_ns()}.log"
+        # Runs the daemon's command line inside another, e.g. tests.support.unit_seccomp.command.
+        self.wrap: Callable[[list[str]], list[str]] = lambda argv: argv
 
     def start(self) -> "Service":
         self._log = open(self.log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "run", "--config", str(self.config)],
+        self.proc = subprocess.Popen(self.wrap([sys.executable, "-m", "bridge.cli", "run", "--config", str(self.config)]),
                                      env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT)
         self.notify.wait_for("READY=1")

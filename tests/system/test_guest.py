@@ -92,6 +92,7 @@ def test_security_score_in_the_guest_is_at_most_2_5(run: Run) -> None:
 def test_api_key_arrives_by_load_credential_and_syncs_from_the_loopback_central(run: Run) -> None:
     check = run.check("api_key_by_load_credential")
     assert check["ok"] and check["key_mode"] == "0o600", check
+    assert run.check("bundle_applied_by_a_niced_child")["ok"], run.check("bundle_applied_by_a_niced_child")
 
 
 def test_reload_keeps_scanning_sigkill_and_watchdog_restart(run: Run) -> None:

@@ -285,7 +285,6 @@ base_url = "http://127.0.0.1:8787/api/bridge/v1"
 api_key_credential = "api-key"
 poll_interval_s = 5.0
 poll_jitter = 0.0
-apply_in = "thread"
 replicate_idle_s = 0.5
 batch_size = 5
 """
@@ -402,6 +401,12 @@ def scenario_main(r: Reporter) -> None:
         r.check("api_key_by_load_credential", b"cbk_" not in environ and b"CREDENTIALS_DIRECTORY" in environ,
                 cache_version=st["cache"]["version"], upstream=st.get("upstream"),
                 key_mode=oct(os.stat(ETC / "api-key").st_mode & 0o777))
+        # The default apply_in = "process": the bundle above was downloaded and applied by niced
+        # children under the unit's SystemCallFilter= (setpriority denied, they died at start).
+        lines = journal(since)
+        r.check("bundle_applied_by_a_niced_child", any(l.startswith("bundle_applied") for l in lines)
+                and not any("background_child_not_niced" in l or "PermissionError" in l for l in lines),
+                lines=[l for l in lines if "bundle_" in l or "not_niced" in l or "Error" in l][-8:])
         r.check("relay_inactive_at_start", relay_report(sim)["first_set"] == 1 and not relay_report(sim)["active_now"],
                 relay=relay_report(sim), journal_since=len(journal(since)))
 
