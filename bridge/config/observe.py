@@ -64,7 +64,7 @@ class MqttSection(StrictModel):
     publish_identities: bool = False
     # Decision summaries are a monitoring feed (the audit trail goes to the central through the
     # outbox): at QoS 0 by default, a broker drop can lose the few in the socket at that moment.
-    # At QoS 1 the publisher process also reads a PUBACK for each: 81-87 against 33-37 us of its
+    # At QoS 1 the publisher process also reads a PUBACK for each: 77-87 against 32-37 us of its
     # CPU a message (bench/README.md). Door states, alarms and events are always QoS 1.
     decision_qos: Annotated[int, Field(ge=0, le=1, strict=True)] = 0
     # Messages waiting for the broker; beyond this they are dropped and counted, so a dead broker

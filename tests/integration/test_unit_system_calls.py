@@ -1,8 +1,8 @@
 """The daemon and every child it starts, under the unit's own `SystemCallFilter=` (tests/support/
 unit_seccomp.py: the allow-list systemd builds from systemd/door-bridge.service, loaded through
-libseccomp before exec). The guest runs the real unit too, but with `apply_in = "thread"` and
-without MQTT or metrics; this runs the default: the bundle download and apply in children, the
-MQTT publisher and the metrics exposition in children, all niced.
+libseccomp before exec). The guest runs the real unit too, without MQTT or metrics (and, until
+this was found, with `apply_in = "thread"`); this runs the default with both on: the bundle
+download and apply, the MQTT publisher and the metrics exposition in children, all niced.
 
 Found here: the unit denies `@resources`, which holds `setpriority`, so every background child
 died at its first instruction (PermissionError) under systemd: with the default configuration
