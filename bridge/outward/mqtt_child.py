@@ -12,9 +12,10 @@ The child knows nothing of doors or decisions: it is handed the connection setti
 availability topic and the retained discovery documents in its first stdin line (with the
 password: never argv or the environment, which `ps` shows), then publishes each later line
 (`topic TAB <retain><qos> TAB payload`, see `parse_line`) in order, at the QoS the daemon
-chose. It answers on stdout with one JSON object per event (`connected`, `disconnected`, `refused`, `ignored`) and running `counts`; the
-daemon logs them, so the journal and `status` read as before. End of stdin (the daemon stopped, or was killed)
-ends the child: it says `offline` (retained) while still connected, then disconnects. It ignores
+chose. It answers on stdout with one JSON object per event (`connected`, `disconnected`,
+`refused`, `ignored`) and running `counts`; the daemon logs them, so the journal and `status`
+read as before. End of stdin (the daemon stopped, or was killed) ends the child: it says
+`offline` (retained) while still connected, then disconnects. It ignores
 SIGTERM, SIGINT and SIGHUP, which systemd and a terminal send to every process of the service.
 
 Imports only the standard library at module level: the daemon imports `tls_context` from here
