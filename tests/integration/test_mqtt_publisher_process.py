@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -244,6 +246,66 @@ def test_a_broker_that_stops_reading_fills_the_bounded_queue_not_the_publishers_
         with contextlib.suppress(OSError):
             child.stdin.close()
         child.wait(10)
+        broker.kill()
+
+
+def _segments_out(port: int) -> int:
+    """The kernel's count of TCP segments sent by the socket bound to local `port` (`ss -ti`)."""
+    ss = shutil.which("ss")
+    if ss is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("ss is not installed (apt-get install iproute2; .ci/run does)")
+        pytest.skip("ss is not installed (apt-get install iproute2)")
+    out = subprocess.run([ss, "-tinH", "state", "established", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout
+    found = re.search(r"\bsegs_out:(\d+)", out)
+    assert found, out
+    return int(found.group(1))
+
+
+def test_a_batch_of_summaries_leaves_in_a_few_tcp_segments_not_one_each(tmp_path):
+    """The daemon hands summaries over in batches; the publisher corks the socket around a batch.
+    Uncorked, each publish() was a segment of its own (Nagle merged a few: 40-46 segments for
+    200 summaries here), and the broker and every subscriber woke for each; corked, 12. The
+    child is stopped while a batch is written, so it finds the whole batch queued at once."""
+    broker = Broker(tmp_path / "broker", verbose=False).start()
+    heard = Listener(broker, f"{BASE}/decision")
+    settings = SessionSettings(host="127.0.0.1", port=broker.port, client_id="t-corked", keepalive_s=60,
+                               status_topic=f"{BASE}/status", queue_size=1000, reconnect_min_s=0.1,
+                               reconnect_max_s=0.5)
+    child = subprocess.Popen([sys.executable, "-m", "bridge.outward.mqtt_child"], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL)
+    try:
+        assert child.stdin is not None
+        child.stdin.write(settings.to_json().encode() + b"\n")
+        child.stdin.flush()
+
+        def local_port() -> int | None:
+            return next((c.laddr.port for c in psutil.Process(child.pid).net_connections(kind="tcp")
+                         if c.raddr and c.raddr.port == broker.port and c.status == psutil.CONN_ESTABLISHED), None)
+
+        assert wait_until(lambda: local_port() is not None and heard.client.is_connected(), 10)
+        port = local_port()
+        assert port is not None
+        time.sleep(0.3)  # the availability and its acknowledgement are through
+        batches, size = 5, 200
+        before = _segments_out(port)
+        for b in range(batches):
+            child.send_signal(signal.SIGSTOP)
+            child.stdin.write("".join(f'{BASE}/decision\t00\t{{"n":{b * size + i},"decision":"GRANT"}}\n'
+                                      for i in range(size)).encode())
+            child.stdin.flush()
+            child.send_signal(signal.SIGCONT)
+            assert wait_until(lambda: len(heard.on(f"{BASE}/decision")) >= (b + 1) * size, 10), len(heard.messages)
+        segments = _segments_out(port) - before
+        assert [json.loads(m)["n"] for m in heard.on(f"{BASE}/decision")] == list(range(batches * size))
+        assert segments <= batches * size // 8, segments
+    finally:
+        child.send_signal(signal.SIGCONT)
+        with contextlib.suppress(OSError):
+            child.stdin.close()
+        child.wait(10)
+        heard.close()
         broker.kill()
 
 
