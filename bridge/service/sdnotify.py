@@ -6,6 +6,14 @@ library on the Pi) buys nothing. Outside systemd (laptop, tests, `door-bridge de
 
 A failed send never raises: losing a STATUS line must not take a door down. If WATCHDOG=1 cannot be
 delivered systemd restarts the service, which is the right answer to a broken notify channel.
+
+A send never waits long either. The socket is a datagram queue that PID 1 reads (10 datagrams by
+default, `net.unix.max_dgram_qlen`); while nobody reads it, a blocking send waits forever, and it
+runs on the event loop: status socket, sync, heartbeats and the watchdog ping itself stopped
+(a test harness that read the socket only now and then hung daemons this way, and CI with them).
+WATCHDOG=1 and STATUS= are sent without waiting and dropped when the queue is full (the next one
+follows); READY=1, STOPPING=1, RELOADING=1 and EXTEND_TIMEOUT_USEC= wait up to
+`_STATE_SEND_WAIT_S`, once.
 """
 
 from __future__ import annotations
@@ -20,6 +28,11 @@ from collections.abc import Mapping
 import structlog
 
 log = structlog.get_logger()
+
+# The most a state change (READY=1, STOPPING=1, …) waits for room in systemd's queue.
+_STATE_SEND_WAIT_S = 1.0
+# Sent often and superseded by the next one: never waited for.
+_DROPPABLE = ("WATCHDOG=1", "STATUS=")
 
 
 def _address(raw: str | None) -> str | None:
@@ -65,14 +78,21 @@ class Notifier:
         if self.address is None:
             return False
         payload = "\n".join(assignments).encode("utf-8", "replace")
+        wait_s = 0.0 if assignments[0].startswith(_DROPPABLE) else _STATE_SEND_WAIT_S
         with self._lock:
             try:
                 if self._sock is None:
                     self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.settimeout(wait_s)  # 0: non-blocking, BlockingIOError when the queue is full
                 self._sock.sendto(payload, self.address)
             except OSError as e:
                 if not self._failing:
-                    log.warning("sd_notify_failed", error=f"{type(e).__name__}: {e.strerror or e}", first=assignments[0])
+                    full = isinstance(e, (BlockingIOError, TimeoutError))
+                    log.warning("sd_notify_failed", error=f"{type(e).__name__}: {e.strerror or e}", first=assignments[0],
+                                effect="dropped; the daemon goes on" if full else "dropped",
+                                check="systemd is not reading its notify socket: is PID 1 busy or hung "
+                                      "(systemctl status, journalctl -b -p warning)?" if full
+                                      else "NOTIFY_SOCKET in the unit's environment")
                 self._failing = True
                 self._close_locked()
                 return False

@@ -129,12 +129,10 @@ async def test_summaries_arrive_in_the_order_decided_through_the_batched_hand_ov
 
 
 def wait_heard(svc: Service, heard: Listener, topic: str, last: str, timeout: float = 15.0) -> None:
-    """Until `last` is the latest payload on `topic`, reading the daemon's notify socket meanwhile
-    (as systemd does: a datagram socket nobody reads blocks the daemon's sd_notify after 10)."""
+    """Until `last` is the latest payload on `topic`."""
     deadline = time.monotonic() + timeout
     while heard.on(topic)[-1:] != [last]:
         assert time.monotonic() < deadline, (last, heard.messages)
-        svc.notify.drain()
         time.sleep(0.05)
 
 
@@ -143,7 +141,6 @@ def stopped(svc: Service, timeout: float = 15.0) -> int:
     deadline = time.monotonic() + timeout
     while svc.proc.poll() is None:
         assert time.monotonic() < deadline, f"daemon did not stop:\n{svc.output()[-3000:]}"
-        svc.notify.drain()
         time.sleep(0.05)
     return svc.proc.returncode
 

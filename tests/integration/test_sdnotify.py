@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from structlog.testing import capture_logs
 
 from bridge.service import sdnotify
 from bridge.service.sdnotify import Notifier
+from tests.support.service import datagram_queue_length
 
 
 class FakeSystemd:
@@ -146,6 +148,35 @@ def test_sending_recovers_when_the_socket_comes_back(tmp_path: Path) -> None:
         assert FakeSystemd(sock, str(path)).receive() == {"WATCHDOG": "1"}
     finally:
         sock.close()
+
+
+def test_a_full_queue_drops_pings_and_statuses_at_once_and_never_blocks_the_caller(path_socket: FakeSystemd) -> None:
+    """Nobody reads (PID 1 busy or hung): the kernel queues 10 datagrams (net.unix.max_dgram_qlen),
+    then a blocking send waited for good. Pings and statuses are dropped instead; a state change
+    waits a moment for room, once; the first failure is logged with what to check."""
+    notifier = Notifier(path_socket.env_value)
+    sent: list[bool] = []
+    count = datagram_queue_length() + 30
+
+    def send() -> None:
+        for i in range(count):
+            sent.append(notifier.watchdog() if i % 2 else notifier.status(f"cache v{i}"))
+        sent.append(notifier.stopping())
+
+    with capture_logs() as logs:
+        worker = threading.Thread(target=send, daemon=True)
+        worker.start()
+        worker.join(20)
+        assert not worker.is_alive(), f"blocked after {len(sent)} sends"
+    assert len(sent) == count + 1 and sent[0] and not sent[-1]
+    assert False in sent
+    failures = [e for e in logs if e["event"] == "sd_notify_failed"]
+    assert len(failures) == 1 and "not reading its notify socket" in failures[0]["check"], failures
+    while path_socket.pending():
+        path_socket.receive()
+    with capture_logs() as logs:
+        assert notifier.watchdog() is True
+    assert [e["event"] for e in logs] == ["sd_notify_recovered"]
 
 
 def test_watchdog_interval_is_half_of_watchdog_usec() -> None:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support.service import READER, Service
+from tests.support.service import READER, Service, datagram_queue_length
 
 
 @pytest.fixture
@@ -51,6 +51,29 @@ def test_ready_watchdog_status_and_clean_sigterm(service):
     assert time.monotonic() - started < 5
     service.notify.wait_for("STOPPING=1")
     assert "stopped" in service.output()
+
+
+def test_a_systemd_that_stops_reading_the_notify_socket_does_not_stall_the_daemon(tmp_path):
+    """The notify socket is a queue of 10 datagrams that PID 1 reads. Sent blocking from the event
+    loop, the 11th unread WATCHDOG=1 stopped the loop for good: status socket, sync, heartbeats
+    (CI: a daemon hung 3 s after READY under a test that read the socket only at start)."""
+    svc = Service(tmp_path, watchdog_usec=20_000)  # a ping every 10 ms
+    try:
+        svc.start()
+        svc.notify.pause()
+        time.sleep(max(1.0, 0.02 * (datagram_queue_length() + 40)))  # pings well past what the queue holds
+        status = svc.status()  # answered by the event loop
+        assert status["bridge_id"] == "BRIDGE-SVC" and status["cache"]["version"] == 1
+        svc.wait_log("sd_notify_failed")
+        failed = next(line for line in svc.output().splitlines() if "sd_notify_failed" in line)
+        assert "not reading its notify socket" in failed, failed
+        svc.notify.resume()
+        svc.wait_log("sd_notify_recovered")
+        svc.pty.type("6B06C2A25E99C68EDCBE")
+        svc.wait_log("decision ")
+        assert svc.proc is not None and svc.proc.poll() is None
+    finally:
+        svc.close()
 
 
 def test_journald_priorities_and_key_value_lines(service):

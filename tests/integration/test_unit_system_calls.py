@@ -74,9 +74,10 @@ def test_under_the_units_system_call_filter_a_bundle_is_applied_in_a_child_and_m
         write_config(svc.config, svc.state, site, svc.pty.path, tail=tail)
         svc.wrap = unit_seccomp.command
         svc.start()
-        # The log, not `door-bridge status` in a loop: each status is a Python start at niceness 0,
-        # and polled back to back they starved the niced download and apply children beside the
-        # guest's QEMU (CI: the bundle applied only as the 60 s ran out; stop 27's guest saw the same).
+        # The log, not `door-bridge status` in a loop: each is a Python start at niceness 0 beside
+        # the niced children it waits for. (CI's failure here was the daemon's event loop, hung on
+        # a blocking sd_notify into the notify socket this harness then read only at start:
+        # bridge/service/sdnotify.py, tests/integration/test_service_lifecycle.py.)
         svc.wait_log(f"bundle_applied version={central.version} ", timeout=240)
         status = wait(lambda: (s := svc.status()).get("cache", {}).get("version") == central.version and s,
                       30, f"status showing cache version {central.version}", svc)

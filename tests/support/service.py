@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tty
 from collections.abc import Callable
@@ -46,20 +47,49 @@ def central_section(url: str, key_file: Path, **settings: float | str) -> str:
     return table("upstream.http", http) + table("upstream.central", central)
 
 
+def datagram_queue_length() -> int:
+    """What the kernel queues for an unread AF_UNIX datagram socket (10; 512 where systemd's sysctl.d set it)."""
+    return int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+
+
 class NotifySocket:
+    """The receiving end of $NOTIFY_SOCKET, read all the time as PID 1 reads it. A socket read only
+    now and then fills its queue (10 datagrams, net.unix.max_dgram_qlen) within seconds of
+    WATCHDOG=1 pings, which is a hung systemd, not the systemd a test means: `pause()` says so."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.sock.settimeout(0.1)
         self.messages: list[str] = []
+        self._reading = threading.Event()
+        self._reading.set()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read_forever, name="notify-socket", daemon=True)
+        self._thread.start()
+
+    def _read_forever(self) -> None:
+        while not self._closed.is_set():
+            if not self._reading.wait(0.1):
+                continue
+            try:
+                data = self.sock.recv(4096)
+            except (socket.timeout, BlockingIOError):
+                continue
+            except OSError:
+                return
+            self.messages.append(data.decode())
+
+    def pause(self) -> None:
+        """PID 1 stops reading (busy or hung): the queue fills."""
+        self._reading.clear()
+
+    def resume(self) -> None:
+        self._reading.set()
 
     def drain(self) -> list[str]:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except (socket.timeout, BlockingIOError):
-                return self.messages
+        return list(self.messages)
 
     def wait_for(self, needle: str, count: int = 1, timeout: float = 20.0) -> list[str]:
         deadline = time.monotonic() + timeout
@@ -67,9 +97,12 @@ class NotifySocket:
             hits = [m for m in self.drain() if needle in m]
             if len(hits) >= count:
                 return hits
+            time.sleep(0.02)
         raise AssertionError(f"no {count}× {needle!r} on the notify socket; got {self.messages[-10:]}")
 
     def close(self) -> None:
+        self._closed.set()
+        self._thread.join(2)
         self.sock.close()
 
 
