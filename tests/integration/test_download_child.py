@@ -44,6 +44,7 @@ class Peer:
 class Central:
     url: str
     answer: str = "bundle"  # bundle | 503 | html | trickle
+    body: bytes = BODY
     peers: list[Peer] = field(default_factory=list)
     authorization: list[str] = field(default_factory=list)
 
@@ -80,7 +81,7 @@ def central() -> Iterator[Central]:
             self.send_response(200)
             self.send_header("Content-Type", "text/html" if state.answer == "html" else BUNDLE_MEDIA_TYPE)
             self.send_header("ETag", '"v2"')
-            self.send_header("Content-Length", str(len(BODY)))
+            self.send_header("Content-Length", str(len(state.body)))
             self.end_headers()
             if state.answer == "trickle":
                 stop = threading.Event()
@@ -90,7 +91,10 @@ def central() -> Iterator[Central]:
                         self.wfile.flush()
                     except OSError:
                         return
-            self.wfile.write(BODY)
+            try:
+                self.wfile.write(state.body)
+            except OSError:
+                pass  # the daemon's first ask, left unread: the child asks again
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
@@ -122,8 +126,10 @@ async def test_the_download_runs_in_another_process_that_was_not_handed_the_key_
     assert (fetch.status, fetch.etag, fetch.size) == ("new", '"v2"', len(BODY))
     assert fetch.sha256 == hashlib.sha256(BODY).hexdigest()
     assert (tmp_path / "bundle").read_bytes() == BODY
-    assert central.authorization == [f"Bearer {KEY}"]
-    (peer,) = central.peers
+    assert central.authorization == [f"Bearer {KEY}"] * 2
+    # Asked here first (a 304 would have ended it there); the 300 KB body is left to the child.
+    here, peer = central.peers
+    assert here.pid == os.getpid()
     assert peer.pid is not None and peer.pid != os.getpid()
     assert not any(KEY in arg for arg in peer.cmdline) and not peer.environ_has_key
     # Background work: the decision thread goes first on a busy Pi (bridge/upstream/background.py).
@@ -179,7 +185,27 @@ async def test_both_modes_give_the_same_result_error_and_breaker_state(
     in_child = await _seen(central, tmp_path, "process", etag)
     here = await _seen(central, tmp_path, "thread", etag)
     assert in_child == here
-    assert {p.pid == os.getpid() for p in central.peers} == {True, False}  # one of each: the modes differ
+    # A child only for a 200 with a big body: a 304 or a 503 is answered to the daemon itself.
+    child_expected = answer in ("bundle", "html") and etag is None
+    assert [p.pid == os.getpid() for p in central.peers] == ([True, False, True] if child_expected else [True, True])
+
+
+@pytest.mark.parametrize(("answer", "etag", "body"), [("bundle", '"v2"', BODY), ("503", None, BODY),
+                                                      ("bundle", None, BODY[:40_000])],
+                         ids=["not_modified", "unavailable", "small_delta"])
+async def test_a_poll_answered_without_a_big_body_starts_no_child(
+        central: Central, tmp_path: Path, answer: str, etag: str | None, body: bytes) -> None:
+    """Most polls are a 304: a child for each cost an interpreter start (~0.27 s of CPU) every
+    poll_interval_s. Such answers, errors and bodies up to IN_PROCESS_BODY_BYTES stay here."""
+    central.answer, central.body = answer, body
+    seen = await _seen(central, tmp_path, "process", etag)
+    assert [p.pid for p in central.peers] == [os.getpid()]
+    assert _downloaders() == []
+    if answer == "bundle" and etag is None:
+        assert seen.result == ("new", '"v2"', len(body))
+        assert (tmp_path / "bundle").read_bytes() == body
+    else:
+        assert (seen.result or seen.error or ("",))[0] in ("not_modified", "UpstreamUnavailable"), seen
 
 
 async def test_a_trickling_central_ends_at_the_download_deadline_and_leaves_no_child(
@@ -192,5 +218,5 @@ async def test_a_trickling_central_ends_at_the_download_deadline_and_leaves_no_c
         assert client.http.breaker.state is CircuitState.OPEN  # breaker_failures=1: the failure counted
     finally:
         await client.aclose()
-    assert [p.pid != os.getpid() for p in central.peers] == [True]
+    assert [p.pid != os.getpid() for p in central.peers] == [False, True]  # the daemon's ask, then the child's
     assert _downloaders() == []  # killed at the deadline, not left writing the file
