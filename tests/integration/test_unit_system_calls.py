@@ -2,7 +2,8 @@
 unit_seccomp.py: the allow-list systemd builds from systemd/door-bridge.service, loaded through
 libseccomp before exec). The guest runs the real unit too, without MQTT or metrics (and, until
 this was found, with `apply_in = "thread"`); this runs the default with both on: the bundle
-download and apply, the MQTT publisher and the metrics exposition in children, all niced.
+download (a body big enough for the download child) and apply, the MQTT publisher and the
+metrics exposition in children, all niced.
 
 Found here: the unit denies `@resources`, which holds `setpriority`, so every background child
 died at its first instruction (PermissionError) under systemd: with the default configuration
@@ -24,6 +25,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.upstream.background import BACKGROUND_NICENESS, background_argv
+from bridge.upstream.central import IN_PROCESS_BODY_BYTES
 from tests.support import unit_seccomp
 from tests.support.fakes.central import API_KEY, FakeCentral
 from tests.support.harness import Site, door_records
@@ -62,7 +64,9 @@ def test_under_the_units_system_call_filter_a_bundle_is_applied_in_a_child_and_m
     heard = Listener(broker, STATUS)
     svc = Service(tmp_path, site=site)
     try:
-        records = door_records(READER, now)
+        # Over IN_PROCESS_BODY_BYTES, so the body is the download child's (a small one the daemon reads).
+        records = door_records(READER, now) + [{"type": "user", "id": f"guest_{i:05}", "name": f"Guest {i}"}
+                                               for i in range(3000)]
         while central.publish_full(records) <= site.version:
             pass  # newer than the cache the service was installed with
         key_file = tmp_path / "central.key"
@@ -79,6 +83,8 @@ def test_under_the_units_system_call_filter_a_bundle_is_applied_in_a_child_and_m
         # a blocking sd_notify into the notify socket this harness then read only at start:
         # bridge/service/sdnotify.py, tests/integration/test_service_lifecycle.py.)
         svc.wait_log(f"bundle_applied version={central.version} ", timeout=240)
+        applied = next(line for line in svc.output().splitlines() if "bundle_applied" in line)
+        assert int(applied.split(" bytes=")[1].split()[0]) > IN_PROCESS_BODY_BYTES, applied
         status = wait(lambda: (s := svc.status()).get("cache", {}).get("version") == central.version and s,
                       30, f"status showing cache version {central.version}", svc)
         assert status["cache"]["version"] == central.version

@@ -395,7 +395,8 @@ def scenario_main(r: Reporter) -> None:
         done = sh(f"{CHECKOUT}/systemd/install.sh", env=PIP_ENV, timeout=900)  # the idempotent second run
         r.check("install_second_run", done.returncode == 0 and active() and "keeping existing /etc/door-bridge/config.toml" in done.stdout,
                 tail=done.stdout[-600:])
-        # The bundle is downloaded and applied by children at niceness 10. On this one-vCPU TCG
+        # The bundle is applied by a child at niceness 10 (a body this small the daemon downloads
+        # itself; a big one goes to a niced download child). On this one-vCPU TCG
         # guest a `door-bridge status` every 0.3 s (a Python start at niceness 0 each) kept the
         # CPU busy and starved them for more than 90 s: wait on the journal, every 2 s.
         wait_until(lambda: any(l.startswith("bundle_applied") for l in journal(since)), 300,
@@ -406,8 +407,8 @@ def scenario_main(r: Reporter) -> None:
         r.check("api_key_by_load_credential", b"cbk_" not in environ and b"CREDENTIALS_DIRECTORY" in environ,
                 cache_version=st["cache"]["version"], upstream=st.get("upstream"),
                 key_mode=oct(os.stat(ETC / "api-key").st_mode & 0o777))
-        # The default apply_in = "process": the bundle above was downloaded and applied by niced
-        # children under the unit's SystemCallFilter= (setpriority denied, they died at start).
+        # The default apply_in = "process": the bundle above was applied by a niced child under
+        # the unit's SystemCallFilter= (with setpriority denied, children died at start).
         lines = journal(since)
         r.check("bundle_applied_by_a_niced_child", any(l.startswith("bundle_applied") for l in lines)
                 and not any("background_child_not_niced" in l or "PermissionError" in l for l in lines),
