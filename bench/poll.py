@@ -5,14 +5,15 @@ A real daemon process against the loopback central of the tests (tests/support/f
 every `--interval` seconds (1 s is the least the configuration allows; the default is 60 s). After
 the first bundle is applied, nothing new is published: every later poll is answered 304, as nearly
 all polls of a site are. Over `--seconds` it samples the daemon's CPU, counting its children
-(the download processes it waited for), and counts the download processes started (psutil,
-every 50 ms). The figures say what one poll costs; the daemon's idle CPU is in the same line.
+(the download processes it waited for), and counts the download processes started and the
+largest resident size seen of one (psutil, every 50 ms). The CPU a poll includes the idle
+daemon's own (watchdog pings, the 2 s status refresh).
 
     python bench/poll.py                     # 30 s at one poll a second
     python bench/poll.py --seconds 60
 
 The last line is JSON: polls (the central's count of bundle requests), cpu_s (daemon + waited-for
-children), cpu_ms_per_poll, download_children (seen), and the same CPU for the run's idle daemon.
+children), cpu_ms_per_poll, cpu_percent, download_children (seen), download_child_rss_mb_max.
 Not a test: nothing here asserts.
 """
 
@@ -74,12 +75,13 @@ def main() -> int:
             daemon = psutil.Process(svc.proc.pid)
             requests_before = bundle_requests(central)
             cpu_before = cpu_s(daemon)
-            started, seen = time.monotonic(), set()
+            started, seen, child_rss = time.monotonic(), set(), 0
             while time.monotonic() - started < args.seconds:
                 for child in daemon.children(recursive=True):
                     try:
                         if "bridge.upstream.download_child" in " ".join(child.cmdline()):
                             seen.add(child.pid)
+                            child_rss = max(child_rss, child.memory_info().rss)
                     except psutil.NoSuchProcess:
                         pass
                 time.sleep(0.05)
@@ -91,7 +93,8 @@ def main() -> int:
             central.server.stop()
     figures = {"bench": "poll", "seconds": round(elapsed, 1), "interval_s": args.interval, "polls": polls,
                "cpu_s": round(used, 3), "cpu_ms_per_poll": round(1000 * used / polls, 1) if polls else None,
-               "cpu_percent": round(100 * used / elapsed, 2), "download_children": len(seen)}
+               "cpu_percent": round(100 * used / elapsed, 2), "download_children": len(seen),
+               "download_child_rss_mb_max": round(child_rss / 2**20, 1)}
     print(json.dumps(figures))
     return 0
 

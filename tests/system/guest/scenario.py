@@ -431,10 +431,15 @@ def scenario_main(r: Reporter) -> None:
             d = scan_and_decide(wedge, "DEADBEEF0001", since)
             r.check(f"evdev_{label}_deny", d.get("decision") == "DENY", decision=d)
             r.check(f"evdev_{label}_exclusive_grab", second_grab(wedge.path) == os.strerror(16), got=second_grab(wedge.path))
+            # From the moment of the unplug: a device that appeared only after the daemon started
+            # was logged as evdev_device_reconnected at the top of this step, and waiting on
+            # `since` took that line and typed before the daemon had the new device (CI, 2026-12-04:
+            # no decision within 90 s).
+            unplugged = time.time()
             wedge.close()
-            lost = wait_journal(since, r"evdev_device_lost", timeout=30)
+            lost = wait_journal(unplugged, r"evdev_device_lost", timeout=30)
             wedge = Wedge()
-            back = wait_journal(since, r"evdev_device_reconnected", timeout=30)
+            back = wait_journal(unplugged, r"evdev_device_reconnected", timeout=30)
             d = scan_and_decide(wedge, "DEADBEEF0002", since)
             r.check(f"evdev_{label}_recreated", d.get("decision") == "DENY", lost=lost[-1], reconnected=back[-1])
             st = status_json()
@@ -606,10 +611,11 @@ def scenario_journal(r: Reporter) -> None:
         wait_journal(since - 60, r"evdev_device_(opened|reconnected)", timeout=90)
         for text in (GRANT_CARD, "DEADBEEF0001", "DEADBEEF0002"):
             scan_and_decide(wedge, text, since)
+        unplugged = time.time()  # not `since`: the step's first connection may be a "reconnected" line too
         wedge.close()
-        wait_journal(since, r"evdev_device_lost", timeout=60)
+        wait_journal(unplugged, r"evdev_device_lost", timeout=60)
         wedge = Wedge()
-        wait_journal(since, r"evdev_device_reconnected", timeout=60)
+        wait_journal(unplugged, r"evdev_device_reconnected", timeout=60)
         sh("systemctl stop fake-central", check=True)
         for n in range(2):
             scan_and_decide(wedge, f"DEADBEEF02{n}0", since)
