@@ -195,8 +195,8 @@ async def test_both_modes_give_the_same_result_error_and_breaker_state(
                          ids=["not_modified", "unavailable", "small_delta"])
 async def test_a_poll_answered_without_a_big_body_starts_no_child(
         central: Central, tmp_path: Path, answer: str, etag: str | None, body: bytes) -> None:
-    """Most polls are a 304: a child for each cost an interpreter start (~0.27 s of CPU) every
-    poll_interval_s. Such answers, errors and bodies up to IN_PROCESS_BODY_BYTES stay here."""
+    """Most polls are a 304: a child for each cost an interpreter start (0.4-0.5 s of CPU here,
+    bench/poll.py) every poll_interval_s. Such answers, errors and bodies up to IN_PROCESS_BODY_BYTES stay here."""
     central.answer, central.body = answer, body
     seen = await _seen(central, tmp_path, "process", etag)
     assert [p.pid for p in central.peers] == [os.getpid()]

@@ -262,7 +262,7 @@ def _segments_out(port: int) -> int:
 
 def test_a_batch_of_summaries_leaves_in_a_few_tcp_segments_not_one_each(tmp_path):
     """The daemon hands summaries over in batches; the publisher corks the socket around a batch.
-    Uncorked, each publish() was a segment of its own (Nagle merged a few: 40-46 segments for
+    Uncorked, each publish() was a segment of its own (Nagle merged a few: 40-57 segments for
     200 summaries here), and the broker and every subscriber woke for each; corked, 12. The
     child is stopped while a batch is written, so it finds the whole batch queued at once."""
     broker = Broker(tmp_path / "broker", verbose=False).start()

@@ -88,13 +88,13 @@ class NotifySocket:
     def resume(self) -> None:
         self._reading.set()
 
-    def drain(self) -> list[str]:
+    def received(self) -> list[str]:
         return list(self.messages)
 
     def wait_for(self, needle: str, count: int = 1, timeout: float = 20.0) -> list[str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            hits = [m for m in self.drain() if needle in m]
+            hits = [m for m in self.received() if needle in m]
             if len(hits) >= count:
                 return hits
             time.sleep(0.02)
@@ -158,7 +158,6 @@ class Service:
         if getattr(self, "_log", None) is not None:
             self._log.close()
         self.log = self.tmp / f"daemon-{time.monotonic_ns()}.log"
-        self.notify.drain()
         self.notify.messages.clear()
         return self.start()
 
