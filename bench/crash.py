@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bridge.service.status_socket import StatusUnavailable, fetch_status
-from tests.support.fakes.central import API_KEY, FakeCentral
+from tests.support.fakes.central import FakeCentral, write_api_key
 from tests.support.fakes.server import RecordedRequest, Reply
 from tests.support.harness import Site, iso
 from tests.support.service import READER, Service, central_section, write_config
@@ -499,9 +499,7 @@ def run_crash(settings: CrashSettings, progress: Callable[[str], None] = lambda 
         site, now = Site(), datetime.now(UTC)
         (work / "state").mkdir(parents=True, exist_ok=True)
         site.install(work / "state", site_records(settings, now), now=now)
-        key_file = work / "central.key"
-        key_file.write_text(API_KEY + "\n")
-        key_file.chmod(0o600)
+        key_file = write_api_key(work / "central.key")
         svc = Service(work, site=site)
         tail = central_section(central.url, key_file, batch_size=settings.batch_size,
                                replicate_idle_s=settings.replicate_idle_s, poll_interval_s=1.0)

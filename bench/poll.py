@@ -32,7 +32,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.fakes.central import API_KEY, FakeCentral  # noqa: E402
+from tests.support.fakes.central import FakeCentral, write_api_key  # noqa: E402
 from tests.support.harness import Site, door_records  # noqa: E402
 from tests.support.service import READER, Service, central_section, write_config  # noqa: E402
 
@@ -63,9 +63,7 @@ def main() -> int:
         try:
             while central.publish_full(door_records(READER, now)) <= site.version:
                 pass
-            key_file = tmp / "central.key"
-            key_file.write_text(API_KEY + "\n")
-            key_file.chmod(0o600)
+            key_file = write_api_key(tmp / "central.key")
             tail = central_section(central.url, key_file, apply_in="process", poll_interval_s=args.interval)
             write_config(svc.config, svc.state, site, svc.pty.path, tail=tail)
             svc.start()

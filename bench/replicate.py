@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from bridge.state.outbox import Outbox  # noqa: E402
 from bridge.central.replicator import Replicator  # noqa: E402
 from bridge.upstream.central import build_central  # noqa: E402
 from bridge.config.upstream import CentralSection, HttpSettings  # noqa: E402
-from tests.support.fakes.central import API_KEY, PREFIX, serve_in_process  # noqa: E402
+from tests.support.fakes.central import PREFIX, serve_in_process, write_api_key  # noqa: E402
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=timezone.utc)
 
@@ -74,9 +73,7 @@ def main() -> None:
     server.start()
     port = parent.recv()
     with tempfile.TemporaryDirectory(prefix="door-bridge-bench-") as tmp:
-        key_file = Path(tmp) / "central.key"
-        key_file.write_text(API_KEY)
-        os.chmod(key_file, 0o600)
+        key_file = write_api_key(Path(tmp) / "central.key")
         outbox = Outbox(Path(tmp) / "audit.db", max_events=max(args.events * 2, 100))
         fill_s = fill(outbox, args.events)
         print(f"backlog of {args.events} events written in {fill_s:.1f} s", file=sys.stderr)

@@ -42,7 +42,7 @@ from bench.decide import NOW, ZONES, card_number, pct  # noqa: E402
 from bridge.central.sync import BundleSync, SyncState  # noqa: E402
 from bridge.upstream.central import build_central  # noqa: E402
 from bridge.config.upstream import CentralSection, HttpSettings  # noqa: E402
-from tests.support.fakes.central import API_KEY, PREFIX, serve_in_process  # noqa: E402
+from tests.support.fakes.central import PREFIX, serve_in_process, write_api_key  # noqa: E402
 from verifier.bundle import BundleWriter, apply_file  # noqa: E402
 from verifier.cache import GrantCache  # noqa: E402
 from verifier.credentials import parse  # noqa: E402
@@ -204,9 +204,7 @@ def main() -> None:
         server.start()
         port = parent.recv()
         big.unlink()  # the central holds it now; the bridge's copy is its own download
-        key_file = state / "central.key"
-        key_file.write_text(API_KEY)
-        os.chmod(key_file, 0o600)
+        key_file = write_api_key(state / "central.key")
 
         pauses = GcPauses()
         gc.callbacks.append(pauses)

@@ -112,8 +112,9 @@ class CentralHttp(UpstreamHttp):
 
         With a download child, the request is made here first: most polls are answered 304 (or
         an error, or a small delta), and a child for each cost an interpreter start and imports
-        (0.4-0.5 s of CPU and a 46 MB process on the dev machine, every poll_interval_s: bench/poll.py). Only a 200 whose
-        body is big, or of undeclared length, is left unread; the child then asks again."""
+        (0.4-0.5 s of CPU and a 46 MB process on the dev machine every poll_interval_s,
+        bench/poll.py). Only a 200 whose body is big, or of undeclared length, is left unread;
+        the child then asks again."""
         if self.download_in_child is None:
             return await self.download_here(path, params=params, headers=headers, dest=dest, max_bytes=max_bytes)
         try:

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.upstream.background import BACKGROUND_NICENESS, background_argv
 from bridge.upstream.central import IN_PROCESS_BODY_BYTES
 from tests.support import unit_seccomp
-from tests.support.fakes.central import API_KEY, FakeCentral
+from tests.support.fakes.central import FakeCentral, write_api_key
 from tests.support.harness import Site, door_records
 from tests.support.mqtt_broker import Broker, Listener, free_port
 from tests.support.service import READER, Service, central_section, write_config
@@ -69,9 +69,7 @@ def test_under_the_units_system_call_filter_a_bundle_is_applied_in_a_child_and_m
                                                for i in range(3000)]
         while central.publish_full(records) <= site.version:
             pass  # newer than the cache the service was installed with
-        key_file = tmp_path / "central.key"
-        key_file.write_text(API_KEY + "\n")
-        key_file.chmod(0o600)
+        key_file = write_api_key(tmp_path / "central.key")
         metrics_port = free_port()
         tail = central_section(central.url, key_file, apply_in="process", poll_interval_s=1.0)
         tail += f"[mqtt]\nenabled = true\nport = {broker.port}\n[metrics]\nhttp = true\nport = {metrics_port}\n"

@@ -16,6 +16,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Iterable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,6 +26,13 @@ from tests.support.fakes.server import FakeServer, RecordedRequest, Reply
 from verifier.hashing import PinHashing
 
 API_KEY = "cbk_Qm9yZGVyQnJpZGdlVGVzdEtleTAwMDAwMDAwMDA"
+
+
+def write_api_key(path: Path) -> Path:
+    """The central's key as a bridge reads it: `upstream.central.api_key_file`, mode 0600."""
+    path.write_text(API_KEY + "\n")
+    path.chmod(0o600)
+    return path
 PREFIX = "/api/bridge/v1"
 BUNDLE_MEDIA_TYPE = "application/x-door-bridge-bundle"
 _KEY_FIELD = {"card": "number", "ic_card": "cardNumber", "key": "kid"}
