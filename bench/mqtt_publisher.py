@@ -1,10 +1,11 @@
 """The MQTT publisher process's CPU a message, at QoS 0 and QoS 1 (issue 18).
 
 The real `python -m bridge.outward.mqtt_child`, a real mosquitto on loopback (errors-only log),
-fed the daemon's pipe lines (a decision summary as the feeder encodes it) at a steady rate, in
-the feeder's 50 ms hand-overs. CPU is read from /proc for the child alone, from the first
-message to one second after the last. The QoS is the one on each line (`<retain><qos>`), as
-`[mqtt] decision_qos` sets it for summaries. Runs alternate between the QoS values, so a slow
+fed the daemon's pipe lines at a steady rate, in the feeder's 50 ms hand-overs: each feed's
+decision summaries as one line of rows, which the child turns into payloads
+(bridge/outward/summary_rows.py). CPU is read from /proc for the child alone, from the first
+message to one second after the last. The QoS is the batch's, as `[mqtt] decision_qos` sets it
+for summaries. Runs alternate between the QoS values, so a slow
 minute of a shared machine lands on both. Prints one line per run and the figures as the last
 line (JSON). Not a test: nothing here asserts.
 
@@ -26,13 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridge.outward.mqtt_child import SessionSettings  # noqa: E402
+from bridge.outward.summary_rows import batch_line  # noqa: E402
 from bridge.upstream.background import start_piped_child  # noqa: E402
 from tests.support.mqtt_broker import Broker  # noqa: E402
 
 FEED_S = 0.05  # bridge/outward/mqtt.py FEED_INTERVAL_S
-SUMMARY = json.dumps({"at": "2026-12-03T17:00:00.000+00:00", "reader": "R1", "door": "main", "decision": "GRANT",
-                      "reason": None, "source": "CARD", "mode": "cache", "cacheVersion": 12, "replay": False,
-                      "latencyMs": 0.51}, separators=(",", ":"))
+ROW = [1796317200.0, "R1", "main", "GRANT", None, "CARD", "cache", 12, False, 0.51]  # summary_rows.FIELDS
 
 
 def cpu_s(pid: int) -> float:
@@ -54,13 +54,12 @@ def one_run(qos: int, messages: int, rate: float) -> dict[str, float]:
                     break
             else:
                 raise RuntimeError("the publisher did not connect")
-            line = f"door-bridge/BENCH/decision\t0{qos}\t{SUMMARY}\n".encode()
             per_feed = max(1, round(rate * FEED_S))
             start_cpu, t0 = cpu_s(child.pid), time.monotonic()
             sent = 0
             while sent < messages:
                 n = min(per_feed, messages - sent)
-                child.stdin.write(line * n)
+                child.stdin.write(batch_line("door-bridge/BENCH/decision", qos, [ROW] * n).encode())
                 child.stdin.flush()
                 sent += n
                 time.sleep(max(0.0, t0 + sent / rate - time.monotonic()))

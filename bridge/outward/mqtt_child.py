@@ -8,11 +8,11 @@ measured it (py-spy --gil: the MQTT thread held the GIL 15 % of the time at 1,00
 p99 2.2-6.5 ms without MQTT, 12.7-34.5 ms with it). Here that work holds another interpreter's
 GIL; the daemon only writes ready lines to a pipe, 20 times a second at most.
 
-The child knows nothing of doors or decisions: it is handed the connection settings, the
-availability topic and the retained discovery documents in its first stdin line (with the
-password: never argv or the environment, which `ps` shows), then publishes each later line
-(`topic TAB <retain><qos> TAB payload`, see `parse_line`) in order, at the QoS the daemon
-chose. It answers on stdout with one JSON object per event (`connected`, `disconnected`,
+The child knows nothing of doors: it is handed the connection settings, the availability topic
+and the retained discovery documents in its first stdin line (with the password: never argv or
+the environment, which `ps` shows), then publishes each later line in order, at the QoS the
+daemon chose: one message (`topic TAB <retain><qos> TAB payload`, see `parse_line`), or a run
+of decision summaries as rows, whose payloads it writes itself (summary_rows, `decode`). It answers on stdout with one JSON object per event (`connected`, `disconnected`,
 `refused`, `ignored`) and running `counts`; the daemon logs them, so the journal and `status`
 read as before. End of stdin (the daemon stopped, or was killed) ends the child: it says
 `offline` (retained) while still connected, then disconnects. It ignores
@@ -35,6 +35,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
+
+from bridge.outward import summary_rows
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -323,15 +325,27 @@ def parse_line(line: str) -> Outgoing | None:
     return parts[0], parts[2], retain, qos
 
 
+def decode(line: str) -> tuple[list[Outgoing], int]:
+    """One pipe line → (its messages, how many it held that could not be read): a batch of
+    summary rows (a JSON object: summary_rows) or one message (`parse_line`)."""
+    if line.startswith("{"):
+        try:
+            topic, qos, payloads, bad = summary_rows.expand(line)
+        except ValueError:
+            return [], 1
+        return [(topic, p, False, qos) for p in payloads], bad
+    message = parse_line(line)
+    return ([], 1) if message is None else ([message], 0)
+
+
 def read_messages(session: Session, lines: IO[bytes]) -> None:
     """The daemon's lines, in order, into the session's bounded queue; end of input ends the session.
     Bytes split on LF only: text mode would also split on a CR inside a name."""
     for raw in lines:
-        message = parse_line(raw.decode("utf-8", "replace"))
-        if message is None:
-            session.dropped += 1  # not ours: nothing the daemon writes looks like this
-            continue
-        session.offer(message)
+        messages, unreadable = decode(raw.decode("utf-8", "replace"))
+        session.dropped += unreadable  # not ours: nothing the daemon writes looks like this
+        for message in messages:
+            session.offer(message)
     session.stop.set()
 
 
