@@ -5,6 +5,8 @@ arm a fresh `bench/load.py` process (fresh daemon, fresh mosquitto), so a slow m
 machine lands on every arm rather than on one. "On" is metrics served over HTTP and scraped, plus
 MQTT to a real mosquitto with a subscriber (bench/load.py --observe). The 1-minute load average is
 recorded before and after every run: on a shared 2-core machine it says which rounds to distrust.
+One warm-up run comes first and is not counted (`--warmup`). bench/load.py starts the scans once
+the daemon's metrics and MQTT helpers are up, so "on" is their cost while they run, not their start.
 
 Prints one line per run, a table of medians, and a table of the runs pooled: every scan-to-relay
 latency of an arm's rounds in one sample, its p99 against the "off" arm's, and a 95 % interval for
@@ -131,9 +133,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
     ap.add_argument("--out", type=Path, help="append every run as a JSON line here")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="runs of the first arm before round 1, printed and not counted (default 1): the first "
+                         "run after the machine sat idle had the worst p99 of its A/B in 2 of 2 passes of "
+                         "2026-12-04 (18.5 and 44 ms against 2-6 ms), whichever arm it was")
     args = ap.parse_args()
     runs = []
     latencies: dict[tuple[float, str, int], list[float]] = {}
+    for n in range(args.warmup):
+        one, _ = run(args.rates[0], args.seconds, args.arms[0])
+        s = one["summary"]
+        print(f"warm-up {n + 1} ({args.rates[0]:g}/s {args.arms[0]}, not counted): p99 {s.get('p99_ms')} "
+              f"max {s.get('max_ms')} ms", flush=True)
     for rate in args.rates:
         for round_ in range(1, args.rounds + 1):
             for arm in args.arms:
