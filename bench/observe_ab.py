@@ -5,7 +5,8 @@ arm a fresh `bench/load.py` process (fresh daemon, fresh mosquitto), so a slow m
 machine lands on every arm rather than on one. "On" is metrics served over HTTP and scraped, plus
 MQTT to a real mosquitto with a subscriber (bench/load.py --observe). The 1-minute load average is
 recorded before and after every run: on a shared 2-core machine it says which rounds to distrust.
-One warm-up run comes first and is not counted (`--warmup`). bench/load.py starts the scans once
+One warm-up run comes first and is not counted (`--warmup`); every second round runs the arms in
+reverse (`--order`). bench/load.py starts the scans once
 the daemon's metrics and MQTT helpers are up, so "on" is their cost while they run, not their start.
 
 Prints one line per run, a table of medians, and a table of the runs pooled: every scan-to-relay
@@ -42,6 +43,7 @@ ARMS: dict[str, list[str]] = {
     # Each tool alone, to tell their shares of the rise at 100/s apart (issue 18).
     "mqtt_only": ["--observe", "mqtt"],
     "metrics_only_scrape_1s": ["--observe", "metrics", "--scrape-s", "1"],
+    "metrics_only_scrape_15s": ["--observe", "metrics", "--scrape-s", "15"],
 }
 DEFAULT_ARMS = ["off", "on_scrape_1s", "on_scrape_15s"]
 
@@ -137,6 +139,10 @@ def main() -> None:
                     help="runs of the first arm before round 1, printed and not counted (default 1): the first "
                          "run after the machine sat idle had the worst p99 of its A/B in 2 of 2 passes of "
                          "2026-12-04 (18.5 and 44 ms against 2-6 ms), whichever arm it was")
+    ap.add_argument("--order", choices=["alternate", "fixed"], default="alternate",
+                    help="alternate (default): every second round runs the arms in reverse, so a machine "
+                         "that speeds up or slows down over the pass weighs on every arm alike (a fixed "
+                         "order put the third arm below \"off\" in 7 of the 8 rounds of a pass, 0.83 (0.73-0.96))")
     args = ap.parse_args()
     runs = []
     latencies: dict[tuple[float, str, int], list[float]] = {}
@@ -147,7 +153,8 @@ def main() -> None:
               f"max {s.get('max_ms')} ms", flush=True)
     for rate in args.rates:
         for round_ in range(1, args.rounds + 1):
-            for arm in args.arms:
+            order = args.arms if args.order == "fixed" or round_ % 2 else args.arms[::-1]
+            for arm in order:
                 one, latencies[(rate, arm, round_)] = run(rate, args.seconds, arm)
                 r = {"round": round_, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **one}
                 runs.append(r)
