@@ -446,8 +446,7 @@ def _line(m: Message) -> str:
     """One line of the pipe to the publisher process: `topic TAB <retain><qos> TAB payload` (JSON
     payloads never hold a raw newline), or `[topic, payload, retain, qos]` as JSON when a name
     holds a tab or a newline (or the topic starts with `[`, or with `{`, which starts a batch of
-    summary rows). Not JSON every time: re-escaping a
-    JSON payload doubled the feeder's cost."""
+    summary rows). Not JSON every time: re-escaping a JSON payload doubled the feeder's cost."""
     if m.topic.startswith(("[", "{")) or "\t" in m.topic or "\n" in m.topic or "\n" in m.payload:
         return json.dumps([m.topic, m.payload, m.retain, m.qos], separators=(",", ":")) + "\n"
     return f"{m.topic}\t{1 if m.retain else 0}{m.qos}\t{m.payload}\n"

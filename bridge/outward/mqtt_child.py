@@ -12,14 +12,15 @@ The child knows nothing of doors: it is handed the connection settings, the avai
 and the retained discovery documents in its first stdin line (with the password: never argv or
 the environment, which `ps` shows), then publishes each later line in order, at the QoS the
 daemon chose: one message (`topic TAB <retain><qos> TAB payload`, see `parse_line`), or a run
-of decision summaries as rows, whose payloads it writes itself (summary_rows, `decode`). It answers on stdout with one JSON object per event (`connected`, `disconnected`,
-`refused`, `ignored`) and running `counts`; the daemon logs them, so the journal and `status`
-read as before. End of stdin (the daemon stopped, or was killed) ends the child: it says
+of decision summaries as rows, whose payloads it writes itself (summary_rows, `decode`). It
+answers on stdout with one JSON object per event (`connected`, `disconnected`, `refused`,
+`ignored`) and running `counts`; the daemon logs them, so the journal and `status` read as
+before. End of stdin (the daemon stopped, or was killed) ends the child: it says
 `offline` (retained) while still connected, then disconnects. It ignores
 SIGTERM, SIGINT and SIGHUP, which systemd and a terminal send to every process of the service.
 
-Imports only the standard library at module level: the daemon imports `tls_context` from here
-to check the TLS files at start, without loading paho.
+Imports only the standard library at module level (and summary_rows, which does too): the daemon
+imports `tls_context` from here to check the TLS files at start, without loading paho.
 """
 
 from __future__ import annotations
