@@ -517,7 +517,7 @@ def account(result: LoadResult, scans: list[PlannedScan], sent_at: list[float], 
 
 def helpers_up(settings: LoadSettings) -> tuple[str, ...]:
     """The log lines that say the outward helpers are up. The daemon says READY before its
-    metrics and MQTT processes have imported their libraries and connected (0.5-0.6 s after it,
+    metrics and MQTT processes have imported their libraries and connected (0.3-0.6 s after it,
     niced, on these two cores: they must never hold READY back for a broker), so a load started
     at READY put their start into the first ~600 scans of a 1,000/s run, 4 % of a 15 s run: the
     "on" arm's p99 then measured the helpers' start, not what they cost while running. The

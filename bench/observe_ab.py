@@ -6,8 +6,8 @@ machine lands on every arm rather than on one. "On" is metrics served over HTTP 
 MQTT to a real mosquitto with a subscriber (bench/load.py --observe). The 1-minute load average is
 recorded before and after every run: on a shared 2-core machine it says which rounds to distrust.
 One warm-up run comes first and is not counted (`--warmup`); every second round runs the arms in
-reverse (`--order`). bench/load.py starts the scans once
-the daemon's metrics and MQTT helpers are up, so "on" is their cost while they run, not their start.
+reverse (`--order`). bench/load.py starts the scans once the daemon's metrics and MQTT helpers
+are up, so "on" is their cost while they run, not their start.
 
 Prints one line per run, a table of medians, and a table of the runs pooled: every scan-to-relay
 latency of an arm's rounds in one sample, its p99 against the "off" arm's, and a 95 % interval for
