@@ -258,7 +258,7 @@ class MqttPublisher:
         while self._notes and taken < self.section.queue_size:
             note = self._notes.popleft()
             if isinstance(note, DecisionNote):
-                rows.append(self._row(note))
+                rows.append(decision_row(note, self._reader_door, self.section.publish_identities))
                 taken += 1
                 continue
             if rows:
@@ -271,15 +271,6 @@ class MqttPublisher:
             parts.append(batch_line(self.topics.decision, self.section.decision_qos, rows))
         self._handed += taken
         return "".join(parts)
-
-    def _row(self, note: DecisionNote) -> list[Any]:
-        d = note.decision
-        row = [note.at.timestamp(), d.reader_id, self._reader_door.get(d.reader_id), d.decision.value,
-               d.reason.value if d.reason else None, d.source.value, d.decided, d.cache_version, d.replay,
-               note.latency_ms]
-        if self.section.publish_identities:
-            row += [d.user_id, d.user_name, d.zone_id, d.zone_name]
-        return row
 
     def _event_lines(self, note: DoorEventNote) -> list[str]:
         out = [_line(Message(self.topics.event, _json({"at": note.at.isoformat(timespec="milliseconds"),
@@ -436,6 +427,17 @@ class MqttPublisher:
                 "state_topic": t.alarm(door), "value_template": "{{ 'ON' if value != 'none' else 'OFF' }}",
                 **common}), True))
         return out
+
+
+def decision_row(note: DecisionNote, reader_door: dict[str, str], identities: bool) -> list[Any]:
+    """A decision's summary as summary_rows.FIELDS (and IDENTITY_FIELDS when the site publishes them)."""
+    d = note.decision
+    row = [note.at.timestamp(), d.reader_id, reader_door.get(d.reader_id), d.decision.value,
+           d.reason.value if d.reason else None, d.source.value, d.decided, d.cache_version, d.replay,
+           note.latency_ms]
+    if identities:
+        row += [d.user_id, d.user_name, d.zone_id, d.zone_name]
+    return row
 
 
 def _json(body: dict[str, Any]) -> str:
